@@ -1,0 +1,119 @@
+"""Cross-check train.bench's measurement against a minimal, independently written all_reduce loop.
+
+Run from the repository root (2 ranks, gloo, CPU)::
+
+    python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 \
+        --master-port 29700 benchmarks/bench_vs_loop.py --rounds 5
+
+Both methods run in the same process group on the same ranks, alternating within each round (and
+swapping which goes first every round) so that drift in machine load hits both alike. For each size
+rank 0 prints the median busbw of each method and the relative difference. Acceptance: agreement
+within 5 % at >= 16 MiB. Exit status 1 when a size >= 16 MiB disagrees by more than that.
+
+The loop below deliberately shares no code with train.bench: its own tensor, its own timing, its own
+aggregation and its own busbw formula (nccl-tests: all_reduce busbw = bytes / t * 2(n-1)/n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from train.bench import Case, Comm, bench_case, buffer_shape  # noqa: E402
+
+MIB = 1 << 20
+ACCEPT_FROM_BYTES = 16 * MIB
+TOLERANCE = 0.05
+
+
+def loop_busbw_gbps(nbytes: int, warmup: int, iters: int) -> float:
+    """Time plain dist.all_reduce on a float32 tensor of ``nbytes``; return rank-averaged busbw."""
+    n = dist.get_world_size()
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    for _ in range(warmup):
+        dist.all_reduce(x)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(x)
+    dist.barrier()
+    per_op = (time.perf_counter() - t0) / iters
+    total = torch.tensor([per_op], dtype=torch.float64)
+    dist.all_reduce(total)
+    avg = total.item() / n
+    return nbytes / avg * (2 * (n - 1) / n) / 1e9
+
+
+def bench_busbw_gbps(nbytes: int, warmup: int, iters: int) -> float:
+    """Measure the same all_reduce through train.bench's own case and measurement path."""
+    comm = Comm.current(torch.device("cpu"))
+    shape = buffer_shape("all_reduce", nbytes, 4, comm.world_size)
+    case = Case("all_reduce", "float32", shape, True, "sum", comm)
+    return bench_case(case, warmup, iters)["busbw_gbps"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", default="16,32,64")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    sizes = [int(s) * MIB for s in args.sizes_mib.split(",")]
+    dist.init_process_group("gloo")
+    try:
+        rank = dist.get_rank()
+        results: dict[int, dict[str, list[float]]] = {s: {"bench": [], "loop": []} for s in sizes}
+        # One discarded round first: the very first large ops pay for connection setup and page
+        # faults, and would otherwise land on whichever method happens to go first.
+        for size in sizes:
+            bench_busbw_gbps(size, args.warmup, args.iters)
+            loop_busbw_gbps(size, args.warmup, args.iters)
+        for rnd in range(args.rounds):
+            for size in sizes:
+                order = ("bench", "loop") if rnd % 2 == 0 else ("loop", "bench")
+                for method in order:
+                    fn = bench_busbw_gbps if method == "bench" else loop_busbw_gbps
+                    results[size][method].append(fn(size, args.warmup, args.iters))
+        ok = True
+        if rank == 0:
+            n = dist.get_world_size()
+            print(
+                f"# all_reduce float32, gloo/CPU, {n} ranks, {args.rounds} rounds x "
+                f"(warmup {args.warmup}, iters {args.iters}); busbw GB/s, median over rounds"
+            )
+            print(f"{'size':>8} {'train.bench':>12} {'plain loop':>12} {'diff':>8}  per-round bench | loop")
+            for size in sizes:
+                b = statistics.median(results[size]["bench"])
+                lp = statistics.median(results[size]["loop"])
+                diff = (b - lp) / lp
+                verdict = ""
+                if size >= ACCEPT_FROM_BYTES:
+                    good = abs(diff) <= TOLERANCE
+                    ok = ok and good
+                    verdict = "ok" if good else "DISAGREE"
+                rounds_b = " ".join(f"{v:.3f}" for v in results[size]["bench"])
+                rounds_l = " ".join(f"{v:.3f}" for v in results[size]["loop"])
+                print(
+                    f"{size // MIB:>5}MiB {b:12.4f} {lp:12.4f} {diff:+8.2%}  {verdict:8} "
+                    f"{rounds_b} | {rounds_l}",
+                    flush=True,
+                )
+            print(f"# acceptance (|diff| <= {TOLERANCE:.0%} at >= 16 MiB): {'PASS' if ok else 'FAIL'}")
+        flag = torch.tensor([0 if ok else 1])
+        dist.broadcast(flag, src=0)
+        return int(flag.item())
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""What every backend offers the session: apply a plan, report node exits, tear down.
+
+The session (``orchestrator.session``) owns the lifecycle (fail fast, diagnosis, results);
+a backend only knows how to create, observe and remove its own resources.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.plan import BackendName, ClusterPlan
+
+LineSink = Callable[[str, str], None]
+"""``sink(node_name, line)``: called from backend threads for every log line of a node."""
+
+
+@dataclass(frozen=True)
+class NodeExit:
+    """How a node ended. ``finished_at`` orders failures (time.time() seconds)."""
+
+    exit_code: int
+    finished_at: float
+    oom_killed: bool = False
+
+    def reason(self) -> str:
+        """Human words for the exit: ``exit code 1``, ``killed by SIGKILL (exit 137)``."""
+        code = self.exit_code
+        if self.oom_killed:
+            return f"OOM-killed (exit {code}); give the node more memory or shrink max_bytes"
+        if code < 0:
+            return f"killed by {_signame(-code)}"
+        if code > 128 and code - 128 < 65:
+            return f"killed by {_signame(code - 128)} (exit {code})"
+        return f"exit code {code}"
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+class NodeHandle(Protocol):
+    """A started node (a process group or a container)."""
+
+    name: str
+
+    def poll(self) -> NodeExit | None:
+        """The exit once the node has ended, else ``None``. Never blocks."""
+        ...
+
+
+class Backend(Protocol):
+    """Applies a :class:`ClusterPlan`. Implementations: process, docker."""
+
+    name: BackendName
+
+    def preflight(self, plan: ClusterPlan) -> None:
+        """Raise a PreflightError if the plan cannot run here. Creates nothing."""
+        ...
+
+    def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
+        """Create and start every node; stream their log lines into ``sink``."""
+        ...
+
+    def stop(self, plan: ClusterPlan, grace_s: float) -> None:
+        """Stop every node of the plan that still runs (SIGTERM, SIGKILL after ``grace_s``)."""
+        ...
+
+    def down(self, plan: ClusterPlan) -> None:
+        """Remove everything this run created. Idempotent; safe after a partial ``up``."""
+        ...

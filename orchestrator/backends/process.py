@@ -1,0 +1,172 @@
+"""Process backend: every node is a local ``torchrun`` process group on 127.0.0.1 (``lo``).
+
+The embedded default: it needs no Docker daemon, only torch in this interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from orchestrator.backends.base import LineSink, NodeExit, NodeHandle
+from orchestrator.errors import BackendError, PreflightError
+from orchestrator.plan import BackendName, ClusterPlan, NodeSpec
+
+
+def _project_root() -> Path:
+    """The folder holding the ``train`` package, so ``-m train.bench`` imports in children."""
+    spec = importlib.util.find_spec("train")
+    if spec is None or not spec.submodule_search_locations:
+        raise PreflightError(
+            "the 'train' package is not importable; install netorch (pip install -e .) first"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+class ProcessNode:
+    """One node's torchrun, in its own session so a signal reaches its whole group."""
+
+    def __init__(self, node: NodeSpec, proc: subprocess.Popen[str], sink: LineSink) -> None:
+        self.name = node.name
+        self.proc = proc
+        self._exit: NodeExit | None = None
+        self._reader = threading.Thread(target=self._read, args=(sink,), daemon=True)
+        self._reader.start()
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _read(self, sink: LineSink) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            sink(self.name, line.rstrip("\n"))
+
+    def _wait(self) -> None:
+        code = self.proc.wait()
+        # Let the reader drain what the process wrote before it died.
+        self._reader.join(timeout=2)
+        self._exit = NodeExit(exit_code=code, finished_at=time.time())
+
+    def poll(self) -> NodeExit | None:
+        return self._exit
+
+
+def run_processes(run_id: str) -> list[psutil.Process]:
+    """Every live process carrying this run's ``NETORCH_RUN_ID``: torchrun and its ranks.
+
+    torchrun starts each rank in a session of its own, so killing torchrun's group leaves ranks
+    behind; the run id in their environment finds them wherever they were re-parented.
+    """
+    marker = f"{run_id}"
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            if proc.environ().get("NETORCH_RUN_ID") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+class ProcessBackend:
+    """Runs a plan's nodes as local process groups on loopback."""
+
+    name: BackendName = "process"
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._nodes: list[ProcessNode] = []
+
+    def preflight(self, plan: ClusterPlan) -> None:
+        if importlib.util.find_spec("torch") is None:
+            raise PreflightError(
+                f"torch is not installed in {self.python}; install it (README: Installing "
+                "PyTorch), e.g. pip install 'netorch[torch]'"
+            )
+        _project_root()
+        if any(node.gpus for node in plan.nodes):
+            raise PreflightError(
+                "the process backend does not reserve GPUs; use --backend docker or set gpu.per_node = 0"
+            )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((plan.master_addr, plan.master_port))
+            except OSError:
+                raise PreflightError(
+                    f"master port {plan.master_port} on {plan.master_addr} is in use (another "
+                    "run?); pick a free one with --master-port or cluster.master_port"
+                ) from None
+
+    def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
+        root = _project_root()
+        base_env = dict(os.environ)
+        pythonpath = base_env.get("PYTHONPATH")
+        base_env["PYTHONPATH"] = f"{root}{os.pathsep}{pythonpath}" if pythonpath else str(root)
+        handles: list[NodeHandle] = []
+        for node in plan.nodes:
+            if node.command[0] != "torchrun":
+                raise BackendError(f"node {node.name}: cannot run {node.command[0]!r} locally")
+            argv = [self.python, "-m", "torch.distributed.run", *node.command[1:]]
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    env={**base_env, **node.env_dict},
+                    cwd=root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise BackendError(f"node {node.name}: could not start {argv[0]}: {e}") from e
+            pn = ProcessNode(node, proc, sink)
+            self._nodes.append(pn)
+            handles.append(pn)
+        return handles
+
+    def stop(self, plan: ClusterPlan, grace_s: float) -> None:
+        for pn in self._nodes:
+            if pn.proc.poll() is None:
+                try:
+                    os.killpg(pn.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        procs = run_processes(plan.run_id)
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace_s)
+
+    def down(self, plan: ClusterPlan) -> None:
+        self.stop(plan, grace_s=2.0)
+        for pn in self._nodes:
+            try:
+                pn.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(pn.proc.pid, signal.SIGKILL)
+        left = run_processes(plan.run_id)
+        if left:
+            raise BackendError(
+                f"{len(left)} process(es) of run {plan.run_id} survived SIGKILL: "
+                + ", ".join(str(p.pid) for p in left)
+            )

@@ -1,0 +1,254 @@
+"""The ``netorch`` command line: plan | bench | down | render | image.
+
+Every user mistake ends as one red line and a non-zero exit code; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.backends import make_backend, resolve_backend
+from orchestrator.errors import NetorchError, RankFailedError
+from orchestrator.plan import BackendName, build_plan, new_run_id
+from orchestrator.report import avg_busbw, build_report, results_table, write_report
+from orchestrator.session import run_session
+from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
+
+app = typer.Typer(
+    name="netorch",
+    help="Launch multi-node torch.distributed stacks (local processes or Docker), measure the "
+    "interconnect like nccl-tests, and tune it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+render_app = typer.Typer(help="Write the plan as files for other tools.", no_args_is_help=True)
+image_app = typer.Typer(help="Build the training image.", no_args_is_help=True)
+app.add_typer(render_app, name="render")
+app.add_typer(image_app, name="image")
+
+# Reports are read in CI logs and pipes too: don't squeeze tables to 80 columns there.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Options shared by every command that builds a plan. Each maps to a settings key; a flag left
+# out leaves the TOML / environment value alone.
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (default configs/default.toml when present)")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", "-b", help="auto | process | docker")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="reports go to OUTPUT/<run_id>/")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", "-n", help="nodes (1 master + N-1 workers)")]
+PpnOpt = Annotated[Optional[int], typer.Option("--procs-per-node", help="ranks per node")]
+DistOpt = Annotated[Optional[str], typer.Option("--dist-backend", help="auto | nccl | gloo")]
+PortOpt = Annotated[Optional[int], typer.Option("--master-port", help="c10d rendezvous port")]
+SubnetOpt = Annotated[Optional[str], typer.Option("--subnet", help="network subnet (CIDR)")]
+MtuOpt = Annotated[Optional[int], typer.Option("--mtu", help="network MTU (576..9216)")]
+OpsOpt = Annotated[Optional[str], typer.Option("--ops", help="comma list: all_reduce,all_gather,reduce_scatter,broadcast,all_to_all")]
+MinOpt = Annotated[Optional[str], typer.Option("--min-bytes", "-B", help="smallest size, e.g. 1M (nccl-tests -b)")]
+MaxOpt = Annotated[Optional[str], typer.Option("--max-bytes", "-E", help="largest size, e.g. 64M (nccl-tests -e)")]
+FactorOpt = Annotated[Optional[int], typer.Option("--step-factor", "-f", help="size multiplier (nccl-tests -f)")]
+WarmupOpt = Annotated[Optional[int], typer.Option("--warmup", "-w", help="untimed iterations (nccl-tests -w)")]
+ItersOpt = Annotated[Optional[int], typer.Option("--iters", "-i", help="timed iterations (nccl-tests -n)")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", "-d", help="comma list: float32,float16,bfloat16,float64,int32")]
+CheckOpt = Annotated[Optional[bool], typer.Option("--check/--no-check", help="exact correctness check (nccl-tests -c)")]
+InPlaceOpt = Annotated[Optional[str], typer.Option("--in-place", help="both | on | off")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="any setting, e.g. --set network.internal=false (repeatable)")]
+
+
+def _settings(
+    config: Path | None,
+    flags: dict[str, Any],
+    sets: list[str] | None,
+) -> Settings:
+    pairs: dict[str, Any] = dict(parse_set_option(item) for item in sets or [])
+    pairs.update({k: v for k, v in flags.items() if v is not None})
+    return load_settings(config, overrides_from_pairs(pairs))
+
+
+def _common_flags(**kw: Any) -> dict[str, Any]:
+    names = {
+        "backend": "backend", "output": "output", "nodes": "cluster.nodes",
+        "procs_per_node": "cluster.procs_per_node", "dist_backend": "cluster.dist_backend",
+        "master_port": "cluster.master_port", "subnet": "network.subnet", "mtu": "network.mtu",
+        "ops": "bench.ops", "min_bytes": "bench.min_bytes", "max_bytes": "bench.max_bytes",
+        "step_factor": "bench.step_factor", "warmup": "bench.warmup", "iters": "bench.iters",
+        "dtype": "bench.dtype", "check": "bench.check", "in_place": "bench.in_place",
+    }
+    return {names[k]: v for k, v in kw.items()}
+
+
+def _fail(error: NetorchError) -> typer.Exit:
+    text = error.diagnosis() if isinstance(error, RankFailedError) else str(error)
+    first, _, rest = text.partition("\n")
+    err.print(f"[bold red]error:[/] {escape(first)}")
+    if rest:
+        err.print(escape(rest))
+    return typer.Exit(error.exit_code)
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
+    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
+    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+) -> None:
+    """Print the plan (network, nodes, IPs, env, commands). Starts nothing."""
+    try:
+        settings = _settings(config, _common_flags(
+            backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
+            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
+            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
+            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        name: BackendName = "docker" if settings.backend == "docker" else (
+            "process" if settings.backend == "process" else resolve_backend(settings)[0])
+        the_plan = build_plan(settings, run_id or new_run_id(), name)
+    except NetorchError as e:
+        raise _fail(e) from None
+    data = the_plan.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+@app.command()
+def bench(
+    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
+    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
+    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")] = False,
+) -> None:
+    """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
+
+    Exit code 0 only when every rank succeeded and no value was wrong.
+    """
+    try:
+        settings = _settings(config, _common_flags(
+            backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
+            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
+            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
+            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        name, why = resolve_backend(settings)
+        err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
+        the_plan = build_plan(settings, new_run_id(), name)
+        the_backend = make_backend(name, settings)
+        out_dir = settings.output / the_plan.run_id
+
+        def echo(node: str, line: str) -> None:
+            if not quiet:
+                short = node.removeprefix(f"{settings.cluster.name}-{the_plan.run_id}-")
+                err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
+
+        with err.status(f"run {the_plan.run_id}: {the_plan.nnodes} nodes x "
+                        f"{the_plan.nproc_per_node} ranks on {name}") as status:
+            def tick(done: int, total: int) -> None:
+                status.update(f"run {the_plan.run_id}: {done}/{total} nodes finished")
+
+            outcome = run_session(the_backend, the_plan, out_dir,
+                                  timeout_s=settings.cluster.job_timeout_s, echo=echo, on_tick=tick)
+        report = build_report(the_plan, outcome.result, outcome.elapsed_s)
+        paths = write_report(report, out_dir)
+    except NetorchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]: everything this run started was removed")
+        raise typer.Exit(130) from None
+    console.print(results_table(report))
+    for item in report["skipped"]:
+        console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
+    for note in report["notes"]:
+        console.print(f"[dim]note: {escape(note)}[/]")
+    console.print(f"avg busbw: {avg_busbw(report):.3f} GB/s   wrong: {report['wrong_total']}   "
+                  f"elapsed: {report['elapsed_s']:.1f} s")
+    for warning in report["warnings"]:
+        console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
+    console.print("report: " + "  ".join(str(p) for p in paths.values()))
+    if not report["ok"]:
+        err.print(f"[bold red]error:[/] {report['wrong_total']} wrong values; see {paths['json']}")
+        raise typer.Exit(4)
+
+
+@render_app.command("compose")
+def render_compose_cmd(
+    out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for docker-compose.yml")],
+    config: ConfigOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
+    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
+    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
+    set_: SetOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+) -> None:
+    """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing."""
+    from orchestrator.render.compose import write_compose
+
+    try:
+        settings = _settings(config, _common_flags(
+            nodes=nodes, procs_per_node=procs_per_node,
+            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
+            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
+            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        the_plan = build_plan(settings, run_id or new_run_id(), "docker")
+        path = write_compose(the_plan, out_dir)
+    except NetorchError as e:
+        raise _fail(e) from None
+    except OSError as e:
+        err.print(f"[bold red]error:[/] cannot write {escape(str(out_dir))}: {escape(str(e))}; "
+                  "choose a writable directory")
+        raise typer.Exit(2) from None
+    console.print(str(path))
+
+
+@app.command()
+def down(
+    run: Annotated[Optional[str], typer.Option("--run", help="remove the resources of this run id")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="remove the resources of every netorch run")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Remove netorch's containers and networks (only those labelled io.netorch.managed=true)."""
+    if (run is None) == (not all_):
+        err.print("[bold red]error:[/] give exactly one of --run ID or --all")
+        raise typer.Exit(2)
+    try:
+        from orchestrator.backends.docker import client_from_settings, down_all
+
+        settings = _settings(config, {}, set_)
+        client = client_from_settings(settings)
+        try:
+            removed = down_all(client, None if all_ else run)
+        finally:
+            client.close()
+    except NetorchError as e:
+        raise _fail(e) from None
+    for item in removed:
+        console.print(f"removed {escape(item)}")
+    scope = "every netorch run" if all_ else f"run {run}"
+    console.print(f"{len(removed)} resource(s) of {escape(scope)} removed")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""One error tree for netorch.
+
+Every failure a user can cause or meet is a ``NetorchError``; the CLI prints its message as one
+line and exits non-zero, never with a traceback. A message says what failed, the value given and
+the fix.
+
+    NetorchError
+    ├── ConfigError            a setting is invalid (field, value, fix); nothing was created
+    ├── PlanError              settings are valid one by one but cannot form a plan
+    ├── PreflightError         the host cannot run the plan (port busy, GPUs missing, ...)
+    │   ├── DaemonUnavailableError   no Docker daemon answers
+    │   ├── ImageError               the training image is missing or failed to build
+    │   └── NetworkConflictError     subnet / name clashes with something that exists
+    ├── BackendError           the backend failed while applying the plan
+    ├── RankFailedError        a node exited non-zero; carries node, exit code, log tail
+    └── ResultError            the job finished but produced no (or bad) results
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NetorchError(Exception):
+    """Root of every error netorch raises on purpose."""
+
+    exit_code: int = 2
+
+
+class ConfigError(NetorchError):
+    """A setting is invalid. Raised before any resource exists."""
+
+
+class PlanError(NetorchError):
+    """The settings cannot be turned into a plan (e.g. the subnet is too small)."""
+
+
+class PreflightError(NetorchError):
+    """The host cannot run this plan; found before anything was created."""
+
+
+class DaemonUnavailableError(PreflightError):
+    """No Docker daemon answers at the configured endpoint."""
+
+
+class ImageError(PreflightError):
+    """The training image is missing or could not be built."""
+
+
+class NetworkConflictError(PreflightError):
+    """The planned network clashes with an existing network, route or name."""
+
+
+class BackendError(NetorchError):
+    """The backend failed while applying or tearing down the plan."""
+
+
+class ResultError(NetorchError):
+    """The job ended without usable results (none emitted, or wrong values found)."""
+
+    exit_code = 4
+
+
+class RankFailedError(NetorchError):
+    """A node of the job exited non-zero; the whole job was taken down.
+
+    Carries the node's name, its exit code, a human reason (``"killed by SIGKILL"``,
+    ``"OOM-killed"``) and the last lines of its log.
+    """
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        node: str,
+        exit_code: int | None,
+        reason: str,
+        log_tail: Sequence[str] = (),
+        container: str | None = None,
+    ) -> None:
+        self.node = node
+        self.node_exit_code = exit_code
+        self.reason = reason
+        self.log_tail = tuple(log_tail)
+        self.container = container
+        super().__init__(f"node {node} failed: {reason}")
+
+    def diagnosis(self) -> str:
+        """Multi-line explanation: which node, how it died, its last log lines."""
+        lines = [str(self)]
+        if self.container:
+            lines.append(f"  container: {self.container}")
+        if self.log_tail:
+            lines.append(f"  last {len(self.log_tail)} log lines of {self.node}:")
+            lines.extend(f"    {line}" for line in self.log_tail)
+        else:
+            lines.append(f"  last log lines of {self.node}: none (it printed nothing)")
+        return "\n".join(lines)

@@ -1,0 +1,293 @@
+"""The plan: what a run is, before anything exists.
+
+``build_plan(settings, run_id, backend)`` is pure and deterministic: the same inputs give an equal
+:class:`ClusterPlan`. Backends apply a plan, renderers write it as files, ``netorch plan`` prints
+it. Plan objects are frozen dataclasses of tuples so nothing downstream can mutate them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.errors import PlanError
+from orchestrator.settings import BenchSettings, Settings, address_pool
+
+LABEL_RUN = "io.netorch.run"
+LABEL_ROLE = "io.netorch.role"
+LABEL_RANK = "io.netorch.node-rank"
+LABEL_MANAGED = "io.netorch.managed"
+
+BackendName = Literal["process", "docker"]
+WORKLOADS = ("bench",)
+MAX_DOCKER_NAME = 63
+_RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
+
+
+class Role(str, enum.Enum):
+    """A node's part in the job: node_rank 0 is the master and hosts the c10d store."""
+
+    MASTER = "master"
+    WORKER = "worker"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``YYYYmmdd-HHMMSS-xxxx``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The fabric the nodes share. ``driver="loopback"`` means the host's ``lo`` (process backend)."""
+
+    name: str
+    driver: Literal["bridge", "loopback"]
+    subnet: str
+    gateway: str | None
+    ip_range: str | None
+    mtu: int | None
+    internal: bool
+    bridge_name: str | None
+    interface: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """A GPU reservation: ``count`` devices, or exactly ``device_ids``."""
+
+    count: int | None
+    device_ids: tuple[str, ...]
+    driver: str
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Container options shared by every node (ignored by the process backend)."""
+
+    image: str
+    shm_size: str
+    ipc_mode: str | None
+    memlock: int | None
+    init: bool
+    stop_timeout_s: int
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: a container (or process group) running torchrun for ``nproc_per_node`` ranks."""
+
+    name: str
+    hostname: str
+    role: Role
+    node_rank: int
+    ip: str
+    aliases: tuple[str, ...]
+    gpus: GpuSpec | None
+    env: tuple[tuple[str, str], ...]
+    command: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    @property
+    def labels_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Everything needed to run one job, decided up front."""
+
+    run_id: str
+    backend: BackendName
+    workload: str
+    dist_backend: str
+    nnodes: int
+    nproc_per_node: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    network: NetworkSpec
+    runtime: RuntimeSpec
+    nodes: tuple[NodeSpec, ...]
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def master(self) -> NodeSpec:
+        return self.nodes[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for YAML/JSON output (tuples of pairs become mappings)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str)
+                         for v in value):
+            return {k: _plain(v) for k, v in value}
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> tuple[str, ...]:
+    """The ``python -m train.bench`` flags equal to ``bench`` (nccl-tests meanings)."""
+    return (
+        "--ops", ",".join(bench.ops),
+        "--min-bytes", str(bench.min_bytes),
+        "--max-bytes", str(bench.max_bytes),
+        "--step-factor", str(bench.step_factor),
+        "--warmup", str(bench.warmup),
+        "--iters", str(bench.iters),
+        "--dtype", ",".join(bench.dtype),
+        "--check", "1" if bench.check else "0",
+        "--in-place", bench.in_place,
+        "--reduce-op", bench.reduce_op,
+        "--dist-backend", dist_backend,
+        "--timeout-s", str(timeout_s),
+        "--run-id", run_id,
+    )
+
+
+def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
+    gpu = settings.gpu
+    caps = tuple(gpu.capabilities)
+    if gpu.device_ids:
+        return GpuSpec(None, tuple(gpu.device_ids[node_rank]), gpu.driver, caps)
+    if gpu.per_node:
+        return GpuSpec(gpu.per_node, (), gpu.driver, caps)
+    return None
+
+
+def build_plan(
+    settings: Settings, run_id: str, backend: BackendName, workload: str = "bench"
+) -> ClusterPlan:
+    """Turn validated settings into a plan. Pure: no I/O, no clock, no randomness.
+
+    Addresses: on ``docker`` the master takes the first usable address of ``ip_range`` (or the
+    subnet) that is not the gateway, worker *i* the *i*-th after it. On ``process`` every node is
+    ``127.0.0.1`` on ``lo``.
+    """
+    if not _RUN_ID_RE.match(run_id):
+        raise PlanError(
+            f"run id {run_id!r} is not usable in resource names; use 3-32 of [a-z0-9-]"
+        )
+    if workload not in WORKLOADS:
+        raise PlanError(f"workload {workload!r} is unknown; use one of {', '.join(WORKLOADS)}")
+    c = settings.cluster
+    n = c.nodes
+    world = n * c.procs_per_node
+    prefix = f"{c.name}-{run_id}"
+    run_labels = ((LABEL_RUN, run_id), (LABEL_MANAGED, "true"))
+
+    if backend == "docker":
+        net = settings.network
+        subnet = ipaddress.IPv4Network(net.subnet)
+        gateway = net.gateway or str(next(subnet.hosts()))
+        ips = [str(a) for a in address_pool(net)[:n]]
+        ifname = net.interface
+        network = NetworkSpec(
+            name=net.name or f"{prefix}-net",
+            driver="bridge",
+            subnet=str(subnet),
+            gateway=gateway,
+            ip_range=net.ip_range,
+            mtu=net.mtu,
+            internal=net.internal,
+            bridge_name=net.bridge_name,
+            interface=ifname,
+            labels=run_labels,
+        )
+    else:
+        ips = ["127.0.0.1"] * n
+        ifname = "lo"
+        network = NetworkSpec(
+            name="lo", driver="loopback", subnet="127.0.0.0/8", gateway=None, ip_range=None,
+            mtu=None, internal=True, bridge_name=None, interface=ifname, labels=run_labels,
+        )
+    master_addr = ips[0]
+    args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
+
+    nodes = []
+    for rank in range(n):
+        role = Role.MASTER if rank == 0 else Role.WORKER
+        short = "master" if rank == 0 else f"worker-{rank}"
+        name = f"{prefix}-{short}"
+        env: dict[str, str] = {
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(c.master_port),
+            "WORLD_SIZE": str(world),
+            "NNODES": str(n),
+            "NODE_RANK": str(rank),
+            "NPROC_PER_NODE": str(c.procs_per_node),
+            # "=" makes NCCL match the interface exactly instead of by prefix (eth0 vs eth01).
+            "NCCL_SOCKET_IFNAME": f"={ifname}",
+            "GLOO_SOCKET_IFNAME": ifname,
+            "NCCL_IB_DISABLE": "1",
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+            "OMP_NUM_THREADS": str(c.omp_num_threads),
+            "PYTHONUNBUFFERED": "1",
+            "NETORCH_RUN_ID": run_id,
+            "NETORCH_NODE_NAME": name,
+            "NETORCH_IFNAME": ifname,
+            "NETORCH_PLANNED_IP": ips[rank],
+        }
+        env.update(settings.env)  # user env last: it may override NCCL_IB_DISABLE & co.
+        command = (
+            "torchrun",
+            "--nnodes", str(n),
+            "--nproc-per-node", str(c.procs_per_node),
+            "--node-rank", str(rank),
+            "--master-addr", master_addr,
+            "--master-port", str(c.master_port),
+            "--max-restarts", "0",
+            "-m", f"train.{workload}",
+            *args,
+        )
+        nodes.append(
+            NodeSpec(
+                name=name,
+                hostname=short,
+                role=role,
+                node_rank=rank,
+                ip=ips[rank],
+                aliases=(short, name) if backend == "docker" else (),
+                gpus=_gpu_spec(settings, rank),
+                env=tuple(env.items()),
+                command=command,
+                labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank))),
+            )
+        )
+    d = settings.docker
+    return ClusterPlan(
+        run_id=run_id,
+        backend=backend,
+        workload=workload,
+        dist_backend=c.dist_backend,
+        nnodes=n,
+        nproc_per_node=c.procs_per_node,
+        world_size=world,
+        master_addr=master_addr,
+        master_port=c.master_port,
+        network=network,
+        runtime=RuntimeSpec(
+            image=c.image, shm_size=d.shm_size, ipc_mode=d.ipc_mode, memlock=d.memlock,
+            init=True, stop_timeout_s=d.stop_timeout_s,
+        ),
+        nodes=tuple(nodes),
+        labels=run_labels,
+    )

@@ -1,0 +1,188 @@
+"""Render a :class:`~orchestrator.plan.ClusterPlan` as a ``docker-compose.yml``.
+
+The file means what the plan means: the same network (name, subnet, gateway, ip_range, MTU,
+bridge name, ``internal``), the same containers (names, hostnames, fixed IPs, aliases, env in
+order, command, labels, shm, ipc, memlock, init, stop grace period, GPU reservations). Because
+the labels are the plan's, ``netorch down --run <id>`` also cleans up what ``docker-compose up``
+created.
+
+File format: ``version: "2.4"``. docker-compose 1.27+ (1.29 here) reads every 2.x and 3.x file with
+one merged schema (the Compose Specification), so both would honour every key used here,
+``deploy.resources.reservations.devices`` included. "2.4" is chosen because it says what the file
+is: a single-host file. A 3.x file invites ``docker stack deploy``, which silently drops
+``ipv4_address``, ``shm_size`` and ``ipc`` and rejects ipam gateway/ip_range and GPU devices.
+
+Every string is written with ``$`` doubled: compose interpolates ``$VAR`` anywhere in the file, and
+``$$`` is its escape for a literal ``$``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import PlanError
+from orchestrator.plan import ClusterPlan, GpuSpec, NodeSpec
+
+COMPOSE_FILE_NAME = "docker-compose.yml"
+COMPOSE_VERSION = "2.4"
+MTU_OPTION = "com.docker.network.driver.mtu"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
+def compose_project(plan: ClusterPlan) -> str:
+    """The compose project name the header recommends: ``netorch-<run_id>``.
+
+    Passing ``-p`` keeps compose's project (its orphan detection, ``down --remove-orphans``)
+    scoped to this run instead of to the directory name, which two rendered files may share.
+    """
+    return f"netorch-{plan.run_id}"
+
+
+def service_name(node: NodeSpec) -> str:
+    """The compose service key of ``node``: its hostname (``master``, ``worker-1``, ...)."""
+    return node.hostname
+
+
+def _esc(text: str) -> str:
+    return text.replace("$", "$$")
+
+
+def _pairs(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return {_esc(k): _esc(v) for k, v in pairs}
+
+
+def _network(plan: ClusterPlan) -> dict[str, Any]:
+    net = plan.network
+    if net.driver != "bridge":
+        raise PlanError(
+            f"plan {plan.run_id} uses the {net.driver!r} network of the {plan.backend} backend; "
+            "render a plan built for the docker backend"
+        )
+    ipam: dict[str, str] = {"subnet": net.subnet}
+    if net.gateway is not None:
+        ipam["gateway"] = net.gateway
+    if net.ip_range is not None:
+        ipam["ip_range"] = net.ip_range
+    out: dict[str, Any] = {"name": net.name, "driver": net.driver}
+    opts: dict[str, str] = {}
+    if net.mtu is not None:
+        opts[MTU_OPTION] = str(net.mtu)  # compose's schema wants option values as strings
+    if net.bridge_name is not None:
+        opts[BRIDGE_NAME_OPTION] = net.bridge_name
+    if opts:
+        out["driver_opts"] = opts
+    out["internal"] = net.internal
+    out["ipam"] = {"driver": "default", "config": [ipam]}
+    out["labels"] = _pairs(net.labels)
+    return out
+
+
+def _gpu_devices(gpus: GpuSpec) -> list[dict[str, Any]]:
+    device: dict[str, Any] = {"driver": gpus.driver}
+    if gpus.device_ids:
+        device["device_ids"] = list(gpus.device_ids)
+    else:
+        device["count"] = gpus.count
+    device["capabilities"] = list(gpus.capabilities)
+    return [device]
+
+
+def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
+    rt = plan.runtime
+    svc: dict[str, Any] = {
+        "image": rt.image,
+        "container_name": node.name,
+        "hostname": node.hostname,
+        "init": rt.init,
+        "shm_size": rt.shm_size,
+    }
+    if rt.ipc_mode is not None:
+        svc["ipc"] = rt.ipc_mode
+    if rt.memlock is not None:
+        svc["ulimits"] = {"memlock": {"soft": rt.memlock, "hard": rt.memlock}}
+    svc["stop_grace_period"] = f"{rt.stop_timeout_s}s"
+    svc["restart"] = "no"  # a rank that dies must fail the run, not rejoin a broken group
+    svc["environment"] = _pairs(node.env)
+    svc["command"] = [_esc(arg) for arg in node.command]
+    svc["labels"] = _pairs(node.labels)
+    svc["networks"] = {
+        plan.network.name: {"ipv4_address": node.ip, "aliases": list(node.aliases)},
+    }
+    if node.gpus is not None:
+        svc["deploy"] = {"resources": {"reservations": {"devices": _gpu_devices(node.gpus)}}}
+    return svc
+
+
+def render_compose(plan: ClusterPlan) -> dict[str, Any]:
+    """Return the compose document equal in meaning to ``plan`` (a docker-backend plan).
+
+    Pure: no I/O, same plan -> equal dict, keys in a fixed order. Services are keyed by node
+    hostname (``master``, ``worker-1``, ...) and keep the plan's container names; the network is
+    keyed and named by the plan's network name. Raises :class:`PlanError` for a process-backend plan,
+    whose loopback "network" has no compose equivalent.
+    """
+    network = _network(plan)
+    services = {service_name(node): _service(plan, node) for node in plan.nodes}
+    return {
+        "version": COMPOSE_VERSION,
+        "services": services,
+        "networks": {plan.network.name: network},
+    }
+
+
+def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str:
+    """The comment block written above the YAML: origin and how to run and remove it."""
+    project = compose_project(plan)
+    master = service_name(plan.master)
+    lines = [
+        f"Generated by netorch from run id {plan.run_id}: do not edit, regenerate instead with",
+        f"  netorch render compose --run-id {plan.run_id} -o DIR [config flags]",
+        f"{plan.nnodes} nodes x {plan.nproc_per_node} ranks (world size {plan.world_size}), "
+        f"dist backend {plan.dist_backend}, image {plan.runtime.image}.",
+        "",
+        "Run (the master's exit code is the run's; rank 0 prints one @@NETORCH_RESULT@@ line):",
+        f"  docker-compose -p {project} -f {file_name} up --abort-on-container-exit "
+        f"--exit-code-from {master}",
+        f"  docker-compose -p {project} -f {file_name} logs --no-color {master} "
+        "| grep @@NETORCH_RESULT@@",
+        "Remove:",
+        f"  docker-compose -p {project} -f {file_name} down -v   (or: netorch down --run {plan.run_id})",
+        "",
+        "Container and network names are the plan's; run one copy of this file at a time.",
+        "No depends_on: torchrun's c10d rendezvous makes every node wait for the master's store",
+        "(and for all nodes to join), so start order does not matter.",
+    ]
+    return "".join(f"# {line}".rstrip() + "\n" for line in lines)
+
+
+def dump_compose(plan: ClusterPlan) -> str:
+    """The full text of the compose file for ``plan``: header comment, then YAML."""
+    body = yaml.safe_dump(
+        render_compose(plan), sort_keys=False, default_flow_style=False, width=4096,
+    )
+    return compose_header(plan) + body
+
+
+def write_compose(plan: ClusterPlan, out_dir: Path) -> Path:
+    """Write ``out_dir/docker-compose.yml`` for ``plan`` (creating ``out_dir``); return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / COMPOSE_FILE_NAME
+    path.write_text(dump_compose(plan), encoding="utf-8")
+    return path
+
+
+__all__ = [
+    "COMPOSE_FILE_NAME",
+    "COMPOSE_VERSION",
+    "BRIDGE_NAME_OPTION",
+    "MTU_OPTION",
+    "compose_header",
+    "compose_project",
+    "dump_compose",
+    "render_compose",
+    "service_name",
+    "write_compose",
+]

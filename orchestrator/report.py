@@ -1,0 +1,205 @@
+"""Rank results -> report: ``report.json``, ``results.csv``, ``busbw.png`` and a terminal table.
+
+The report puts the plan (what was asked) beside what the ranks saw (effective IPs and MTUs), and
+flags every difference loudly: a requested MTU 9000 that became 1500 invalidates the experiment.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from orchestrator.plan import ClusterPlan
+
+REPORT_SCHEMA = 1
+CSV_FIELDS = (
+    "op", "dtype", "size_bytes", "count", "in_place", "time_us_min", "time_us_avg",
+    "time_us_max", "algbw_gbps", "busbw_gbps", "wrong",
+)
+
+
+def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+    """Merge the plan and rank 0's result document into the report (schema 1)."""
+    ranks: list[dict[str, Any]] = list(result.get("ranks", []))
+    nodes = []
+    warnings: list[str] = []
+    for node in plan.nodes:
+        mine = [r for r in ranks if r.get("node_rank") == node.node_rank]
+        first = min(mine, key=lambda r: int(r.get("local_rank", 0))) if mine else {}
+        ip = first.get("ipv4")
+        mtu = first.get("mtu")
+        nodes.append({
+            "name": node.name,
+            "role": node.role.value,
+            "node_rank": node.node_rank,
+            "planned_ip": node.ip,
+            "ip": ip,
+            "mtu": mtu,
+            "hostname": first.get("hostname"),
+            "ifname": first.get("ifname"),
+            "ranks": sorted(int(r["rank"]) for r in mine if "rank" in r),
+        })
+        if not mine:
+            warnings.append(f"node {node.name}: no rank reported its identity")
+            continue
+        if plan.network.driver != "loopback":
+            if ip != node.ip:
+                warnings.append(
+                    f"node {node.name}: effective IP {ip} differs from the planned {node.ip}"
+                )
+            if plan.network.mtu is not None and mtu != plan.network.mtu:
+                warnings.append(
+                    f"node {node.name}: effective MTU {mtu} on {first.get('ifname')} differs from "
+                    f"the requested {plan.network.mtu}; the measurement is not at the MTU you asked for"
+                )
+    results = list(result.get("results", []))
+    wrong_total = result.get("wrong_total")
+    return {
+        "schema": REPORT_SCHEMA,
+        "run_id": plan.run_id,
+        "backend": plan.backend,
+        "dist_backend": result.get("dist_backend", plan.dist_backend),
+        "device": result.get("device"),
+        "torch_version": result.get("torch_version"),
+        "world_size": result.get("world_size", plan.world_size),
+        "nnodes": plan.nnodes,
+        "nproc_per_node": plan.nproc_per_node,
+        "network": {
+            "name": plan.network.name,
+            "driver": plan.network.driver,
+            "subnet": plan.network.subnet,
+            "gateway": plan.network.gateway,
+            "mtu": plan.network.mtu,
+            "interface": plan.network.interface,
+        },
+        "nodes": nodes,
+        "ranks": ranks,
+        "settings": result.get("settings", {}),
+        "results": results,
+        "skipped": result.get("skipped", []),
+        "notes": result.get("notes", []),
+        "wrong_total": wrong_total,
+        "warnings": warnings,
+        "elapsed_s": round(elapsed_s, 3),
+        "ok": bool(results) and (wrong_total in (0, None)),
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json, results.csv and busbw.png into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "csv": out_dir / "results.csv"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in report["results"]:
+            writer.writerow(_csv_row(row))
+    png = plot_busbw(report, out_dir / "busbw.png")
+    if png is not None:
+        paths["png"] = png
+    return paths
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    t = row.get("time_us", {})
+    return {
+        "op": row["op"], "dtype": row["dtype"], "size_bytes": row["size_bytes"],
+        "count": row["count"], "in_place": int(bool(row["in_place"])),
+        "time_us_min": t.get("min"), "time_us_avg": t.get("avg"), "time_us_max": t.get("max"),
+        "algbw_gbps": row["algbw_gbps"], "busbw_gbps": row["busbw_gbps"], "wrong": row["wrong"],
+    }
+
+
+def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
+    """busbw vs message size, one line per (op, dtype, in/out-of-place); log2 x axis."""
+    rows = report["results"]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        label = f"{row['op']} {row['dtype']} {'in-place' if row['in_place'] else 'out-of-place'}"
+        series.setdefault(label, []).append((int(row["size_bytes"]), float(row["busbw_gbps"])))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("bus bandwidth (GB/s)")
+    mtu = report["network"].get("mtu")
+    ax.set_title(
+        f"netorch {report['run_id']}: {report['world_size']} ranks, {report['dist_backend']}, "
+        f"{report['backend']}" + (f", MTU {mtu}" if mtu else "")
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def results_table(report: dict[str, Any]) -> Table:
+    """nccl-tests-like table: out-of-place and in-place side by side per (op, dtype, size).
+
+    A side no row has (torch offers no out-of-place all_reduce) gets no columns.
+    """
+    table = Table(
+        title=f"netorch {report['run_id']} · {report['world_size']} ranks · "
+        f"{report['dist_backend']} on {report['backend']}",
+        title_justify="left",
+    )
+    for col in ("op", "dtype", "size", "count"):
+        table.add_column(col, justify="right" if col in ("size", "count") else "left")
+    sides = [s for s in (False, True) if any(bool(r["in_place"]) == s for r in report["results"])]
+    for side in sides:
+        tag = "in" if side else "out"
+        table.add_column(f"{tag}: time us", justify="right")
+        table.add_column("algbw GB/s", justify="right")
+        table.add_column("busbw GB/s", justify="right")
+        table.add_column("#wrong", justify="right")
+    grouped: dict[tuple[str, str, int], dict[bool, dict[str, Any]]] = {}
+    for row in report["results"]:
+        key = (row["op"], row["dtype"], int(row["size_bytes"]))
+        grouped.setdefault(key, {})[bool(row["in_place"])] = row
+    for (op, dtype, size), by_side in grouped.items():
+        count = next(iter(by_side.values()))["count"]
+        cells = [op, dtype, format_size(size), str(count)]
+        for side in sides:
+            row = by_side.get(side)
+            if row is None:
+                cells += ["n/a"] * 4
+                continue
+            wrong = row["wrong"]
+            cells += [
+                f"{row['time_us']['avg']:.1f}",
+                f"{row['algbw_gbps']:.3f}",
+                f"{row['busbw_gbps']:.3f}",
+                "-" if wrong is None else (str(wrong) if wrong == 0 else f"[bold red]{wrong}[/]"),
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def avg_busbw(report: dict[str, Any], min_bytes: int = 0) -> float:
+    """Mean busbw over rows of at least ``min_bytes`` (nccl-tests' 'Avg bus bandwidth')."""
+    values = [float(r["busbw_gbps"]) for r in report["results"] if int(r["size_bytes"]) >= min_bytes]
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,185 @@
+"""One lifecycle for every backend: preflight, up, supervise (fail fast), collect, down.
+
+``run_session`` is the only code path that applies a plan. Teardown runs in ``finally`` and on
+SIGINT/SIGTERM, so a run never leaves processes, containers or networks behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from orchestrator.backends.base import Backend, NodeExit, NodeHandle
+from orchestrator.errors import BackendError, RankFailedError, ResultError
+from orchestrator.plan import ClusterPlan
+from train.results import RESULT_MARKER, decode_result_lines
+
+LOG_TAIL_LINES = 30
+
+Echo = Callable[[str, str], None]
+
+
+class LogBook:
+    """Collects every node's log lines: a file per node, a tail for diagnoses, the result line.
+
+    Fed from backend reader threads, hence the lock.
+    """
+
+    def __init__(self, log_dir: Path, echo: Echo | None = None) -> None:
+        self.log_dir = log_dir
+        self.echo = echo
+        self._lock = threading.Lock()
+        self._tails: dict[str, collections.deque[str]] = {}
+        self._files: dict[str, Any] = {}
+        self._results: dict[str, str] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def sink(self, node: str, line: str) -> None:
+        with self._lock:
+            fh = self._files.get(node)
+            if fh is None:
+                fh = self._files[node] = open(self.log_dir / f"{node}.log", "a", encoding="utf-8")
+            fh.write(line + "\n")
+            fh.flush()
+            if RESULT_MARKER in line:
+                self._results[node] = line
+                return
+            self._tails.setdefault(node, collections.deque(maxlen=LOG_TAIL_LINES)).append(line)
+        if self.echo is not None:
+            self.echo(node, line)
+
+    def tail(self, node: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+        with self._lock:
+            return list(self._tails.get(node, ()))[-lines:]
+
+    def result(self, node: str) -> dict[str, Any] | None:
+        with self._lock:
+            line = self._results.get(node)
+        return decode_result_lines([line]) if line else None
+
+    def close(self) -> None:
+        with self._lock:
+            for fh in self._files.values():
+                fh.close()
+            self._files.clear()
+
+
+@dataclass(frozen=True)
+class SessionOutcome:
+    """What came back from a finished run."""
+
+    plan: ClusterPlan
+    result: dict[str, Any]
+    elapsed_s: float
+    log_dir: Path
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into KeyboardInterrupt so ``finally`` blocks run."""
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _first_failure(exits: dict[str, NodeExit]) -> tuple[str, NodeExit]:
+    """The node whose failure caused the others: earliest to end, a signal death preferred.
+
+    When one node is killed, its peers fail a moment later with connection errors; a node that
+    died of a signal within a second of the earliest failure is the likelier root cause.
+    """
+    failed = sorted(exits.items(), key=lambda item: item[1].finished_at)
+    first_time = failed[0][1].finished_at
+    for name, ex in failed:
+        if ex.finished_at - first_time > 1.0:
+            break
+        if ex.exit_code < 0 or ex.exit_code > 128 or ex.oom_killed:
+            return name, ex
+    return failed[0]
+
+
+def supervise(
+    backend: Backend,
+    plan: ClusterPlan,
+    handles: list[NodeHandle],
+    logbook: LogBook,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    on_tick: Callable[[int, int], None] | None = None,
+) -> None:
+    """Wait for every node; on the first non-zero exit stop the rest and raise the diagnosis."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exits = {h.name: ex for h in handles if (ex := h.poll()) is not None}
+        failed = {name: ex for name, ex in exits.items() if ex.exit_code != 0}
+        if failed:
+            backend.stop(plan, grace_s=float(plan.runtime.stop_timeout_s))
+            name, ex = _first_failure(failed)
+            raise RankFailedError(
+                name, ex.exit_code, ex.reason() + "; the other nodes were stopped",
+                logbook.tail(name),
+            )
+        if on_tick is not None:
+            on_tick(len(exits), len(handles))
+        if len(exits) == len(handles):
+            return
+        if time.monotonic() > deadline:
+            backend.stop(plan, grace_s=float(plan.runtime.stop_timeout_s))
+            raise BackendError(
+                f"run {plan.run_id} did not finish within {timeout_s:.0f} s; raise "
+                "cluster.job_timeout_s or shrink the sweep (bench.max_bytes, bench.iters)"
+            )
+        time.sleep(poll_s)
+
+
+def run_session(
+    backend: Backend,
+    plan: ClusterPlan,
+    out_dir: Path,
+    timeout_s: float,
+    echo: Echo | None = None,
+    on_tick: Callable[[int, int], None] | None = None,
+) -> SessionOutcome:
+    """Apply ``plan`` on ``backend`` and bring back rank 0's results. Always tears down."""
+    backend.preflight(plan)
+    logbook = LogBook(out_dir / "logs", echo)
+    started = time.monotonic()
+    try:
+        with _signals_raise():
+            try:
+                handles = backend.up(plan, logbook.sink)
+                supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
+            finally:
+                backend.down(plan)
+    finally:
+        logbook.close()
+    elapsed = time.monotonic() - started
+    result = logbook.result(plan.master.name)
+    if result is None:
+        tail = "\n".join(f"    {line}" for line in logbook.tail(plan.master.name, 15))
+        raise ResultError(
+            f"run {plan.run_id}: the master ({plan.master.name}) exited 0 but emitted no results; "
+            f"its last lines:\n{tail}"
+        )
+    return SessionOutcome(plan=plan, result=result, elapsed_s=elapsed, log_dir=out_dir / "logs")

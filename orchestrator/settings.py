@@ -1,0 +1,492 @@
+"""Validated configuration: defaults < TOML file < ``NETORCH_*`` environment < CLI flags.
+
+``load_settings`` is the only entry point. Every validation failure becomes one
+:class:`~orchestrator.errors.ConfigError` line naming the field, the value and the fix; pydantic's
+own exception never escapes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/default.toml")
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int32", "int64", "int8", "uint8")
+MTU_MIN, MTU_MAX = 576, 9216
+
+# Prefixes a user may inject through [env]; anything else is most likely a typo.
+ENV_PREFIXES = (
+    "NCCL_", "GLOO_", "TORCH_", "TORCHELASTIC_", "OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_",
+    "UCX_", "FI_", "PYTHON", "NETORCH_USER_",
+)
+# Variables the plan owns: overriding them would silently break rendezvous.
+PLAN_OWNED_ENV = frozenset({
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "NNODES",
+    "NPROC_PER_NODE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
+})
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DOCKER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_MEM_RE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+# A message that already starts with "section.field: " names its field itself.
+_NAMES_FIELD = re.compile(r"^[a-z_]+(\.[a-z_]+)*: ")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``1048576``, ``"4K"``, ``"1M"``, ``"64MiB"``, ``"1G"``.
+
+    Suffixes are binary multiples whether written K, KB or KiB, as nccl-tests reads them.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; write bytes or a size like 1M, 64MiB, 1G")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{value} is not a positive size; write bytes or a size like 1M")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            number, unit, _ = m.groups()
+            size = int(number) * _SIZE_UNITS[unit.lower()]
+            if size >= 1:
+                return size
+    raise ValueError(f"{value!r} is not a size; write bytes or a size like 1M, 64MiB, 1G")
+
+
+def _comma_list(value: object) -> object:
+    """Accept ``"a,b"`` from env/flags as well as a TOML list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Op = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"]
+DType = Literal["float32", "float16", "bfloat16", "float64", "int32", "int64", "int8", "uint8"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ClusterSettings(_Section):
+    """How many nodes and ranks, which collective backend, which image."""
+
+    name: str = Field("netorch", description="prefix of every resource name (Docker name chars)")
+    nodes: int = Field(2, ge=1, le=256, description="nodes: 1 master + N-1 workers")
+    procs_per_node: int = Field(1, ge=1, le=64, description="ranks (torchrun processes) per node")
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend; auto = nccl with CUDA, else gloo"
+    )
+    image: str = Field("netorch:latest", description="training image for container backends")
+    master_port: int = Field(29500, ge=1024, le=65535, description="c10d rendezvous port")
+    omp_num_threads: int = Field(1, ge=1, le=256, description="OMP_NUM_THREADS per rank")
+    timeout_s: int = Field(300, ge=10, le=7200, description="process-group timeout per collective")
+    job_timeout_s: int = Field(1800, ge=10, le=7 * 86400, description="whole-run time limit")
+
+    @field_validator("name")
+    @classmethod
+    def _docker_name(cls, v: str) -> str:
+        if not _DOCKER_NAME_RE.match(v) or len(v) > 24:
+            raise ValueError(
+                f"{v!r} is not a usable name prefix; use 1-24 characters of letters, digits, "
+                "'_', '.', '-', starting with a letter or digit"
+            )
+        return v
+
+
+class NetworkSettings(_Section):
+    """The training fabric: one bridge network with fixed addressing."""
+
+    name: str | None = Field(None, description="network name; default <cluster.name>-<run>-net")
+    subnet: str = Field("172.28.0.0/16", description="IPv4 subnet in CIDR form")
+    gateway: str | None = Field(None, description="gateway address; default first host")
+    ip_range: str | None = Field(None, description="sub-range (CIDR) node addresses come from")
+    mtu: int = Field(1500, description=f"bridge MTU ({MTU_MIN}..{MTU_MAX})")
+    internal: bool = Field(True, description="no route out of the network (training needs none)")
+    bridge_name: str | None = Field(None, description="host-side bridge interface name")
+    interface: str = Field("eth0", description="container interface NCCL/gloo must use")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a subnet; write CIDR like 172.28.0.0/16") from None
+            raise ValueError(
+                f"{v!r} has host bits set; did you mean {loose}?"
+            ) from None
+        if net.version != 4:
+            raise ValueError(f"{v!r} is IPv6; netorch plans IPv4 fabrics (write e.g. 172.28.0.0/16)")
+        if net.prefixlen > 29:
+            raise ValueError(f"{v!r} is too small for a network; use a /29 or larger")
+        if net.is_loopback or net.is_multicast:
+            raise ValueError(f"{v!r} is not usable for a bridge; use a private range like 172.28.0.0/16")
+        return str(net)
+
+    @field_validator("mtu")
+    @classmethod
+    def _mtu(cls, v: int) -> int:
+        if not MTU_MIN <= v <= MTU_MAX:
+            raise ValueError(
+                f"{v} is outside {MTU_MIN}..{MTU_MAX}; use 1500 (standard) or 9000 (jumbo frames)"
+            )
+        return v
+
+    @field_validator("bridge_name")
+    @classmethod
+    def _bridge(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-zA-Z0-9_.-]{1,15}$", v):
+            raise ValueError(f"{v!r} is not a Linux interface name; use 1-15 of [a-zA-Z0-9_.-]")
+        return v
+
+    @field_validator("interface")
+    @classmethod
+    def _iface(cls, v: str) -> str:
+        if not re.match(r"^[a-zA-Z0-9_.-]{1,15}$", v):
+            raise ValueError(f"{v!r} is not an interface name; use e.g. eth0")
+        return v
+
+    @model_validator(mode="after")
+    def _addresses(self) -> NetworkSettings:
+        net = ipaddress.IPv4Network(self.subnet)
+        if self.gateway is not None:
+            try:
+                gw = ipaddress.ip_address(self.gateway)
+            except ValueError:
+                raise ValueError(
+                    f"network.gateway: {self.gateway!r} is not an IPv4 address; "
+                    f"use a host of {net}, e.g. {next(net.hosts())}"
+                ) from None
+            if gw not in net or gw in (net.network_address, net.broadcast_address):
+                raise ValueError(
+                    f"network.gateway: {self.gateway} is not a usable host of {net}; "
+                    f"use e.g. {next(net.hosts())}"
+                )
+        if self.ip_range is not None:
+            try:
+                rng = ipaddress.ip_network(self.ip_range, strict=True)
+            except ValueError:
+                raise ValueError(
+                    f"network.ip_range: {self.ip_range!r} is not a CIDR range; "
+                    f"write a sub-range of {net} like {next(net.subnets(new_prefix=min(net.prefixlen + 8, 30)))}"
+                ) from None
+            if rng.version != 4 or not rng.subnet_of(net):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"network.ip_range: {self.ip_range} is not inside subnet {net}; "
+                    f"use a sub-range such as {next(net.subnets(new_prefix=min(net.prefixlen + 8, 30)))}"
+                )
+        return self
+
+
+class GpuSettings(_Section):
+    """GPU reservation per node: a count, or explicit device ids (one list per node)."""
+
+    per_node: int = Field(0, ge=0, le=64, description="GPUs per node (0 = CPU only)")
+    device_ids: list[list[str]] = Field(
+        default_factory=list, description="explicit device ids, one list per node"
+    )
+    driver: str = Field("nvidia", description="device driver for the reservation")
+    capabilities: list[str] = Field(
+        default_factory=lambda: ["gpu", "compute", "utility"],
+        description="driver capabilities (utility is needed for NVML)",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GpuSettings:
+        if self.per_node and self.device_ids:
+            raise ValueError(
+                "gpu: set either per_node or device_ids, not both; drop one of them"
+            )
+        return self
+
+
+class DockerSettings(_Section):
+    """Container options the Docker backend applies to every node."""
+
+    host: str | None = Field(None, description="daemon URL; default DOCKER_HOST or the local socket")
+    shm_size: str = Field("1g", description="/dev/shm size (NCCL needs far more than 64m)")
+    ipc_mode: str | None = Field(None, description="ipc mode, e.g. host; default private")
+    memlock: int | None = Field(
+        None, ge=-1, description="memlock ulimit in bytes (-1 = unlimited); default: daemon's"
+    )
+    stop_timeout_s: int = Field(5, ge=0, le=300, description="grace period before SIGKILL")
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm(cls, v: str) -> str:
+        if not _MEM_RE.match(v):
+            raise ValueError(f"{v!r} is not a memory size; write e.g. 1g, 512m")
+        return v.lower()
+
+
+class BenchSettings(_Section):
+    """The collective sweep, with nccl-tests' meaning for every knob."""
+
+    ops: Annotated[list[Op], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: ["all_reduce"], description="collectives to measure"
+    )
+    min_bytes: Size = Field(1 << 20, description="smallest size (nccl-tests -b)")
+    max_bytes: Size = Field(64 << 20, description="largest size (nccl-tests -e)")
+    step_factor: int = Field(2, description="size multiplier between steps (nccl-tests -f)")
+    warmup: int = Field(5, ge=0, le=10_000, description="untimed iterations (nccl-tests -w)")
+    iters: int = Field(20, ge=1, le=100_000, description="timed iterations (nccl-tests -n)")
+    dtype: Annotated[list[DType], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: ["float32"], description="data types (nccl-tests -d)"
+    )
+    check: bool = Field(True, description="exact correctness check after timing (nccl-tests -c)")
+    in_place: Literal["both", "on", "off"] = Field(
+        "both", description="report in-place rows, out-of-place rows, or both"
+    )
+    reduce_op: Literal["sum", "max", "min", "prod"] = Field("sum", description="nccl-tests -o")
+
+    @field_validator("step_factor")
+    @classmethod
+    def _factor(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"{v} would not grow the size; use 2 or more (nccl-tests -f)")
+        return v
+
+    @field_validator("ops", "dtype")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("the list is empty; name at least one")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _range(self) -> BenchSettings:
+        if self.min_bytes > self.max_bytes:
+            raise ValueError(
+                f"bench.min_bytes: {self.min_bytes} is larger than bench.max_bytes "
+                f"{self.max_bytes}; swap them or raise max_bytes"
+            )
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything netorch needs to plan and run a job."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NETORCH_",
+        env_nested_delimiter="__",
+        # Lists come from the environment as "a,b" (like the CLI), not as JSON.
+        enable_decoding=False,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    backend: Literal["auto", "process", "docker"] = Field(
+        "auto", description="where nodes run; auto = docker if a daemon and the image are there"
+    )
+    output: Path = Field(Path("runs"), description="reports go to <output>/<run_id>/")
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)  # type: ignore[arg-type]
+    network: NetworkSettings = Field(default_factory=NetworkSettings)  # type: ignore[arg-type]
+    gpu: GpuSettings = Field(default_factory=GpuSettings)  # type: ignore[arg-type]
+    docker: DockerSettings = Field(default_factory=DockerSettings)  # type: ignore[arg-type]
+    bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
+    env: dict[str, str] = Field(default_factory=dict, description="extra NCCL_*/GLOO_*/TORCH_* env")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        # NETORCH_ENV__NCCL_DEBUG arrives lower-cased (settings are case-insensitive).
+        v = {key.upper(): value for key, value in v.items()}
+        for key in v:
+            if key in PLAN_OWNED_ENV:
+                raise ValueError(
+                    f"{key} is set by the plan; remove it (change cluster/network settings instead)"
+                )
+            if not key.startswith(ENV_PREFIXES):
+                raise ValueError(
+                    f"{key!r} is not a known variable family; use one starting with "
+                    + ", ".join(p for p in ENV_PREFIXES)
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> Settings:
+        needed = self.cluster.nodes
+        pool = address_pool(self.network)
+        if len(pool) < needed:
+            where = f"ip_range {self.network.ip_range}" if self.network.ip_range else (
+                f"subnet {self.network.subnet}"
+            )
+            prefix = 32 - max(3, (needed + 3 - 1).bit_length())
+            raise ValueError(
+                f"network: {where} has {len(pool)} usable addresses but the plan needs {needed} "
+                f"(1 master + {needed - 1} workers); use a /{prefix} or larger"
+            )
+        if self.gpu.device_ids and len(self.gpu.device_ids) != self.cluster.nodes:
+            raise ValueError(
+                f"gpu.device_ids: {len(self.gpu.device_ids)} lists for {self.cluster.nodes} nodes; "
+                "give one list of device ids per node"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init kwargs) > NETORCH_* env > TOML file > defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _TOML_PATH.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+_TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
+
+
+def address_pool(network: NetworkSettings) -> list[ipaddress.IPv4Address]:
+    """Addresses nodes may take: hosts of ip_range (or the subnet), minus the gateway.
+
+    The network address, the broadcast address and the gateway are never handed out.
+    """
+    net = ipaddress.IPv4Network(network.subnet)
+    source = ipaddress.IPv4Network(network.ip_range) if network.ip_range else net
+    gateway = ipaddress.IPv4Address(network.gateway) if network.gateway else next(net.hosts())
+    reserved = {net.network_address, net.broadcast_address, gateway}
+    pool: list[ipaddress.IPv4Address] = []
+    for host in source.hosts() if source.prefixlen < 31 else iter(source):
+        if host not in reserved:
+            pool.append(host)
+            if len(pool) >= 512:  # more than any plan needs (256 nodes); avoids walking a /8
+                break
+    return pool
+
+
+def _deep_set(target: dict[str, Any], dotted: str, value: object) -> None:
+    node = target
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section; check the key")
+    node[leaf] = value
+
+
+def overrides_from_pairs(pairs: Mapping[str, object]) -> dict[str, Any]:
+    """``{"network.mtu": 9000}`` -> ``{"network": {"mtu": 9000}}`` (``None`` values dropped)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs.items():
+        if value is not None:
+            _deep_set(out, key, value)
+    return out
+
+
+def parse_set_option(item: str) -> tuple[str, object]:
+    """``--set network.mtu=9000`` -> ``("network.mtu", "9000")``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set network.mtu=9000")
+    return key.strip(), value.strip()
+
+
+@contextmanager
+def _toml(path: Path | None) -> Iterator[None]:
+    token = _TOML_PATH.set(path)
+    try:
+        yield
+    finally:
+        _TOML_PATH.reset(token)
+
+
+def load_settings(
+    config: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build :class:`Settings` from ``config`` (or ``configs/default.toml`` if present), the
+    ``NETORCH_*`` environment and ``overrides`` (nested dict from CLI flags).
+
+    Raises :class:`ConfigError` with one line per problem; never a pydantic exception.
+    """
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(
+                f"--config: {config} does not exist; pass an existing TOML file "
+                f"(e.g. {DEFAULT_CONFIG})"
+            )
+        toml_path: Path | None = config
+    else:
+        toml_path = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    try:
+        with _toml(toml_path):
+            return Settings(**dict(overrides or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    except ValueError as e:  # a TOML syntax error surfaces as ValueError/TOMLDecodeError
+        if "EnvSettingsSource" in str(e):
+            raise ConfigError(f"NETORCH_* environment: {e}; fix that variable") from None
+        raise ConfigError(f"{toml_path}: {e}; fix the TOML syntax") from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: ``field: value ...; fix``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            section = _section_fields(item["loc"][:-1])
+            known = ", ".join(section) if section else "see README config reference"
+            line = f"{loc}: unknown key; known keys here: {known}"
+        elif kind == "value_error":
+            # Our validators already name the value and the fix; model validators name the field.
+            line = msg if _NAMES_FIELD.match(msg) or not loc else f"{loc}: {msg}"
+        elif kind == "literal_error":
+            line = f"{loc}: {value!r} is not allowed; {msg.lower()}"
+        else:
+            line = f"{loc}: {value!r} is invalid ({msg.lower()}); see README config reference"
+        lines.append(line)
+    return "; ".join(lines)
+
+
+def _section_fields(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(
+            field.annotation, BaseModel
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build the netorch training image (default: offline, tag netorch:latest); a no-op when the
+# image is up to date. Thin wrapper over orchestrator/image.py; arguments go to its `build`:
+#   scripts/build-image.sh [--online] [--tag TAG] [--base-image IMAGE] [--force]
+# Python: $NETORCH_PYTHON, else the active virtualenv, else ./.venv, else python3.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+if [[ -n ${NETORCH_PYTHON:-} ]]; then
+    py=$NETORCH_PYTHON
+elif [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
+    py=$VIRTUAL_ENV/bin/python
+elif [[ -x .venv/bin/python ]]; then
+    py=.venv/bin/python
+else
+    py=python3
+fi
+
+exec "$py" -m orchestrator.image build "$@"
