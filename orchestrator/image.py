@@ -236,7 +236,7 @@ def build_base_rootfs(
             "run scripts/system-setup.sh"
         )
     repo, _, img_tag = tag.rpartition(":")
-    if not repo:
+    if not repo or "/" in img_tag:  # no tag given ("name" or "host:port/name")
         repo, img_tag = tag, "latest"
     with tempfile.TemporaryDirectory(prefix="netorch-rootfs-") as tmp:
         tar_path = Path(tmp) / "rootfs.tar"

@@ -128,7 +128,8 @@ class ClusterPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML/JSON output (tuples of pairs become mappings)."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:

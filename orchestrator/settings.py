@@ -201,7 +201,7 @@ class NetworkSettings(_Section):
                     f"network.ip_range: {self.ip_range!r} is not a CIDR range; "
                     f"write a sub-range of {net} like {next(net.subnets(new_prefix=min(net.prefixlen + 8, 30)))}"
                 ) from None
-            if rng.version != 4 or not rng.subnet_of(net):  # type: ignore[arg-type]
+            if not isinstance(rng, ipaddress.IPv4Network) or not rng.subnet_of(net):
                 raise ValueError(
                     f"network.ip_range: {self.ip_range} is not inside subnet {net}; "
                     f"use a sub-range such as {next(net.subnets(new_prefix=min(net.prefixlen + 8, 30)))}"
@@ -254,7 +254,7 @@ class BenchSettings(_Section):
     """The collective sweep, with nccl-tests' meaning for every knob."""
 
     ops: Annotated[list[Op], BeforeValidator(_comma_list)] = Field(
-        default_factory=lambda: ["all_reduce"], description="collectives to measure"
+        default_factory=lambda: list[Op](["all_reduce"]), description="collectives to measure"
     )
     min_bytes: Size = Field(1 << 20, description="smallest size (nccl-tests -b)")
     max_bytes: Size = Field(64 << 20, description="largest size (nccl-tests -e)")
@@ -262,7 +262,7 @@ class BenchSettings(_Section):
     warmup: int = Field(5, ge=0, le=10_000, description="untimed iterations (nccl-tests -w)")
     iters: int = Field(20, ge=1, le=100_000, description="timed iterations (nccl-tests -n)")
     dtype: Annotated[list[DType], BeforeValidator(_comma_list)] = Field(
-        default_factory=lambda: ["float32"], description="data types (nccl-tests -d)"
+        default_factory=lambda: list[DType](["float32"]), description="data types (nccl-tests -d)"
     )
     check: bool = Field(True, description="exact correctness check after timing (nccl-tests -c)")
     in_place: Literal["both", "on", "off"] = Field(

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker_fixtures import docker_client  # noqa: F401  (fixture)
 
 from orchestrator import image
 from orchestrator.image import (
@@ -129,14 +128,14 @@ def test_wheelhouse_manifest_detects_incomplete_download(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="session")
-def offline_image(docker_client: docker.DockerClient) -> ImageBuildResult:  # noqa: F811
+def offline_image(docker_client: docker.DockerClient) -> ImageBuildResult:
     """The offline image, built (or found up to date) once per session."""
     return build_image(docker_client, tag=image.DEFAULT_TAG, offline=True)
 
 
 @pytest.mark.docker
 def test_offline_build_leaves_a_labelled_image(
-    docker_client: docker.DockerClient,  # noqa: F811
+    docker_client: docker.DockerClient,
     offline_image: ImageBuildResult,
 ) -> None:
     assert image_exists(docker_client, offline_image.tag)
@@ -148,7 +147,7 @@ def test_offline_build_leaves_a_labelled_image(
 
 @pytest.mark.docker
 def test_second_build_is_a_no_op(
-    docker_client: docker.DockerClient,  # noqa: F811
+    docker_client: docker.DockerClient,
     offline_image: ImageBuildResult,
 ) -> None:
     lines: list[str] = []
@@ -164,7 +163,7 @@ def test_second_build_is_a_no_op(
 
 @pytest.mark.docker
 def test_image_runs_torch_torchrun_and_network_tools(
-    docker_client: docker.DockerClient,  # noqa: F811
+    docker_client: docker.DockerClient,
     offline_image: ImageBuildResult,
 ) -> None:
     script = (

@@ -31,7 +31,7 @@ from orchestrator.render.compose import (
 from orchestrator.settings import load_settings
 from train.results import decode_result_lines
 
-from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
+from docker_fixtures import require_docker
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "compose" / COMPOSE_FILE_NAME

@@ -58,7 +58,7 @@ from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encod
 
 OpName = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"]
 InPlaceMode = Literal["both", "on", "off"]
-FillKind = Literal["reduce", "prod", "move"]
+FillKind = Literal["sum", "mark_high", "mark_low", "move"]
 
 OPS: Final[tuple[str, ...]] = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
 DTYPES: Final[dict[str, torch.dtype]] = {
@@ -211,28 +211,59 @@ def variants(op: str, in_place: InPlaceMode) -> tuple[bool, ...]:
 
 
 def fill_kind(op: str, reduce_op: str) -> FillKind:
-    """Return which deterministic pattern feeds ``op``: reductions need small summands."""
-    if op in REDUCING_OPS:
-        return "prod" if reduce_op == "prod" else "reduce"
-    return "move"
+    """Return which deterministic pattern (see :func:`fill_values`) feeds ``op`` with ``reduce_op``."""
+    if op not in REDUCING_OPS:
+        return "move"
+    if reduce_op == "sum":
+        return "sum"
+    return "mark_low" if reduce_op == "min" else "mark_high"
+
+
+MIX_MULTIPLIER: Final = 0x5BD1E995  # < 2**31, so index * multiplier fits int64 for index < 2**32
+MIX_PRIME: Final = 2**31 - 1  # folds a hash back below 2**32 so it can be mixed again, no overflow
+RANK_SALT: Final = 0x9E3779B
+
+
+def mix_index(index: torch.Tensor) -> torch.Tensor:
+    """Return a non-negative int64 hash of each element index (exact, identical on CPU and CUDA).
+
+    Patterns built on the raw index are periodic (``i % 3`` repeats every 3), so a collective that
+    delivers data shifted by a multiple of the period passes the check. Hashing the index first
+    makes a shifted or swapped chunk show for any chunk size.
+    """
+    x = index * MIX_MULTIPLIER
+    return x ^ (x >> 15)
+
+
+def rank_mix(rank: int, index: torch.Tensor) -> torch.Tensor:
+    """Return a non-negative int64 hash of (rank, index): independent-looking bits per rank."""
+    return mix_index((mix_index(index) + RANK_SALT * rank) % MIX_PRIME)
 
 
 def fill_values(kind: FillKind, rank: int, world_size: int, index: torch.Tensor) -> torch.Tensor:
     """Return the int64 pattern rank ``rank`` holds at positions ``index`` (an int64 tensor).
 
-    * ``reduce`` (sum/max/min): ``(rank + (rank % 2 + 1) * i) % 3`` in 0..2. Summed over ranks it
-      stays <= 2n (exact in bfloat16 and int8 up to n = 64) and, unlike ``(rank + i) % 3``, the sum
-      still varies with ``i`` when n is a multiple of 3, so a misplaced chunk shows.
-    * ``prod``: 2 where ``(rank + i) % (n + 1) == 0`` else 1: at most one factor 2 per element, so
-      the product is 1 or 2 for any n and never overflows.
-    * ``move`` (gather, broadcast, all-to-all): ``(31 * rank + i) % 97`` in 0..96, different for
+    With ``h = mix_index(index)``:
+
+    * ``sum``: a pseudo-random bit per (rank, index), ``(rank_mix(rank, i) >> 7) % 2``. A sum over
+      n ranks is at most n (exact in int8 to n = 127, bfloat16 to 256), and because every rank's
+      bits differ, a rank counted twice or left out shows. (Small modular patterns such as
+      ``(rank + i) % 3`` cancel: over a multiple of 3 ranks their sum is the same constant at
+      every index, so no fault would ever show.)
+    * ``mark_high`` (prod, max) / ``mark_low`` (min): the one rank with ``(rank + h) % (n + 1) == 0``
+      holds 2 (high) or 0 (low), every other rank 1. At most one rank is marked per element, so a
+      product is 1 or 2 for any n and never overflows, and max / min vary with the index (with
+      ``sum``'s values, the max over many ranks is 2 everywhere and a shift would go unseen).
+    * ``move`` (gather, broadcast, all-to-all): ``(31 * rank + h) % 97`` in 0..96, different for
       different source ranks at the same index, so data from the wrong rank shows.
     """
-    if kind == "reduce":
-        return (rank + (rank % 2 + 1) * index) % 3
-    if kind == "prod":
-        return torch.where((rank + index) % (world_size + 1) == 0, 2, 1).to(torch.int64)
-    return (MOVE_RANK_STRIDE * rank + index) % MOVE_MODULUS
+    h = mix_index(index)
+    if kind == "sum":
+        return (rank_mix(rank, index) >> 7) % 2
+    if kind in ("mark_high", "mark_low"):
+        marked = 2 if kind == "mark_high" else 0
+        return torch.where((rank + h) % (world_size + 1) == 0, marked, 1).to(torch.int64)
+    return (MOVE_RANK_STRIDE * rank + h) % MOVE_MODULUS
 
 
 def sentinel_value(dtype_name: str) -> int:
@@ -285,17 +316,16 @@ def expected_output(
 
 
 def expected_bound(op: str, reduce_op: str, world_size: int) -> int:
-    """Return the largest value any expected output element of ``op`` can take.
+    """Return an upper bound of the expected output elements of ``op`` (all are >= 0).
 
-    The ``reduce`` pattern is periodic in the index with period 3 (``(k * i) % 3`` depends on
-    ``i % 3`` only), so the exact maximum of a sum over ranks is found from i = 0, 1, 2.
+    ``sum``: n ranks contribute at most 1 each. ``mark_*``: at most 2. ``move``: at most 96.
     """
     kind = fill_kind(op, reduce_op)
     if kind == "move":
         return MOVE_MODULUS - 1
-    if kind == "prod" or reduce_op != "sum":
+    if kind != "sum":
         return 2
-    return max(sum((r + (r % 2 + 1) * i) % 3 for r in range(world_size)) for i in range(3))
+    return world_size
 
 
 def check_is_exact(op: str, dtype_name: str, reduce_op: str, world_size: int) -> bool:
