@@ -5,8 +5,10 @@ Run from the repository root (2 ranks, gloo, CPU)::
     python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 \
         --master-port 29700 benchmarks/bench_vs_loop.py --rounds 5
 
-Both methods run in the same process group on the same ranks, alternating within each round (and
-swapping which goes first every round) so that drift in machine load hits both alike. For each size
+Both methods run in the same process group on the same ranks, back to back within each round (the
+order rotating every round) so that drift in machine load hits both alike. A second run of the plain
+loop is paired with the first the same way ("A/A control"): its difference is the noise floor of the
+machine, against which the bench-vs-loop difference should be read. For each size
 rank 0 prints the median busbw of each method and the relative difference, taken as the median of
 the per-round paired ratios (robust to a machine whose speed drifts under other load). Acceptance: agreement
 within 5 % at >= 16 MiB. Exit status 1 when a size >= 16 MiB disagrees by more than that.
@@ -65,26 +67,28 @@ def bench_busbw_gbps(nbytes: int, warmup: int, iters: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", default="16,32,64")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=10)
     args = parser.parse_args()
     sizes = [int(s) * MIB for s in args.sizes_mib.split(",")]
     dist.init_process_group("gloo")
     try:
         rank = dist.get_rank()
-        results: dict[int, dict[str, list[float]]] = {s: {"bench": [], "loop": []} for s in sizes}
+        methods = {"bench": bench_busbw_gbps, "loop": loop_busbw_gbps, "loop2": loop_busbw_gbps}
+        results: dict[int, dict[str, list[float]]] = {s: {m: [] for m in methods} for s in sizes}
         # One discarded round first: the very first large ops pay for connection setup and page
         # faults, and would otherwise land on whichever method happens to go first.
         for size in sizes:
             bench_busbw_gbps(size, args.warmup, args.iters)
             loop_busbw_gbps(size, args.warmup, args.iters)
+        names = list(methods)
         for rnd in range(args.rounds):
             for size in sizes:
-                order = ("bench", "loop") if rnd % 2 == 0 else ("loop", "bench")
+                # Rotate the order every round so no method always runs first (or after another).
+                order = names[rnd % 3 :] + names[: rnd % 3]
                 for method in order:
-                    fn = bench_busbw_gbps if method == "bench" else loop_busbw_gbps
-                    results[size][method].append(fn(size, args.warmup, args.iters))
+                    results[size][method].append(methods[method](size, args.warmup, args.iters))
         ok = True
         if rank == 0:
             n = dist.get_world_size()
@@ -94,8 +98,8 @@ def main() -> int:
                 f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
             )
             print(
-                f"{'size':>8} {'train.bench':>12} {'plain loop':>12} {'diff':>8}  verdict   "
-                "per-round bench/loop"
+                f"{'size':>8} {'train.bench':>12} {'plain loop':>12} {'diff':>8}  verdict  "
+                f"{'A/A ctl':>8}  per-round bench/loop"
             )
             for size in sizes:
                 bench, loop = results[size]["bench"], results[size]["loop"]
@@ -103,6 +107,10 @@ def main() -> int:
                 # slow drift of a shared machine that the two medians alone would not.
                 ratios = [b / lp for b, lp in zip(bench, loop)]
                 diff = statistics.median(ratios) - 1.0
+                # The same statistic for the loop against itself: the noise floor of this machine.
+                control = statistics.median(
+                    [a / b for a, b in zip(results[size]["loop2"], loop)]
+                ) - 1.0
                 verdict = ""
                 if size >= ACCEPT_FROM_BYTES:
                     good = abs(diff) <= TOLERANCE
@@ -110,12 +118,13 @@ def main() -> int:
                     verdict = "ok" if good else "DISAGREE"
                 print(
                     f"{size // MIB:>5}MiB {statistics.median(bench):12.4f} "
-                    f"{statistics.median(loop):12.4f} {diff:+8.2%}  {verdict:8}  "
+                    f"{statistics.median(loop):12.4f} {diff:+8.2%}  {verdict:8} {control:+8.2%}  "
                     + " ".join(f"{r:.3f}" for r in ratios),
                     flush=True,
                 )
             print(
-                f"# diff = median over rounds of (bench busbw / loop busbw) - 1; acceptance "
+                "# diff = median over rounds of (bench busbw / loop busbw) - 1; A/A ctl = the same "
+                "for a second run of the plain loop against the first\n# acceptance "
                 f"(|diff| <= {TOLERANCE:.0%} at >= 16 MiB): {'PASS' if ok else 'FAIL'}"
             )
         flag = torch.tensor([0 if ok else 1])

@@ -178,20 +178,37 @@ def compose_startup(runs: int = 3) -> float:
     return statistics.median(times)
 
 
+JOB = "job (in containers)"
+
+
+def _overhead(run: Run) -> str:
+    return f"{run.wall_s - run.phases[JOB]:.2f}" if JOB in run.phases else "-"
+
+
 def report(runs: list[Run], args: argparse.Namespace, startup: tuple[float, float]) -> str:
     lines = []
-    lines.append("| pair | netorch s | compose s | netorch/compose | ok |")
-    lines.append("|---:|---:|---:|---:|---|")
+    lines.append("| pair | netorch s | compose s | netorch/compose | netorch overhead s | "
+                 "compose overhead s | ok |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---|")
     pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs) - 1, 2)]
     for i, (a, b) in enumerate(pairs, 1):
         n, c = (a, b) if a.side == "netorch" else (b, a)
         first = a.side
         lines.append(f"| {i} ({first} first) | {n.wall_s:.2f} | {c.wall_s:.2f} | "
-                     f"{n.wall_s / c.wall_s:.2f} | {n.ok and c.ok} |")
+                     f"{n.wall_s / c.wall_s:.2f} | {_overhead(n)} | {_overhead(c)} | "
+                     f"{n.ok and c.ok} |")
     nets = [r.wall_s for r in runs if r.side == "netorch"]
     comps = [r.wall_s for r in runs if r.side == "compose"]
     mn, mc = statistics.median(nets), statistics.median(comps)
-    lines.append(f"| **median** | **{mn:.2f}** | **{mc:.2f}** | **{mn / mc:.2f}** | |")
+    on = [r.wall_s - r.phases[JOB] for r in runs if r.side == "netorch" and JOB in r.phases]
+    oc = [r.wall_s - r.phases[JOB] for r in runs if r.side == "compose" and JOB in r.phases]
+    med_o = (f"**{statistics.median(on):.2f}** | **{statistics.median(oc):.2f}**"
+             if on and oc else "- | -")
+    lines.append(f"| **median** | **{mn:.2f}** | **{mc:.2f}** | **{mn / mc:.2f}** | {med_o} | |")
+    lines.append("")
+    lines.append("overhead = wall time minus the job phase (last container start to first exit), "
+                 "i.e. what the launcher itself costs; the job phase is the same work on both sides "
+                 "but swings with host load.")
     lines.append("")
     lines.append(f"Start-up alone (median of 3): `netorch --help` {startup[0]:.2f} s, "
                  f"`docker-compose version` {startup[1]:.2f} s.")
@@ -228,6 +245,7 @@ def main() -> None:
     if shutil.which("docker-compose") is None:
         raise SystemExit("docker-compose is not installed")
     client = docker.from_env()
+    load_before = os.getloadavg()[0]
     startup = (cli_startup(), compose_startup())
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="netorch-bench-") as tmp:
@@ -240,6 +258,8 @@ def main() -> None:
                 print(f"pair {i + 1}: {r.side:8s} {r.wall_s:6.2f} s ok={r.ok} run={r.run_id} "
                       + " ".join(f"{k}={v:.2f}" for k, v in r.phases.items()), flush=True)
     table = report(runs, args, startup)
+    table += (f"\n\nHost 1-min load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+              f"({os.cpu_count()} cores; the job phase stretches with it).")
     print()
     print(table)
     if args.append:

@@ -19,7 +19,7 @@ from orchestrator.backends import make_backend, resolve_backend
 from orchestrator.errors import NetorchError, RankFailedError
 from orchestrator.plan import BackendName, build_plan, new_run_id
 from orchestrator.report import avg_busbw, build_report, results_table, write_report
-from orchestrator.session import run_session
+from orchestrator.session import run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
 
 app = typer.Typer(
@@ -165,6 +165,7 @@ def bench(
                                   timeout_s=settings.cluster.job_timeout_s, echo=echo, on_tick=tick)
         report = build_report(the_plan, outcome.result, outcome.elapsed_s)
         paths = write_report(report, out_dir)
+        paths["prom"] = _publish_metrics(report, out_dir, settings)
     except NetorchError as e:
         raise _fail(e) from None
     except KeyboardInterrupt:
@@ -182,6 +183,108 @@ def bench(
     console.print("report: " + "  ".join(str(p) for p in paths.values()))
     if not report["ok"]:
         err.print(f"[bold red]error:[/] {report['wrong_total']} wrong values; see {paths['json']}")
+        raise typer.Exit(4)
+
+
+def _publish_metrics(report: dict[str, Any], out_dir: Path, settings: Settings) -> Path:
+    """metrics.prom into the run's output; a Pushgateway push when configured (warns, never fails)."""
+    from orchestrator.metrics import push_report, write_textfile
+
+    path = write_textfile(report, out_dir)
+    url = settings.metrics.pushgateway_url
+    if url:
+        problem = push_report(report, url, settings.cluster.name, settings.metrics.push_timeout_s)
+        if problem:
+            report.setdefault("warnings", []).append(problem)
+        else:
+            err.print(f"[cyan]pushed[/] {report.get('kind', 'bench')} results to {escape(url)}")
+    return path
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="samples per rank per step")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="hidden units per layer")] = None,
+    bucket_cap_mb: Annotated[Optional[float], typer.Option("--bucket-cap-mb", help="DDP bucket size (MiB)")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="checkpoint every K steps (0: never)")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of model, teacher and data")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate")] = None,
+    max_restarts: Annotated[Optional[int], typer.Option("--max-restarts", help="gang restarts after a node dies")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="first rank's /metrics port")] = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines (progress stays)")] = False,
+) -> None:
+    """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
+
+    Exit code 0 when the job finished all steps (restarts included) with a finite loss.
+    """
+    from orchestrator.metrics import write_targets
+    from orchestrator.report import build_train_report, train_table, write_train_report
+    from train.results import decode_progress
+
+    flags = _common_flags(
+        backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
+        dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu)
+    flags.update({
+        "train.steps": steps, "train.batch_size": batch_size, "train.width": width,
+        "train.bucket_cap_mb": bucket_cap_mb, "train.checkpoint_every": checkpoint_every,
+        "train.seed": seed, "train.lr": lr, "train.max_restarts": max_restarts,
+        "metrics.port_base": metrics_port,
+    })
+    try:
+        settings = _settings(config, flags, set_)
+        name, why = resolve_backend(settings)
+        err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
+        the_plan = build_plan(settings, new_run_id(), name, workload="train")
+        the_backend = make_backend(name, settings)
+        out_dir = settings.output / the_plan.run_id
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        targets = write_targets(the_plan, out_dir)
+        if targets is not None:
+            err.print(f"[cyan]metrics:[/] Prometheus file_sd targets in {escape(str(targets))}")
+
+        with err.status(f"run {the_plan.run_id}: training on {the_plan.nnodes} nodes x "
+                        f"{the_plan.nproc_per_node} ranks ({name})") as status:
+            def echo(node: str, line: str) -> None:
+                progress = decode_progress(line)
+                if progress is not None:
+                    text = (f"step {progress.get('step')}/{progress.get('steps')}  "
+                            f"loss {float(progress.get('loss', 0.0)):.5f}  "
+                            f"{float(progress.get('samples_per_s', 0.0)):,.0f} samples/s")
+                    status.update(f"run {the_plan.run_id}: {text}")
+                    err.print(f"[green]progress[/] {text}")
+                elif not quiet:
+                    short = node.removeprefix(f"{settings.cluster.name}-{the_plan.run_id}-")
+                    err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
+
+            def restarted(count: int, error: RankFailedError) -> None:
+                err.print(f"[bold yellow]restart {count}/{settings.train.max_restarts}:[/] "
+                          f"{escape(str(error))}; resuming from the latest checkpoint")
+
+            outcome = run_with_restarts(
+                the_backend, the_plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
+                max_restarts=settings.train.max_restarts, echo=echo, on_restart=restarted)
+        report = build_train_report(the_plan, outcome.result, outcome.elapsed_s,
+                                    outcome.restarts, outcome.failures)
+        paths = write_train_report(report, out_dir)
+        paths["prom"] = _publish_metrics(report, out_dir, settings)
+        paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except NetorchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]: everything this run started was removed")
+        raise typer.Exit(130) from None
+    console.print(train_table(report))
+    for warning in report["warnings"]:
+        console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
+    console.print("report: " + "  ".join(str(p) for p in paths.values()))
+    if not report["ok"]:
+        err.print(f"[bold red]error:[/] the job did not finish its steps with a finite loss; "
+                  f"see {paths['json']}")
         raise typer.Exit(4)
 
 
@@ -243,6 +346,46 @@ def down(
         console.print(f"removed {escape(item)}")
     scope = "every netorch run" if all_ else f"run {run}"
     console.print(f"{len(removed)} resource(s) of {escape(scope)} removed")
+
+
+@render_app.command("k8s")
+def render_k8s_cmd(
+    out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for netorch-<run_id>.yaml")],
+    flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
+    config: ConfigOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
+    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
+    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
+    set_: SetOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+) -> None:
+    """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing."""
+    from orchestrator.errors import PlanError
+    from orchestrator.render.k8s import FLAVORS, Flavor, write_k8s
+
+    try:
+        if flavor not in FLAVORS:
+            raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
+        chosen: Flavor = flavor  # type: ignore[assignment]  # checked against FLAVORS above
+        settings = _settings(config, _common_flags(
+            nodes=nodes, procs_per_node=procs_per_node,
+            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
+            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
+            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
+        the_plan = build_plan(settings, run_id or new_run_id(), "docker")
+        paths = write_k8s(the_plan, out_dir, chosen, namespace)
+    except NetorchError as e:
+        raise _fail(e) from None
+    except OSError as e:
+        err.print(f"[bold red]error:[/] cannot write {escape(str(out_dir))}: {escape(str(e))}; "
+                  "choose a writable directory")
+        raise typer.Exit(2) from None
+    for path in paths:
+        console.print(str(path))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import os
 import re
 import secrets
 import time
@@ -17,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import PlanError
-from orchestrator.settings import BenchSettings, Settings, address_pool
+from orchestrator.settings import (
+    BenchSettings,
+    MetricsSettings,
+    Settings,
+    TrainSettings,
+    address_pool,
+)
 
 LABEL_RUN = "io.netorch.run"
 LABEL_ROLE = "io.netorch.role"
@@ -25,7 +32,11 @@ LABEL_RANK = "io.netorch.node-rank"
 LABEL_MANAGED = "io.netorch.managed"
 
 BackendName = Literal["process", "docker"]
-WORKLOADS = ("bench",)
+WORKLOADS = ("bench", "train")
+# The in-node module each workload runs (``python -m ...`` under torchrun).
+WORKLOAD_MODULES = {"bench": "train.bench", "train": "train.job"}
+# Where the master's checkpoint directory appears inside its container (a bind mount).
+CONTAINER_CHECKPOINT_DIR = "/netorch/checkpoints"
 MAX_DOCKER_NAME = 63
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
 
@@ -81,6 +92,16 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """A host directory bind-mounted into a node's container (ignored by the process backend,
+    whose nodes see the host's files directly)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """One node: a container (or process group) running torchrun for ``nproc_per_node`` ranks."""
 
@@ -94,6 +115,7 @@ class NodeSpec:
     env: tuple[tuple[str, str], ...]
     command: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
+    mounts: tuple[MountSpec, ...] = ()
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -164,6 +186,54 @@ def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: 
     )
 
 
+def train_args(
+    train: TrainSettings, metrics: MetricsSettings, dist_backend: str, timeout_s: int, run_id: str
+) -> tuple[str, ...]:
+    """The ``python -m train.job`` flags equal to ``train`` (and the metrics hold)."""
+    return (
+        "--steps", str(train.steps),
+        "--batch-size", str(train.batch_size),
+        "--width", str(train.width),
+        "--depth", str(train.depth),
+        "--bucket-cap-mb", repr(train.bucket_cap_mb),
+        "--checkpoint-every", str(train.checkpoint_every),
+        "--keep-checkpoints", str(train.keep_checkpoints),
+        "--seed", str(train.seed),
+        "--lr", repr(train.lr),
+        "--progress-every", str(train.progress_every),
+        "--dist-backend", dist_backend,
+        "--timeout-s", str(timeout_s),
+        "--run-id", run_id,
+        "--metrics-hold-s", repr(metrics.hold_s),
+        "--metrics-hold-scrapes", str(metrics.hold_scrapes),
+    )
+
+
+def checkpoint_dir(settings: Settings, run_id: str) -> str:
+    """The host directory of a run's checkpoints: ``<output>/<run_id>/checkpoints``, absolute.
+
+    Absolute because process-backend nodes run in the project root and Docker binds need it; it
+    is resolved against the current directory, like every other relative path the user gives.
+    """
+    return os.path.abspath(os.path.join(settings.output, run_id, "checkpoints"))
+
+
+def with_restart(plan: ClusterPlan, restart: int) -> ClusterPlan:
+    """``plan`` for gang restart number ``restart`` (1, 2, ...): every node's env says which.
+
+    The job reports it; nothing else changes (same names, addresses and checkpoint directory).
+    """
+    nodes = tuple(
+        dataclasses.replace(
+            node,
+            env=(*((k, v) for k, v in node.env if k != "NETORCH_RESTART_COUNT"),
+                 ("NETORCH_RESTART_COUNT", str(restart))),
+        )
+        for node in plan.nodes
+    )
+    return dataclasses.replace(plan, nodes=nodes)
+
+
 def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
     gpu = settings.gpu
     caps = tuple(gpu.capabilities)
@@ -221,7 +291,11 @@ def build_plan(
             mtu=None, internal=True, bridge_name=None, interface=ifname, labels=run_labels,
         )
     master_addr = ips[0]
-    args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
+    if workload == "train":
+        args = train_args(settings.train, settings.metrics, c.dist_backend, c.timeout_s, run_id)
+    else:
+        args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
+    ckpt_host = checkpoint_dir(settings, run_id)
 
     nodes = []
     for rank in range(n):
@@ -247,6 +321,22 @@ def build_plan(
             "NETORCH_IFNAME": ifname,
             "NETORCH_PLANNED_IP": ips[rank],
         }
+        mounts: tuple[MountSpec, ...] = ()
+        if workload == "train":
+            # Only rank 0 (on the master) reads and writes checkpoints; it broadcasts on resume.
+            if backend == "docker":
+                env["NETORCH_CHECKPOINT_DIR"] = CONTAINER_CHECKPOINT_DIR
+                if rank == 0:
+                    mounts = (MountSpec(ckpt_host, CONTAINER_CHECKPOINT_DIR),)
+            else:
+                env["NETORCH_CHECKPOINT_DIR"] = ckpt_host
+            if settings.metrics.enabled:
+                # Containers have their own ports; local process nodes share the host's.
+                base = settings.metrics.port_base
+                if backend != "docker":
+                    base += rank * c.procs_per_node
+                env["NETORCH_METRICS_ADDR"] = "0.0.0.0" if backend == "docker" else "127.0.0.1"
+                env["NETORCH_METRICS_PORT_BASE"] = str(base)
         env.update(settings.env)  # user env last: it may override NCCL_IB_DISABLE & co.
         command = (
             "torchrun",
@@ -256,7 +346,7 @@ def build_plan(
             "--master-addr", master_addr,
             "--master-port", str(c.master_port),
             "--max-restarts", "0",
-            "-m", f"train.{workload}",
+            "-m", WORKLOAD_MODULES[workload],
             *args,
         )
         nodes.append(
@@ -271,6 +361,7 @@ def build_plan(
                 env=tuple(env.items()),
                 command=command,
                 labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank))),
+                mounts=mounts,
             )
         )
     d = settings.docker

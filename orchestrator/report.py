@@ -203,3 +203,90 @@ def avg_busbw(report: dict[str, Any], min_bytes: int = 0) -> float:
     """Mean busbw over rows of at least ``min_bytes`` (nccl-tests' 'Avg bus bandwidth')."""
     values = [float(r["busbw_gbps"]) for r in report["results"] if int(r["size_bytes"]) >= min_bytes]
     return sum(values) / len(values) if values else math.nan
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def build_train_report(
+    plan: ClusterPlan, result: dict[str, Any], elapsed_s: float, restarts: int = 0,
+    failures: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Merge the plan and rank 0's ``kind: train`` document into a report (schema 1, kind train).
+
+    The node/identity part is the bench report's (same warnings); bench-only keys are dropped.
+    ``restarts`` and ``failures`` are the host's count, which the job cannot know on its own.
+    """
+    base = build_report(plan, result, elapsed_s)
+    for key in ("results", "skipped", "wrong_total", "notes"):
+        base.pop(key, None)
+    curve = [list(p) for p in result.get("loss_curve", [])]
+    final_loss = result.get("final_loss")
+    steps = int(result.get("settings", {}).get("steps", 0))
+    loss_fell = len(curve) >= 2 and float(curve[-1][1]) < float(curve[0][1])
+    base.update({
+        "kind": "train",
+        "steps_done": result.get("steps_done"),
+        "resumed_from": result.get("resumed_from"),
+        "restarts": restarts,
+        "failures": list(failures),
+        "final_loss": final_loss,
+        "loss_curve": curve,
+        "loss_fell": loss_fell,
+        "samples_per_s": result.get("samples_per_s"),
+        "step_time_s": result.get("step_time_s"),
+        "comm_share": result.get("comm_share"),
+        "comm_exposed_share": result.get("comm_exposed_share"),
+        "weights_sha256": result.get("weights_sha256"),
+        "checkpoints": result.get("checkpoints"),
+        "metrics_endpoint": result.get("metrics_endpoint"),
+        "ok": final_loss is not None and math.isfinite(float(final_loss))
+        and result.get("steps_done") == steps,
+    })
+    return base
+
+
+def write_train_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json and loss.csv (step, loss) into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "csv": out_dir / "loss.csv"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("step", "loss"))
+        writer.writerows(report["loss_curve"])
+    return paths
+
+
+def train_table(report: dict[str, Any]) -> Table:
+    """The training run's figures as a two-column table."""
+    table = Table(
+        title=f"netorch {report['run_id']} · train · {report['world_size']} ranks · "
+        f"{report['dist_backend']} on {report['backend']}",
+        title_justify="left",
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def fmt(value: Any, spec: str = ".4g", unit: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{unit}"
+
+    times = report.get("step_time_s") or {}
+    curve = report["loss_curve"]
+    rows = [
+        ("steps", fmt(report["steps_done"], "d")),
+        ("loss first -> final", f"{fmt(curve[0][1] if curve else None)} -> "
+                                f"{fmt(report['final_loss'])}"),
+        ("samples/s (global)", fmt(report["samples_per_s"], ",.0f")),
+        ("step time mean / p50 / p95", " / ".join(
+            fmt(None if times.get(k) is None else times[k] * 1e3, ".2f", " ms")
+            for k in ("mean", "p50", "p95"))),
+        ("comm in flight (share of step)", fmt(report["comm_share"], ".1%")),
+        ("comm exposed (share of step)", fmt(report["comm_exposed_share"], ".1%")),
+        ("restarts / resumed from step", f"{report['restarts']} / "
+                                         f"{fmt(report['resumed_from'], 'd')}"),
+        ("weights sha256", str(report["weights_sha256"])[:16] + "…"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

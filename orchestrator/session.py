@@ -7,6 +7,7 @@ SIGINT/SIGTERM, so a run never leaves processes, containers or networks behind.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, NodeExit, NodeHandle
 from orchestrator.errors import BackendError, RankFailedError, ResultError
-from orchestrator.plan import ClusterPlan
+from orchestrator.plan import ClusterPlan, with_restart
 from train.results import RESULT_MARKER, decode_result_lines
 
 LOG_TAIL_LINES = 30
@@ -80,6 +81,8 @@ class SessionOutcome:
     result: dict[str, Any]
     elapsed_s: float
     log_dir: Path
+    restarts: int = 0
+    failures: tuple[str, ...] = ()
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -160,9 +163,15 @@ def run_session(
     timeout_s: float,
     echo: Echo | None = None,
     on_tick: Callable[[int, int], None] | None = None,
+    preflight: bool = True,
 ) -> SessionOutcome:
-    """Apply ``plan`` on ``backend`` and bring back rank 0's results. Always tears down."""
-    backend.preflight(plan)
+    """Apply ``plan`` on ``backend`` and bring back rank 0's results. Always tears down.
+
+    ``preflight=False`` is for a gang restart: the same plan passed preflight moments ago, and the
+    checks would now trip over the previous attempt's sockets in TIME_WAIT on the master port.
+    """
+    if preflight:
+        backend.preflight(plan)
     logbook = LogBook(out_dir / "logs", echo)
     started = time.monotonic()
     try:
@@ -183,3 +192,47 @@ def run_session(
             f"its last lines:\n{tail}"
         )
     return SessionOutcome(plan=plan, result=result, elapsed_s=elapsed, log_dir=out_dir / "logs")
+
+
+def run_with_restarts(
+    backend: Backend,
+    plan: ClusterPlan,
+    out_dir: Path,
+    timeout_s: float,
+    max_restarts: int,
+    echo: Echo | None = None,
+    on_tick: Callable[[int, int], None] | None = None,
+    on_restart: Callable[[int, RankFailedError], None] | None = None,
+) -> SessionOutcome:
+    """:func:`run_session` with gang restarts, for jobs that resume from checkpoints (train).
+
+    When a node fails (:class:`RankFailedError`), the whole gang has already been stopped and torn
+    down; it is brought up again from the same plan (``with_restart``: the env says which restart
+    it is), and the job resumes from its latest valid checkpoint. At most ``max_restarts`` times;
+    the last failure is raised as is. Nothing else restarts: a bad config, a failed preflight, a
+    missing result or Ctrl-C end the run. ``timeout_s`` bounds all attempts together.
+    """
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    restarts = 0
+    failures: list[str] = []
+    current = plan
+    while True:
+        try:
+            outcome = run_session(
+                backend, current, out_dir, max(1.0, deadline - time.monotonic()), echo, on_tick,
+                preflight=restarts == 0,
+            )
+        except RankFailedError as e:
+            failures.append(f"{e.node}: {e.reason}")
+            if restarts >= max_restarts:
+                raise
+            restarts += 1
+            if on_restart is not None:
+                on_restart(restarts, e)
+            current = with_restart(plan, restarts)
+            continue
+        return dataclasses.replace(
+            outcome, plan=plan, elapsed_s=time.monotonic() - started, restarts=restarts,
+            failures=tuple(failures),
+        )

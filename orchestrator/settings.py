@@ -294,6 +294,49 @@ class BenchSettings(_Section):
         return self
 
 
+class TrainSettings(_Section):
+    """The training job (``python -m train.job``): DDP on a small MLP, checkpoints, restarts."""
+
+    steps: int = Field(200, ge=1, le=10_000_000, description="optimizer steps in total")
+    batch_size: int = Field(64, ge=1, le=1 << 20, description="samples per rank per step")
+    width: int = Field(256, ge=1, le=1 << 16, description="hidden units per layer")
+    depth: int = Field(3, ge=1, le=64, description="hidden layers")
+    bucket_cap_mb: float = Field(25.0, gt=0, le=4096, description="DDP gradient bucket size (MiB)")
+    checkpoint_every: int = Field(50, ge=0, description="checkpoint every K steps (0 = never)")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="newest checkpoints kept")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of model init, teacher and data")
+    lr: float = Field(0.05, gt=0, le=10, description="SGD learning rate (momentum 0.9)")
+    progress_every: int = Field(20, ge=1, description="rank 0 prints progress every N steps")
+    max_restarts: int = Field(
+        2, ge=0, le=100, description="gang restarts from the latest checkpoint after a node dies"
+    )
+
+
+class MetricsSettings(_Section):
+    """Prometheus: per-rank endpoints, file_sd targets, textfile, optional Pushgateway."""
+
+    enabled: bool = Field(True, description="each training rank serves /metrics")
+    port_base: int = Field(
+        9400, ge=1024, le=65000, description="rank ports: port_base + local rank (+ node offset "
+        "on the process backend, where nodes share the host)"
+    )
+    hold_s: float = Field(
+        0.0, ge=0, le=3600, description="after training, keep /metrics open up to this long"
+    )
+    hold_scrapes: int = Field(2, ge=0, le=100, description="... or until this many more scrapes")
+    pushgateway_url: str | None = Field(
+        None, description="push final results here, e.g. http://127.0.0.1:9091"
+    )
+    push_timeout_s: float = Field(5.0, gt=0, le=120, description="per push attempt")
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL; write e.g. http://127.0.0.1:9091")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything netorch needs to plan and run a job."""
 
@@ -316,6 +359,8 @@ class Settings(BaseSettings):
     gpu: GpuSettings = Field(default_factory=GpuSettings)  # type: ignore[arg-type]
     docker: DockerSettings = Field(default_factory=DockerSettings)  # type: ignore[arg-type]
     bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
+    train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     env: dict[str, str] = Field(default_factory=dict, description="extra NCCL_*/GLOO_*/TORCH_* env")
 
     @field_validator("env")

@@ -406,3 +406,44 @@ def test_rank_info_from_torchrun_env() -> None:
     json.dumps(d)
     defaults = rank_info({"NETORCH_IFNAME": "lo"})
     assert (defaults.rank, defaults.world_size, defaults.node_name) == (0, 1, defaults.hostname)
+
+
+# --------------------------------------------------------------------------- buffers and blocks
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_expected_output_in_blocks_equals_whole(op: str) -> None:
+    for n in (1, 3, 4):
+        shape = buffer_shape(op, 4 * n * 1000, 4, n)
+        for rank in range(n):
+            whole = expected_output(op, "sum", rank, n, shape)
+            parts = [expected_output(op, "sum", rank, n, shape, start=s, stop=s + 333)
+                     for s in range(0, whole.numel(), 333)]
+            assert torch.equal(whole, torch.cat(parts)), (op, n, rank)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "CHECK_BLOCK_ELEMS", 7)  # exercise the block-wise fill
+    n, rank = 4, 1
+    comm = bench.Comm(rank=rank, world_size=n, device=torch.device("cpu"))
+    shape = buffer_shape(op, 4 * 4 * 25, 4, n)
+    for in_place in variants(op, "both"):
+        case = bench.Case(op, "bfloat16", shape, in_place, "sum", comm)
+        kind = fill_kind(op, "sum")
+        want_in = fill_values(kind, rank, n, torch.arange(case.input.numel())).to(torch.bfloat16)
+        if op == "broadcast":  # rank 1 is not the root: its buffer only receives
+            want_in = torch.full_like(want_in, sentinel_value("bfloat16"))
+        assert torch.equal(case.input, want_in)
+        assert case.output.numel() == (shape.chunk if op == "reduce_scatter" else shape.count)
+        if in_place:
+            assert case.input.data_ptr() in range(
+                case.output.data_ptr(), case.output.data_ptr() + case.output.numel() * 2
+            ) or case.output.data_ptr() in range(
+                case.input.data_ptr(), case.input.data_ptr() + case.input.numel() * 2
+            )
+        else:
+            assert (case.output == sentinel_value("bfloat16")).all()
+    for missing in {False, True} - set(bench.OP_FORMS[op]):
+        with pytest.raises(ValueError):
+            bench.Case(op, "float32", shape, missing, "sum", comm)

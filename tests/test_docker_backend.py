@@ -57,8 +57,11 @@ class Tag:
         self.name = "nt-" + secrets.token_hex(4)
 
     def containers(self) -> list[Any]:
-        found = self.client.containers.list(all=True, filters={"name": self.name})
-        owned = self.client.containers.list(all=True, filters={"label": f"{OWNER}={self.name}"})
+        # ignore_removed: list() inspects each hit, and netorch may be removing them right now.
+        found = self.client.containers.list(all=True, filters={"name": self.name},
+                                            ignore_removed=True)
+        owned = self.client.containers.list(all=True, filters={"label": f"{OWNER}={self.name}"},
+                                            ignore_removed=True)
         return list({c.id: c for c in [*found, *owned] if c.name.startswith(self.name)
                      or c.labels.get(OWNER) == self.name}.values())
 
@@ -109,7 +112,7 @@ def start_bench(tag: Tag, cwd: Path, *args: str) -> subprocess.Popen[str]:
 
 def run_labels_gone(client: docker.DockerClient, run_id: str) -> None:
     flt = {"label": f"{LABEL_RUN}={run_id}"}
-    assert client.containers.list(all=True, filters=flt) == []
+    assert client.containers.list(all=True, filters=flt, ignore_removed=True) == []
     assert client.networks.list(filters=flt) == []
 
 
@@ -124,13 +127,28 @@ def wait_running(tag: Tag, count: int, timeout: float) -> list[Any]:
     raise AssertionError(f"{count} containers of {tag.name} were not running within {timeout} s")
 
 
-def wait_log(container: Any, needle: str, timeout: float) -> None:
+def wait_traffic(container: Any, min_bytes: int, timeout: float) -> None:
+    """Wait until ``container``'s eth0 has received ``min_bytes``: the sweep is under way.
+
+    Rank 0 prints its table only at the end, so the logs cannot tell that collectives run.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if needle in container.logs().decode(errors="replace"):
+        code, out = container.exec_run(["cat", "/sys/class/net/eth0/statistics/rx_bytes"])
+        if code == 0 and int(out.strip() or 0) >= min_bytes:
             return
-        time.sleep(0.3)
-    raise AssertionError(f"{container.name} never logged {needle!r}")
+        time.sleep(0.5)
+    raise AssertionError(f"{container.name} did not receive {min_bytes} bytes within {timeout} s")
+
+
+def interrupt(proc: subprocess.Popen[str]) -> None:
+    """Clean up a netorch still running after a failed assertion: SIGINT makes it tear down."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_subnet_free(client: docker.DockerClient, subnet: str, timeout: float = 90) -> None:
@@ -240,14 +258,13 @@ def test_kill_9_worker_takes_job_down(client: docker.DockerClient, tag: Tag, tmp
         master = next(c for c in running if c.name.endswith("-master"))
         worker = next(c for c in running if c.name.endswith("-worker-1"))
         run_id = worker.labels[LABEL_RUN]
-        wait_log(master, "# Collective", timeout=120)  # the sweep has started
+        wait_traffic(master, 8 << 20, timeout=120)
         worker.kill(signal="SIGKILL")
         killed = time.monotonic()
         out, err = proc.communicate(timeout=60)
         down_in = time.monotonic() - killed
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        interrupt(proc)
     print(f"kill -9 -> netorch exit: {down_in:.1f} s")
     assert proc.returncode == 3, err
     assert f"node {worker.name} failed: killed by SIGKILL (exit 137)" in err
@@ -261,17 +278,34 @@ def test_sigint_leaves_nothing_behind(client: docker.DockerClient, tag: Tag, tmp
     try:
         running = wait_running(tag, 2, timeout=120)
         run_id = running[0].labels[LABEL_RUN]
+        wait_traffic(running[0], 8 << 20, timeout=120)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - sent
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        interrupt(proc)
     print(f"SIGINT -> netorch exit: {took:.1f} s")
     assert proc.returncode == 130, err
     assert "interrupted" in err
     run_labels_gone(client, run_id)
+
+
+def test_sigint_during_up_leaves_nothing_behind(
+    client: docker.DockerClient, tag: Tag, tmp_path: Path
+) -> None:
+    proc = start_bench(tag, tmp_path, "-n", "4", "--subnet", "10.243.0.0/24")
+    try:
+        deadline = time.monotonic() + 60
+        while not tag.networks():  # the network exists: containers are being created now
+            assert time.monotonic() < deadline, "the network never appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        interrupt(proc)
+    assert proc.returncode == 130, err
+    assert tag.containers() == [] and tag.networks() == []
 
 
 def test_subnet_overlapping_user_network_fails_before_create(
@@ -349,8 +383,9 @@ def test_user_lookalikes_untouched_by_runs_and_down(
 
 def test_down_all_removes_only_managed(client: docker.DockerClient, tag: Tag, tmp_path: Path) -> None:
     # --all removes every netorch run on the daemon: do not kill another test's or user's live run.
-    foreign = [c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})]
-    foreign += [n.name for n in client.networks.list(filters={"label": f"{LABEL_MANAGED}=true"})]
+    managed = {"label": f"{LABEL_MANAGED}=true"}
+    foreign = [c.name for c in client.containers.list(all=True, filters=managed, ignore_removed=True)]
+    foreign += [n.name for n in client.networks.list(filters=managed)]
     if foreign:
         pytest.skip(f"other netorch resources are live on this daemon ({', '.join(foreign[:3])}); "
                     "down --all would remove them")

@@ -400,7 +400,9 @@ def test_up_translates_gpu_start_failure(tmp_path: Path) -> None:
 def test_down_all_filters_on_managed_label_only() -> None:
     client = FakeClient()
     assert down_all(client, None) == []
-    assert client.containers.list_calls == [{"all": True, "filters": {"label": [f"{LABEL_MANAGED}=true"]}}]
+    assert client.containers.list_calls == [
+        {"all": True, "filters": {"label": [f"{LABEL_MANAGED}=true"]}, "ignore_removed": True}
+    ]
     assert client.networks.list_calls == [{"filters": {"label": [f"{LABEL_MANAGED}=true"]}}]
 
 

@@ -374,3 +374,20 @@ def test_compose_up_runs_the_bench(compose_run: Any) -> None:
     assert doc["wrong_total"] == 0
     sizes = sorted({row["size_bytes"] for row in doc["results"]})
     assert sizes == [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20]
+
+
+@pytest.mark.docker
+def test_netorch_down_removes_a_compose_run(compose_run: Any, compose_env: Any) -> None:
+    """The plan's labels travel with the compose file, so ``netorch down --run`` cleans up too."""
+    from orchestrator.cli import app
+
+    plan = make_plan(_run_id(), network={"subnet": "10.208.0.0/24"})
+    file, project = compose_run(plan)
+    result = _compose(file, project, "up", "--no-start")
+    assert result.returncode == 0, result.stderr
+    containers, networks = _leftovers(compose_env, plan.run_id)
+    assert sorted(containers) == sorted(n.name for n in plan.nodes)
+    assert networks == [plan.network.name]
+    down = CliRunner().invoke(app, ["down", "--run", plan.run_id])
+    assert down.exit_code == 0, down.output
+    assert _leftovers(compose_env, plan.run_id) == ([], [])

@@ -118,6 +118,8 @@ FORM_REASONS: Final[dict[str, str]] = {
     "out-of-place rows only",
 }
 BROADCAST_ROOT: Final = 0
+# Elements per block when filling inputs and checking outputs (bounds temporary memory).
+CHECK_BLOCK_ELEMS: Final = 1 << 24
 # The "move" fill: values 0..MOVE_MODULUS-1 that identify (source rank, index) for non-reducing ops.
 MOVE_MODULUS: Final = 97
 MOVE_RANK_STRIDE: Final = 31
@@ -235,13 +237,17 @@ def mix_index(index: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def rank_mix(rank: int, index: torch.Tensor) -> torch.Tensor:
+def rank_mix(rank: int | torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Return a non-negative int64 hash of (rank, index): independent-looking bits per rank."""
     return mix_index((mix_index(index) + RANK_SALT * rank) % MIX_PRIME)
 
 
-def fill_values(kind: FillKind, rank: int, world_size: int, index: torch.Tensor) -> torch.Tensor:
+def fill_values(
+    kind: FillKind, rank: int | torch.Tensor, world_size: int, index: torch.Tensor
+) -> torch.Tensor:
     """Return the int64 pattern rank ``rank`` holds at positions ``index`` (an int64 tensor).
+
+    ``rank`` may also be an int64 tensor shaped like ``index`` (one source rank per element).
 
     With ``h = mix_index(index)``:
 
@@ -284,34 +290,46 @@ def _reduce_f64(a: torch.Tensor, b: torch.Tensor, reduce_op: str) -> torch.Tenso
 
 
 def expected_output(
-    op: str, reduce_op: str, rank: int, world_size: int, shape: BufferShape
+    op: str,
+    reduce_op: str,
+    rank: int,
+    world_size: int,
+    shape: BufferShape,
+    start: int = 0,
+    stop: int | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Return, in float64 on the CPU, what ``op`` must leave in this rank's output buffer.
+    """Return, in float64, what ``op`` must leave at output positions ``[start, stop)`` of this rank.
 
-    Computed from :func:`fill_values` by plain indexing, independently of any collective: all_reduce
-    reduces every rank's buffer; reduce_scatter reduces the ranks' chunk ``rank``; all_gather
-    concatenates every rank's chunk; all_to_all concatenates chunk ``rank`` of every rank; broadcast
-    copies the root's buffer. The same for in-place and out-of-place.
+    Computed from :func:`fill_values` by index arithmetic, independently of any collective:
+    all_reduce reduces every rank's element p; reduce_scatter reduces element ``rank * chunk + p``;
+    all_gather's p comes from rank ``p // chunk`` at ``p % chunk``; all_to_all's from rank
+    ``p // chunk`` at ``rank * chunk + p % chunk``; broadcast's is the root's p. The same for
+    in-place and out-of-place. ``stop`` defaults to the output length; a block keeps the memory of
+    a check over a multi-GiB buffer bounded.
     """
     kind = fill_kind(op, reduce_op)
-    n, count, chunk = world_size, shape.count, shape.chunk
-
-    def values(src: int, start: int, length: int) -> torch.Tensor:
-        index = torch.arange(start, start + length, dtype=torch.int64)
-        return fill_values(kind, src, n, index).to(torch.float64)
+    n, chunk = world_size, shape.chunk
+    out_len = chunk if op == "reduce_scatter" else shape.count
+    stop = out_len if stop is None else min(stop, out_len)
+    pos = torch.arange(start, stop, dtype=torch.int64, device=device)
 
     if op in REDUCING_OPS:
-        start, length = (0, count) if op == "all_reduce" else (rank * chunk, chunk)
-        acc = values(0, start, length)
+        index = pos if op == "all_reduce" else pos + rank * chunk
+        acc = fill_values(kind, 0, n, index).to(torch.float64)
         for src in range(1, n):
-            acc = _reduce_f64(acc, values(src, start, length), reduce_op)
+            acc = _reduce_f64(acc, fill_values(kind, src, n, index).to(torch.float64), reduce_op)
         return acc
-    if op == "all_gather":
-        return torch.cat([values(src, 0, chunk) for src in range(n)])
-    if op == "all_to_all":
-        return torch.cat([values(src, rank * chunk, chunk) for src in range(n)])
     if op == "broadcast":
-        return values(BROADCAST_ROOT, 0, count)
+        return fill_values(kind, BROADCAST_ROOT, n, pos).to(torch.float64)
+    if chunk == 0:
+        return pos.to(torch.float64)  # empty
+    src_rank = torch.div(pos, chunk, rounding_mode="floor")
+    offset = pos - src_rank * chunk
+    if op == "all_gather":
+        return fill_values(kind, src_rank, n, offset).to(torch.float64)
+    if op == "all_to_all":
+        return fill_values(kind, src_rank, n, offset + rank * chunk).to(torch.float64)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -440,8 +458,11 @@ class Case:
         self.output.fill_(sentinel_value(self.dtype_name))
         if self.op == "broadcast" and rank != BROADCAST_ROOT:
             return  # a non-root's buffer is receive-only: the sentinel shows an unwritten element
-        index = torch.arange(self.input.numel(), dtype=torch.int64, device=device)
-        self.input.copy_(fill_values(kind, rank, n, index))
+        # In blocks: the int64 temporaries of one pass over a multi-GiB buffer would not fit.
+        for start in range(0, self.input.numel(), CHECK_BLOCK_ELEMS):
+            block = self.input[start : start + CHECK_BLOCK_ELEMS]
+            index = torch.arange(start, start + block.numel(), dtype=torch.int64, device=device)
+            block.copy_(fill_values(kind, rank, n, index))
 
 
 def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm) -> float:
@@ -523,9 +544,16 @@ def count_wrong(case: Case) -> int | None:
     case.run()
     if comm.device.type == "cuda":
         torch.cuda.synchronize(comm.device)
-    expected = expected_output(case.op, case.reduce_op, comm.rank, comm.world_size, case.shape)
-    got = case.output.detach().to("cpu")
-    local = int((got != expected.to(DTYPES[case.dtype_name])).sum().item())
+    dtype = DTYPES[case.dtype_name]
+    out = case.output.detach()
+    local = 0
+    for start in range(0, out.numel(), CHECK_BLOCK_ELEMS):
+        got = out[start : start + CHECK_BLOCK_ELEMS]
+        expected = expected_output(
+            case.op, case.reduce_op, comm.rank, comm.world_size, case.shape,
+            start=start, stop=start + got.numel(), device=out.device,
+        )
+        local += int((got != expected.to(dtype)).sum().item())
     return sum_over_ranks(local, comm)
 
 

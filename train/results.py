@@ -25,6 +25,27 @@ Document shape (``schema`` 1, ``kind`` "bench")::
     notes         [str]              backend caveats that change how a row should be read
     wrong_total   int | null         null when --check 0
     elapsed_s     float
+
+Document shape (``schema`` 1, ``kind`` "train", from ``python -m train.job``)::
+
+    run_id, dist_backend, device, torch_version, world_size, ranks   as for "bench"
+    settings        {steps, batch_size, width, depth, bucket_cap_mb, checkpoint_every, seed, lr}
+    steps_done      int                 optimizer steps the model has taken (resumed ones included)
+    resumed_from    int | null          checkpoint step this attempt started from (null: fresh)
+    restarts        int                 gang restarts before this attempt (from the host)
+    final_loss      float               mean over ranks of the last step's loss
+    loss_curve      [[step, loss]]      a few points, mean over ranks
+    samples_per_s   float               global samples / wall time of this attempt's training loop
+    step_time_s     {mean, p50, p95}    rank 0's step wall times (first step of an attempt excluded)
+    comm_share      float | null        share of step time with a gradient allreduce in flight
+    comm_exposed_share float | null     share of step time spent after the last bucket was launched
+    weights_sha256  str                 SHA-256 over the final parameters (names + raw bytes)
+    checkpoints     {dir, written, skipped: [{file, reason}]}
+    elapsed_s       float
+
+Rank 0 of the training job also prints progress lines every few steps, not results::
+
+    @@NETORCH_PROGRESS@@ {"step": 40, "steps": 200, "loss": 0.12, "samples_per_s": 5120.0}
 """
 
 from __future__ import annotations
@@ -34,6 +55,7 @@ from collections.abc import Iterable
 from typing import Any, Final, TypedDict
 
 RESULT_MARKER: Final = "@@NETORCH_RESULT@@"
+PROGRESS_MARKER: Final = "@@NETORCH_PROGRESS@@"
 SCHEMA_VERSION: Final = 1
 
 
@@ -108,3 +130,21 @@ def decode_result_lines(lines: Iterable[str]) -> dict[str, Any] | None:
         if isinstance(doc, dict):
             found = doc
     return found
+
+
+def encode_progress(doc: dict[str, Any]) -> str:
+    """Return one progress line: marker, one space, compact JSON (same rules as results)."""
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return f"{PROGRESS_MARKER} {body}"
+
+
+def decode_progress(line: str) -> dict[str, Any] | None:
+    """The progress document in ``line`` (marker anywhere), or None when there is none."""
+    pos = line.find(PROGRESS_MARKER)
+    if pos < 0:
+        return None
+    try:
+        doc = json.loads(line[pos + len(PROGRESS_MARKER) :].strip())
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None

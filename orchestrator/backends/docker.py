@@ -293,16 +293,23 @@ def _retry(
 
 
 def _concurrently(fn: Callable[[T], None], items: list[T]) -> list[tuple[T, BaseException]]:
-    """Run ``fn`` on every item in threads; return the failures (all items were attempted)."""
+    """Run ``fn`` on every item in threads; return the failures (all items were attempted).
+
+    On Ctrl-C the queued calls are cancelled and the running ones awaited, so that nothing is
+    created after the caller's teardown has listed what exists.
+    """
     failures: list[tuple[T, BaseException]] = []
     if not items:
         return failures
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(16, len(items)))
+    try:
         futures = [(item, pool.submit(fn, item)) for item in items]
         for item, future in futures:
             exc = future.exception()
             if exc is not None:
                 failures.append((item, exc))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return failures
 
 
@@ -585,7 +592,10 @@ class DockerBackend:
         filters: dict[str, Any] = run_filters(run_id)
         if running_only:
             filters["status"] = "running"
-        return list(self.client.containers.list(all=not running_only, filters=filters))
+        # ignore_removed: list() inspects each hit, and a concurrent down may remove one meanwhile.
+        return list(self.client.containers.list(
+            all=not running_only, filters=filters, ignore_removed=True
+        ))
 
     def stop(self, plan: ClusterPlan, grace_s: float) -> None:
         """SIGTERM every running container of the run, SIGKILL after ``grace_s``, concurrently.
@@ -611,8 +621,11 @@ class DockerBackend:
         try:
             remove_by_label(self.client, plan.run_id)
         finally:
+            # Removal ends every log stream and wait; give the threads a moment to notice.
+            deadline = time.monotonic() + 2.0
             for dn in self._nodes:
-                dn.join(timeout=1.0)
+                dn.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._nodes = []  # a gang restart brings the same plan up again on this backend
 
     # -- inspection helpers (tests, doctor) ------------------------------------------------
 
@@ -668,7 +681,8 @@ def remove_by_label(client: Any, run_id: str | None) -> list[str]:
     filters = run_filters(run_id)
     what = f"run {run_id}" if run_id else "every netorch run"
     try:
-        containers = list(client.containers.list(all=True, filters=filters))
+        # ignore_removed: list() inspects each hit, and a concurrent down may remove one meanwhile.
+        containers = list(client.containers.list(all=True, filters=filters, ignore_removed=True))
     except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
         raise translate_error(e, f"listing containers of {what}") from e
     failures = _concurrently(_remove_container, containers)

@@ -1,0 +1,188 @@
+"""Prometheus on the host side: scrape targets, a textfile of the results, a Pushgateway push.
+
+Three ways a run's numbers reach Prometheus:
+
+* **Scrape** (training, live): every rank serves ``/metrics`` (train/telemetry.py). Before the nodes
+  start, the session writes ``<output>/<run_id>/prometheus_targets.json`` in ``file_sd`` format, one
+  target per rank, labelled ``run_id`` and ``netorch_node``, and the same file as
+  ``<output>/_file_sd/<run_id>.json``: Prometheus accepts a wildcard only in a file_sd path's last
+  element, so ``<output>/*/prometheus_targets.json`` is refused, while ``<output>/_file_sd/*.json``
+  finds every run (compose/monitoring/ does that; ``_`` never starts a run id).
+* **Textfile** (every run, final): ``metrics.prom`` in the run's output, Prometheus text format,
+  for node_exporter's textfile collector or a later look.
+* **Push** (bench and train, final): when ``metrics.pushgateway_url`` is set, the same final
+  numbers go to a Pushgateway under ``job=netorch_<kind>``, ``cluster=<cluster.name>``. One group
+  per cluster name, not per run: a new run replaces the last one's numbers instead of piling up
+  groups forever; ``netorch_run_info{run_id=...}`` says which run they came from. An unreachable
+  gateway is a warning after a few retries, never a failure of the run.
+
+Names follow Prometheus conventions (base units: seconds, bytes; ``_ratio`` for 0..1) and labels
+stay low-cardinality: op, dtype, size_bytes, in_place for bench rows; quantile for step times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from orchestrator.plan import ClusterPlan
+
+TARGETS_FILE = "prometheus_targets.json"
+FILE_SD_DIR = "_file_sd"
+TEXTFILE = "metrics.prom"
+PUSH_ATTEMPTS = 3
+
+
+def metrics_targets(plan: ClusterPlan) -> list[dict[str, Any]]:
+    """The plan's rank endpoints as ``file_sd`` entries (empty when metrics are off).
+
+    A rank listens on ``NETORCH_METRICS_PORT_BASE + local_rank`` of its node (the plan's env); the
+    host reaches a container at its fixed IP, a local process node at 127.0.0.1.
+    """
+    entries = []
+    for node in plan.nodes:
+        env = node.env_dict
+        if "NETORCH_METRICS_PORT_BASE" not in env:
+            continue
+        base = int(env["NETORCH_METRICS_PORT_BASE"])
+        host = "127.0.0.1" if plan.network.driver == "loopback" else node.ip
+        entries.append({
+            "targets": [f"{host}:{base + local}" for local in range(plan.nproc_per_node)],
+            "labels": {"run_id": plan.run_id, "netorch_node": node.hostname,
+                       "netorch_workload": plan.workload},
+        })
+    return entries
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Prometheus may read the file at any moment: never let it see half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_targets(plan: ClusterPlan, out_dir: Path) -> Path | None:
+    """Write ``out_dir/prometheus_targets.json`` and its copy ``out_dir/../_file_sd/<run_id>.json``.
+
+    Returns the first path, or None when the plan has no metrics endpoints.
+    """
+    entries = metrics_targets(plan)
+    if not entries:
+        return None
+    text = json.dumps(entries, indent=2) + "\n"
+    path = out_dir / TARGETS_FILE
+    _write_atomic(path, text)
+    _write_atomic(out_dir.parent / FILE_SD_DIR / f"{plan.run_id}.json", text)
+    return path
+
+
+def _gauge(registry: CollectorRegistry, name: str, doc: str, value: float | None,
+           **labels: str) -> None:
+    if value is None:
+        return
+    g = Gauge(name, doc, list(labels), registry=registry)
+    (g.labels(**labels) if labels else g).set(float(value))
+
+
+def report_registry(report: dict[str, Any]) -> CollectorRegistry:
+    """A registry holding a finished run's report as gauges (bench rows or training figures)."""
+    registry = CollectorRegistry()
+    kind = str(report.get("kind", "bench"))
+    info = Gauge("netorch_run_info", "The run these numbers come from (value 1).",
+                 ["run_id", "kind", "backend", "dist_backend"], registry=registry)
+    info.labels(run_id=str(report["run_id"]), kind=kind, backend=str(report["backend"]),
+                dist_backend=str(report["dist_backend"])).set(1)
+    _gauge(registry, "netorch_run_world_size", "Ranks in the run.", report.get("world_size"))
+    _gauge(registry, "netorch_run_elapsed_seconds", "Wall time of the run.", report.get("elapsed_s"))
+    _gauge(registry, "netorch_run_success", "1 when the run's report is ok.",
+           1.0 if report.get("ok") else 0.0)
+    if kind == "train":
+        _train_gauges(registry, report)
+    else:
+        _bench_gauges(registry, report)
+    return registry
+
+
+def _bench_gauges(registry: CollectorRegistry, report: dict[str, Any]) -> None:
+    names = ["op", "dtype", "size_bytes", "in_place"]
+    busbw = Gauge("netorch_bench_busbw_bytes_per_second",
+                  "Bus bandwidth (nccl-tests busbw) of one collective case.", names,
+                  registry=registry)
+    algbw = Gauge("netorch_bench_algbw_bytes_per_second",
+                  "Algorithm bandwidth (size / time) of one collective case.", names,
+                  registry=registry)
+    seconds = Gauge("netorch_bench_time_seconds",
+                    "Rank-averaged time of one collective op.", names, registry=registry)
+    for row in report.get("results", []):
+        labels = {"op": str(row["op"]), "dtype": str(row["dtype"]),
+                  "size_bytes": str(row["size_bytes"]),
+                  "in_place": "true" if row["in_place"] else "false"}
+        busbw.labels(**labels).set(float(row["busbw_gbps"]) * 1e9)
+        algbw.labels(**labels).set(float(row["algbw_gbps"]) * 1e9)
+        seconds.labels(**labels).set(float(row["time_us"]["avg"]) * 1e-6)
+    _gauge(registry, "netorch_bench_wrong_elements",
+           "Mismatched elements over every checked case.", report.get("wrong_total"))
+
+
+def _train_gauges(registry: CollectorRegistry, report: dict[str, Any]) -> None:
+    _gauge(registry, "netorch_train_final_loss", "Training loss after the last step (mean over "
+           "ranks).", report.get("final_loss"))
+    _gauge(registry, "netorch_train_samples_per_second", "Global training throughput of the "
+           "last attempt.", report.get("samples_per_s"))
+    _gauge(registry, "netorch_train_comm_share_ratio", "Share of step time with a gradient "
+           "allreduce in flight.", report.get("comm_share"))
+    _gauge(registry, "netorch_train_comm_exposed_share_ratio", "Share of step time waiting on "
+           "communication after the last bucket's launch.", report.get("comm_exposed_share"))
+    _gauge(registry, "netorch_train_steps_completed", "Optimizer steps done.",
+           report.get("steps_done"))
+    _gauge(registry, "netorch_train_restarts", "Gang restarts during the run.",
+           report.get("restarts"))
+    times = report.get("step_time_s") or {}
+    if times:
+        g = Gauge("netorch_train_step_duration_quantile_seconds",
+                  "Rank 0's step wall time at a quantile (0.5, 0.95) and the mean.",
+                  ["quantile"], registry=registry)
+        for label, key in (("0.5", "p50"), ("0.95", "p95"), ("mean", "mean")):
+            if times.get(key) is not None:
+                g.labels(quantile=label).set(float(times[key]))
+
+
+def write_textfile(report: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``metrics.prom`` (Prometheus text format, atomically) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / TEXTFILE
+    write_to_textfile(str(path), report_registry(report))
+    return path
+
+
+def push_report(
+    report: dict[str, Any], url: str, cluster: str, timeout_s: float = 5.0,
+    attempts: int = PUSH_ATTEMPTS,
+) -> str | None:
+    """Push the report's gauges to the Pushgateway at ``url``; return a warning or None.
+
+    Retries transient failures (connection refused, time-outs, 5xx) with exponential back-off; any
+    failure left after ``attempts`` becomes the returned warning, never an exception.
+    """
+    kind = str(report.get("kind", "bench"))
+    registry = report_registry(report)
+    try:
+        for attempt in Retrying(
+            stop=stop_after_attempt(max(1, attempts)),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=retry_if_exception_type(OSError),  # URLError and HTTPError are OSErrors
+            reraise=True,
+        ):
+            with attempt:
+                push_to_gateway(url, job=f"netorch_{kind}", registry=registry,
+                                grouping_key={"cluster": cluster}, timeout=timeout_s)
+    except Exception as e:  # a metrics side channel must never fail the run
+        return f"could not push {kind} results to the Pushgateway at {url}: {e}; " \
+               "check metrics.pushgateway_url (the results are in the run's report)"
+    return None
