@@ -3,7 +3,7 @@
 Run from the repository root (2 ranks, gloo, CPU)::
 
     python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 \
-        --master-port 29700 benchmarks/bench_vs_loop.py --rounds 5
+        --master-port 29700 benchmarks/bench_vs_loop.py
 
 Both methods run in the same process group on the same ranks, back to back within each round (the
 order rotating every round) so that drift in machine load hits both alike. A second run of the plain
@@ -67,9 +67,9 @@ def bench_busbw_gbps(nbytes: int, warmup: int, iters: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", default="16,32,64")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args()
     sizes = [int(s) * MIB for s in args.sizes_mib.split(",")]
     dist.init_process_group("gloo")

@@ -59,7 +59,8 @@ GPU_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 # multi-GB CUDA wheels on PyPI when no CPU wheel is on the find-links path.
 TORCH_REQUIREMENT = "torch==2.13.0+cpu"
 # numpy too: torch warns "Failed to initialize NumPy" at every import without it.
-WHEELHOUSE_REQUIREMENTS = (TORCH_REQUIREMENT, "numpy>=1.26,<3")
+# prometheus-client: ranks serve metrics from inside the containers (train/telemetry.py).
+WHEELHOUSE_REQUIREMENTS = (TORCH_REQUIREMENT, "numpy>=1.26,<3", "prometheus-client>=0.20")
 # Debian bookworm's python3 is 3.11 with glibc 2.36.
 WHEEL_PYTHON_VERSION = "3.11"
 WHEEL_ABI = "cp311"

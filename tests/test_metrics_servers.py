@@ -184,9 +184,9 @@ def test_prometheus_scrapes_every_rank_of_a_training_run(prometheus: tuple[str, 
 def test_pushgateway_receives_bench_results(pushgateway: str, tmp_path: Path) -> None:
     proc = netorch("bench", "--nodes", "2", "--min-bytes", "4K", "--max-bytes", "16K",
                    "--step-factor", "4", "--iters", "2", "--warmup", "1", "--quiet",
-                   "--set", f"metrics.pushgateway_url={pushgateway}", out=tmp_path)
+                   "--set", f"metrics.pushgateway_url={pushgateway}", out=tmp_path / "runs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(next(tmp_path.iterdir()).joinpath("report.json").read_text())
+    report = json.loads(next((tmp_path / "runs").iterdir()).joinpath("report.json").read_text())
     text = http_get(f"{pushgateway}/metrics")
     rows = [line for line in text.splitlines()
             if line.startswith("netorch_bench_busbw_bytes_per_second{")]

@@ -188,7 +188,7 @@ class CommTimer:
 
 
 def timed_allreduce_hook(
-    timer: CommTimer, bucket: dist.GradBucket
+    timer: CommTimer, bucket: Any  # dist.GradBucket: torch's stubs do not export it
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP's default all-reduce (average over ranks), with its launch and completion timed."""
     start = time.perf_counter()
@@ -202,13 +202,14 @@ def timed_allreduce_hook(
         result: torch.Tensor = f.value()[0]
         return result
 
-    return fut.then(done)
+    chained: torch.futures.Future[torch.Tensor] = fut.then(done)
+    return chained
 
 
 # DDP checks the hook's annotations by identity; ``from __future__ import annotations`` made them
 # strings, so restore the real objects it compares against.
 timed_allreduce_hook.__annotations__.update(
-    bucket=dist.GradBucket, timer=CommTimer, **{"return": torch.futures.Future[torch.Tensor]}
+    bucket=getattr(dist, "GradBucket"), timer=CommTimer, **{"return": torch.futures.Future[torch.Tensor]}
 )
 
 

@@ -96,7 +96,7 @@ class Telemetry:
             "Share of the last step's wall time with a gradient allreduce in flight.",
             names, registry=registry,
         ).labels(**self._labels)
-        registry.register(self._scrapes)  # type: ignore[arg-type]
+        registry.register(self._scrapes)
         try:
             self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
         except OSError as e:

@@ -151,6 +151,11 @@ def container_create_kwargs(
     if rt.memlock is not None:
         # Only when asked: the daemon's hard cap may be low (8 MiB here), and -1 then fails at start.
         kwargs["ulimits"] = [docker.types.Ulimit(name="memlock", soft=rt.memlock, hard=rt.memlock)]
+    if node.mounts:
+        # Checkpoints must outlive the container: a host directory, bound where train/ writes.
+        kwargs["volumes"] = {
+            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in node.mounts
+        }
     requests_ = device_requests(node.gpus)
     if requests_:
         kwargs["device_requests"] = requests_

@@ -111,6 +111,10 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
     svc["networks"] = {
         plan.network.name: {"ipv4_address": node.ip, "aliases": list(node.aliases)},
     }
+    if node.mounts:
+        svc["volumes"] = [
+            f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in node.mounts
+        ]
     if node.gpus is not None:
         svc["deploy"] = {"resources": {"reservations": {"devices": _gpu_devices(node.gpus)}}}
     return svc
