@@ -122,6 +122,24 @@ def main() -> int:
                     + " ".join(f"{r:.3f}" for r in ratios),
                     flush=True,
                 )
+            pooled = [
+                b / lp
+                for size in sizes
+                if size >= ACCEPT_FROM_BYTES
+                for b, lp in zip(results[size]["bench"], results[size]["loop"])
+            ]
+            pooled_ctl = [
+                a / b
+                for size in sizes
+                if size >= ACCEPT_FROM_BYTES
+                for a, b in zip(results[size]["loop2"], results[size]["loop"])
+            ]
+            if pooled:
+                pooled_diff = statistics.median(pooled) - 1.0
+                print(
+                    f"{'>=16MiB':>8} {'':>12} {'':>12} {pooled_diff:+8.2%}  {'pooled':8} "
+                    f"{statistics.median(pooled_ctl) - 1.0:+8.2%}  ({len(pooled)} pairs)"
+                )
             print(
                 "# diff = median over rounds of (bench busbw / loop busbw) - 1; A/A ctl = the same "
                 "for a second run of the plain loop against the first\n# acceptance "

@@ -20,10 +20,12 @@ from typing import Any, Literal
 from orchestrator.errors import PlanError
 from orchestrator.settings import (
     BenchSettings,
+    LinkSettings,
     MetricsSettings,
     Settings,
     TrainSettings,
     address_pool,
+    parse_rate_bits,
 )
 
 LABEL_RUN = "io.netorch.run"
@@ -53,6 +55,68 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+# Docker names a container's interface on its first network eth0, whatever NCCL/gloo are told to
+# use; link emulation shapes that interface.
+CONTAINER_IFNAME = "eth0"
+# tbf queue bound: how long a packet may wait for tokens before it is dropped.
+TBF_LATENCY = "50ms"
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """Link emulation applied with tc to every container's eth0 right after start.
+
+    ``rate`` shapes egress with tbf; ``delay``/``jitter``/``loss`` use netem (root qdisc, with
+    tbf as its child when both are set). Values are tc syntax, validated by the settings.
+    """
+
+    rate: str | None = None
+    delay: str | None = None
+    jitter: str | None = None
+    loss: str | None = None
+
+    @property
+    def rate_bits(self) -> int | None:
+        """The rate in bit/s, or None when the rate is not shaped."""
+        return parse_rate_bits(self.rate) if self.rate else None
+
+
+def link_spec(link: LinkSettings) -> LinkSpec | None:
+    """The plan's view of ``[network.link]``; None when nothing is emulated."""
+    if not link.enabled:
+        return None
+    return LinkSpec(rate=link.rate, delay=link.delay, jitter=link.jitter, loss=link.loss)
+
+
+def tc_commands(link: LinkSpec, ifname: str = CONTAINER_IFNAME) -> tuple[tuple[str, ...], ...]:
+    """The tc invocations (argv) that make ``ifname`` behave like ``link``, in order.
+
+    tbf's burst must hold at least one GSO super-packet (64 KiB on veth) or tbf splits every
+    packet in software; 4 ms worth of tokens is above that from ~130 Mbit/s up and keeps the
+    long-run rate exact (bursts only shift when bytes leave, not how many leave per second).
+    """
+    commands: list[tuple[str, ...]] = []
+    parent: tuple[str, ...] = ("root", "handle", "1:")
+    if link.delay or link.loss:
+        netem: list[str] = ["tc", "qdisc", "add", "dev", ifname, "root", "handle", "1:", "netem"]
+        if link.delay:
+            netem += ["delay", link.delay]
+            if link.jitter:
+                netem.append(link.jitter)
+        if link.loss:
+            netem += ["loss", link.loss]
+        commands.append(tuple(netem))
+        parent = ("parent", "1:1", "handle", "10:")
+    bits = link.rate_bits
+    if bits:
+        burst = max(64 * 1024 * 2, bits // 8 // 250)
+        commands.append((
+            "tc", "qdisc", "add", "dev", ifname, *parent, "tbf", "rate", f"{bits}bit",
+            "burst", str(burst), "latency", TBF_LATENCY,
+        ))
+    return tuple(commands)
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """The fabric the nodes share. ``driver="loopback"`` means the host's ``lo`` (process backend)."""
@@ -67,6 +131,7 @@ class NetworkSpec:
     bridge_name: str | None
     interface: str
     labels: tuple[tuple[str, str], ...] = ()
+    link: LinkSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +154,11 @@ class RuntimeSpec:
     memlock: int | None
     init: bool
     stop_timeout_s: int
+    # Capabilities added to every container. NET_ADMIN only when link emulation needs tc; the
+    # start gate drops it from the workload's bounding set again (see backends/docker.py).
+    cap_add: tuple[str, ...] = ()
+    # Hold the workload until the backend's set-up phase (tc, probes) has run in every node.
+    start_gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +304,15 @@ def with_restart(plan: ClusterPlan, restart: int) -> ClusterPlan:
     return dataclasses.replace(plan, nodes=nodes)
 
 
+def with_start_gate(plan: ClusterPlan) -> ClusterPlan:
+    """``plan`` whose workload waits until the backend's set-up phase released it.
+
+    The sweep uses it to probe path MTU and TCP line rate with every container up but the
+    benchmark not yet started, so neither disturbs the other.
+    """
+    return dataclasses.replace(plan, runtime=dataclasses.replace(plan.runtime, start_gate=True))
+
+
 def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
     gpu = settings.gpu
     caps = tuple(gpu.capabilities)
@@ -282,6 +361,7 @@ def build_plan(
             bridge_name=net.bridge_name,
             interface=ifname,
             labels=run_labels,
+            link=link_spec(net.link),
         )
     else:
         ips = ["127.0.0.1"] * n
@@ -365,6 +445,7 @@ def build_plan(
             )
         )
     d = settings.docker
+    link = network.link
     return ClusterPlan(
         run_id=run_id,
         backend=backend,
@@ -379,6 +460,10 @@ def build_plan(
         runtime=RuntimeSpec(
             image=c.image, shm_size=d.shm_size, ipc_mode=d.ipc_mode, memlock=d.memlock,
             init=True, stop_timeout_s=d.stop_timeout_s,
+            # tc needs NET_ADMIN; granted only when a link is emulated, and the gate holds the
+            # workload until the shaping is in place.
+            cap_add=("NET_ADMIN",) if link is not None else (),
+            start_gate=link is not None,
         ),
         nodes=tuple(nodes),
         labels=run_labels,

@@ -121,6 +121,77 @@ class ClusterSettings(_Section):
         return v
 
 
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|tbit)$", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+_TIME_RE = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$", re.IGNORECASE)
+
+
+def parse_rate_bits(value: str) -> int:
+    """Bits per second from a tc rate: ``"1gbit"`` -> 1_000_000_000 (decimal multiples, as tc)."""
+    m = _RATE_RE.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a rate; write e.g. 1gbit, 10gbit, 500mbit")
+    bits = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
+    if bits < 8000:
+        raise ValueError(f"{value!r} is below 8kbit; write e.g. 1gbit")
+    return bits
+
+
+class LinkSettings(_Section):
+    """Link emulation: tc on each container's eth0 right after start (tbf rate, netem delay/loss).
+
+    Empty by default: no shaping, and no NET_ADMIN capability is granted to any container.
+    """
+
+    rate: str | None = Field(None, description="egress rate per container, tc syntax: 1gbit, 10gbit")
+    delay: str | None = Field(None, description="one-way delay added by netem: 50us, 1ms")
+    jitter: str | None = Field(None, description="netem delay variation (needs delay): 10us")
+    loss: str | None = Field(None, description="netem random loss in percent: 0.1%")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parse_rate_bits(v)
+        return v.strip().lower()
+
+    @field_validator("delay", "jitter")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None and not _TIME_RE.match(v.strip()):
+            raise ValueError(f"{v!r} is not a duration; write e.g. 50us, 1ms")
+        return None if v is None else v.strip().lower()
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        text = v.strip().removesuffix("%")
+        try:
+            pct = float(text)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a loss percentage; write e.g. 0.1%") from None
+        if not 0 <= pct <= 100:
+            raise ValueError(f"{v!r} is outside 0..100%; write e.g. 0.1%")
+        return f"{text}%"
+
+    @model_validator(mode="after")
+    def _jitter_needs_delay(self) -> LinkSettings:
+        if self.jitter is not None and self.delay is None:
+            raise ValueError(
+                f"network.link.jitter: {self.jitter} varies a delay, but network.link.delay is "
+                "unset; set a delay too (e.g. delay = \"50us\")"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when any emulation is configured (and containers then need NET_ADMIN)."""
+        return any(v is not None for v in (self.rate, self.delay, self.jitter, self.loss))
+
+
 class NetworkSettings(_Section):
     """The training fabric: one bridge network with fixed addressing."""
 
@@ -132,6 +203,10 @@ class NetworkSettings(_Section):
     internal: bool = Field(True, description="no route out of the network (training needs none)")
     bridge_name: str | None = Field(None, description="host-side bridge interface name")
     interface: str = Field("eth0", description="container interface NCCL/gloo must use")
+    link: LinkSettings = Field(
+        default_factory=LinkSettings,  # type: ignore[arg-type]
+        description="link emulation with tc (rate, delay, jitter, loss); off by default",
+    )
 
     @field_validator("subnet")
     @classmethod

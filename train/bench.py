@@ -414,26 +414,25 @@ class Case:
         count, chunk, rank = shape.count, shape.chunk, comm.rank
         mine = slice(rank * chunk, (rank + 1) * chunk)
         self._red = REDUCE_OPS[reduce_op]
-        # ``_inputs``: (tensor, first pattern index) pairs that reset() fills with this rank's data.
+        # In-place views follow NCCL: all_gather's input is this rank's slice of the output,
+        # reduce_scatter's output is this rank's slice of the input.
+        self.input: torch.Tensor
+        self.output: torch.Tensor
         if op in ("all_reduce", "broadcast"):
-            self.buffer = torch.empty(count, dtype=dtype, device=device)
-            self.input, self.output = self.buffer, self.buffer
+            self.input = self.output = torch.empty(count, dtype=dtype, device=device)
         elif op == "all_gather":
-            self.buffer = torch.empty(count, dtype=dtype, device=device)
-            self.output = self.buffer
+            self.output = torch.empty(count, dtype=dtype, device=device)
             self.input = (
-                self.buffer[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
+                self.output[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
             )
         elif op == "reduce_scatter":
-            self.buffer = torch.empty(count, dtype=dtype, device=device)
-            self.input = self.buffer
+            self.input = torch.empty(count, dtype=dtype, device=device)
             self.output = (
-                self.buffer[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
+                self.input[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
             )
         elif op == "all_to_all":
             self.input = torch.empty(count, dtype=dtype, device=device)
             self.output = torch.empty(count, dtype=dtype, device=device)
-            self.buffer = self.output
         else:
             raise ValueError(f"unknown op {op!r}")
         self.run: Callable[[], None] = self._bind()
