@@ -42,6 +42,7 @@ image: install system
 	NETORCH_PYTHON=$(PY) bash scripts/build-image.sh
 
 test: install system image
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install

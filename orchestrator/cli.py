@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.backends import make_backend, resolve_backend
-from orchestrator.errors import NetorchError, RankFailedError
+from orchestrator.errors import ConfigError, NetorchError, RankFailedError
 from orchestrator.plan import BackendName, build_plan, new_run_id
 from orchestrator.report import avg_busbw, build_report, results_table, write_report
 from orchestrator.session import run_session, run_with_restarts
@@ -320,6 +320,102 @@ def render_compose_cmd(
     console.print(str(path))
 
 
+def _comma_items(text: str, what: str) -> list[str]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise ConfigError(f"{what}: {text!r} names nothing; give a comma list, e.g. 1500,9000")
+    return list(dict.fromkeys(items))
+
+
+@app.command()
+def sweep(
+    mtus: Annotated[str, typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000")] = "1500,9000",
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per MTU, interleaved")] = 3,
+    link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped")] = None,
+    tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=0.2, help="duration of each TCP baseline test")] = 2.0,
+    tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
+    tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
+    config: ConfigOpt = None, output: OutputOpt = None,
+    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None,
+    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
+    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
+    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")] = False,
+) -> None:
+    """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
+    a TCP line-rate baseline, a table, CSV/JSON, a plot and a recommendation.
+
+    Writes OUTPUT/sweep-<id>/. Exit 0 when every run succeeded (a recommendation of "no
+    significant difference" is a result, not a failure); 4 when a run's MTU could not be verified.
+    """
+    from orchestrator.backends.docker import client_from_settings
+    from orchestrator.sweep import NO_LINK, SweepOptions, run_sweep, sweep_table, write_sweep
+
+    try:
+        mtu_list: list[int] = []
+        for item in _comma_items(mtus, "--mtu"):
+            if not item.isdigit():
+                raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
+            mtu_list.append(int(item))
+        rates: list[str | None] = [None if r.lower() in (NO_LINK, "off") else r
+                                   for r in _comma_items(link_rate, "--link-rate")] if link_rate else [None]
+        flags = _common_flags(
+            backend="docker", output=output, nodes=nodes, procs_per_node=procs_per_node,
+            dist_backend=dist_backend, master_port=master_port, subnet=subnet, ops=ops,
+            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
+            iters=iters, dtype=dtype, check=check, in_place=in_place)
+        base = _settings(config, flags, set_)
+        # Every variant is validated up front, with the same rules as `netorch bench`: a bad MTU
+        # or rate fails before the first container exists.
+        variants = {}
+        for rate in rates:
+            for mtu in mtu_list:
+                extra: dict[str, Any] = {"network.mtu": mtu}
+                if rate is not None:
+                    extra["network.link.rate"] = rate
+                variants[(mtu, rate)] = _settings(config, {**flags, **extra}, set_)
+        if link_rate is None and base.network.link.rate is not None:
+            variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
+            rates = [base.network.link.rate]
+        options = SweepOptions(tuple(mtu_list), tuple(rates), repeats, tcp_seconds,
+                               tcp_streams, tcp_pairs)
+        sweep_id = new_run_id()
+        out_dir = base.output / f"sweep-{sweep_id}"
+        client = client_from_settings(base)
+        total = len(mtu_list) * len(rates) * repeats
+
+        def echo(node: str, line: str) -> None:
+            if not quiet:
+                err.print(f"[dim]{escape(node.removeprefix(base.cluster.name + '-')):>28} |[/] "
+                          f"{escape(line)}")
+
+        def on_point(point: Any, run_id: str) -> None:
+            err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] MTU {point.mtu}, link "
+                      f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
+
+        try:
+            summary = run_sweep(variants, options, client, sweep_id, out_dir, echo, on_point)
+        finally:
+            client.close()
+        paths = write_sweep(summary, out_dir)
+    except NetorchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]: everything the current run started was removed")
+        raise typer.Exit(130) from None
+    console.print(sweep_table(summary))
+    unverified = [f"{r['run_id']}: {p}" for r in summary["runs"] for p in r["problems"]]
+    for line in unverified:
+        console.print(f"[bold yellow]WARNING:[/] {escape(line)}")
+    for verdict in summary["recommendations"]:
+        console.print(f"[bold]recommendation:[/] {escape(verdict['text'])}")
+    console.print("report: " + "  ".join(str(p) for p in paths.values()))
+    if unverified:
+        raise typer.Exit(4)
+
+
 @app.command()
 def down(
     run: Annotated[Optional[str], typer.Option("--run", help="remove the resources of this run id")] = None,
@@ -386,6 +482,33 @@ def render_k8s_cmd(
         raise typer.Exit(2) from None
     for path in paths:
         console.print(str(path))
+
+
+@image_app.command("build")
+def image_build(
+    offline: Annotated[bool, typer.Option(
+        "--offline/--online",
+        help="offline: mmdebstrap base + torch wheels from the host (no registry); online: a "
+        "CUDA PyTorch base image that already has torch")] = True,
+    tag: Annotated[str, typer.Option("--tag", help="image tag")] = "netorch:latest",
+    base_image: Annotated[Optional[str], typer.Option("--base-image", help="override the base image")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild without the layer cache")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the summary")] = False,
+) -> None:
+    """Build the training image through the Docker SDK; a no-op when its inputs are unchanged."""
+    from orchestrator.image import build_image, client
+
+    def progress(line: str) -> None:
+        if not quiet:
+            err.print(f"[dim]  {escape(line)}[/]")
+
+    try:
+        result = build_image(client(), tag=tag, offline=offline, base_image=base_image,
+                             force=force, progress=progress)
+    except NetorchError as e:
+        raise _fail(e) from None
+    state = "up to date" if result.up_to_date else "built"
+    console.print(f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)")
 
 
 def main() -> None:

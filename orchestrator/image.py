@@ -604,7 +604,8 @@ def build_image(
     )
 
 
-def _client() -> docker.DockerClient:
+def client() -> docker.DockerClient:
+    """A client for the local daemon (``DOCKER_HOST`` honoured) that answered a ping."""
     try:
         client = docker.from_env()
         client.ping()
@@ -675,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             result = build_image(
-                _client(),
+                client(),
                 tag=args.tag,
                 offline=args.offline,
                 base_image=args.base_image,
@@ -688,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "base":
             image_id = build_base_rootfs(
-                _client(), tag=args.tag, force=args.force, progress=progress
+                client(), tag=args.tag, force=args.force, progress=progress
             )
             print(f"{args.tag}: {image_id[:19]} ({time.monotonic() - started:.1f} s)")
         elif args.command == "wheelhouse":

@@ -15,7 +15,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +45,8 @@ from orchestrator.plan import (
     ClusterPlan,
     GpuSpec,
     NodeSpec,
+    RuntimeSpec,
+    tc_commands,
 )
 from orchestrator.settings import Settings
 
@@ -66,6 +68,43 @@ WAIT_POLL_S = 30
 LOG_DRAIN_S = 5.0
 
 _TRANSPORT_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+# The start gate (plan.runtime.start_gate): the container's command waits for this file, which
+# the backend creates (docker exec) once its set-up phase -- tc, probes -- has run in every node.
+GATE_FILE = "/tmp/.netorch-go"
+# A gate nobody opens (the host side died) must not leave a container waiting forever.
+GATE_TIMEOUT_S = 900
+
+SetupHook = Callable[[ClusterPlan, Mapping[str, Any]], None]
+"""``hook(plan, containers)``: runs after every container started, before the gate opens;
+``containers`` maps node name to the SDK container. Raise a NetorchError to fail the run."""
+
+
+def gate_command(runtime: RuntimeSpec, command: tuple[str, ...]) -> list[str]:
+    """``command`` behind the start gate: wait for :data:`GATE_FILE`, then exec it.
+
+    Capabilities in ``runtime.cap_add`` (NET_ADMIN for tc) stay in the *container's* bounding set
+    for its whole life -- Docker has no way to grant them to ``docker exec`` alone (a privileged
+    exec fails with "unable to apply caps" on engine 20.10) -- so the gate removes them from the
+    workload's bounding set with setpriv: torchrun and every rank run without them, while the
+    set-up execs (which get the container's set) still have them.
+    """
+    drop = ",".join(f"-{cap.lower()}" for cap in runtime.cap_add)
+    limit = GATE_TIMEOUT_S * 10
+    script = (
+        f'i=0; while [ ! -e {GATE_FILE} ]; do i=$((i+1)); '
+        f'if [ "$i" -gt {limit} ]; then echo "netorch: the start gate never opened" >&2; '
+        'exit 125; fi; sleep 0.1; done; '
+    )
+    if drop:
+        script += (
+            f'if command -v setpriv >/dev/null; then exec setpriv --bounding-set {drop} '
+            f'--inh-caps {drop} -- "$@"; fi; '
+            'echo "netorch: setpriv is missing: the workload keeps ' + drop.replace("-", "")
+            + '" >&2; '
+        )
+    script += 'exec "$@"'
+    return ["sh", "-c", script, "netorch-gate", *command]
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +170,10 @@ def container_create_kwargs(
     endpoint = docker.types.EndpointConfig(
         api_version, aliases=list(node.aliases), ipv4_address=node.ip
     )
+    command = gate_command(rt, node.command) if rt.start_gate else list(node.command)
     kwargs: dict[str, Any] = {
         "image": rt.image,
-        "command": list(node.command),
+        "command": command,
         "name": node.name,
         "hostname": node.hostname,
         "environment": node.env_dict,
@@ -148,6 +188,8 @@ def container_create_kwargs(
     }
     if rt.ipc_mode:
         kwargs["ipc_mode"] = rt.ipc_mode
+    if rt.cap_add:
+        kwargs["cap_add"] = list(rt.cap_add)
     if rt.memlock is not None:
         # Only when asked: the daemon's hard cap may be low (8 MiB here), and -1 then fails at start.
         kwargs["ulimits"] = [docker.types.Ulimit(name="memlock", soft=rt.memlock, hard=rt.memlock)]
@@ -436,14 +478,70 @@ def _is_local(client: Any) -> bool:
     return base.startswith("http+docker://") or "localhost" in base or "127.0.0.1" in base
 
 
+def exec_checked(container: Any, argv: list[str] | tuple[str, ...], what: str) -> str:
+    """Run ``argv`` in ``container`` (docker exec); its output, or a BackendError naming ``what``."""
+    try:
+        result = container.exec_run(list(argv))
+    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+        raise translate_error(e, f"{what} in {container.name}") from e
+    output = result.output.decode("utf-8", "replace") if result.output else ""
+    if result.exit_code != 0:
+        raise BackendError(
+            f"{what} in {container.name}: `{' '.join(argv)}` exited {result.exit_code}: "
+            f"{output.strip()[-300:]}"
+        )
+    return output
+
+
+def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
+    """Shape every container's eth0 as ``plan.network.link`` says (tc, via docker exec)."""
+    link = plan.network.link
+    if link is None:
+        return
+    commands = tc_commands(link)
+
+    def shape(container: Any) -> None:
+        for argv in commands:
+            try:
+                exec_checked(container, argv, "link emulation")
+            except BackendError as e:
+                text = str(e)
+                if "qdisc kind is unknown" in text:
+                    kind = "netem" if "netem" in argv else "tbf"
+                    raise BackendError(
+                        f"link emulation: the host kernel has no {kind} qdisc ({text}); load it "
+                        f"(modprobe sch_{kind}) or drop network.link."
+                        + ("rate" if kind == "tbf" else "delay/jitter/loss")
+                    ) from None
+                if "not permitted" in text:
+                    raise BackendError(
+                        f"{text}; the container lacks NET_ADMIN (plan.runtime.cap_add); "
+                        "netorch grants it whenever network.link is set"
+                    ) from None
+                raise
+
+    failures = _concurrently(shape, list(containers.values()))
+    if failures:
+        raise failures[0][1]
+
+
 class DockerBackend:
-    """Applies a plan as one labelled bridge network plus one labelled container per node."""
+    """Applies a plan as one labelled bridge network plus one labelled container per node.
+
+    ``after_start`` runs in the set-up phase of a gated plan (``plan.runtime.start_gate``): every
+    container is up, link emulation is in place, the workload has not started. The sweep probes
+    path MTU and TCP line rate there.
+    """
 
     name: BackendName = "docker"
 
-    def __init__(self, client: Any, route_table: Path = PROC_NET_ROUTE) -> None:
+    def __init__(
+        self, client: Any, route_table: Path = PROC_NET_ROUTE,
+        after_start: SetupHook | None = None,
+    ) -> None:
         self.client = client
         self.route_table = route_table
+        self.after_start = after_start
         self._nodes: list[DockerNode] = []
 
     @classmethod
@@ -589,7 +687,28 @@ class DockerBackend:
             dn = DockerNode(node, created[node.name], sink)
             self._nodes.append(dn)
             handles.append(dn)
+        if plan.runtime.start_gate:
+            # Log streams already run, so a node that dies during set-up is diagnosed fully.
+            self._set_up(plan, created)
         return handles
+
+    def _set_up(self, plan: ClusterPlan, containers: dict[str, Any]) -> None:
+        """The gated start's set-up phase: tc, the caller's hook, then open every gate."""
+        apply_link(plan, containers)
+        if self.after_start is not None:
+            try:
+                self.after_start(plan, containers)
+            except NetorchError:
+                raise
+            except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+                raise translate_error(e, "the set-up phase", plan) from e
+
+        def release(container: Any) -> None:
+            exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
+
+        failures = _concurrently(release, list(containers.values()))
+        if failures:
+            raise failures[0][1]
 
     # -- stop / down -----------------------------------------------------------------------
 
