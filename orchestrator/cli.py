@@ -332,7 +332,7 @@ def sweep(
     mtus: Annotated[str, typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000")] = "1500,9000",
     repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per MTU, interleaved")] = 3,
     link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped")] = None,
-    tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=0.2, help="duration of each TCP baseline test")] = 2.0,
+    tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="duration of each TCP baseline test (whole seconds with iperf3)")] = 2.0,
     tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
     tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
     config: ConfigOpt = None, output: OutputOpt = None,
@@ -414,6 +414,63 @@ def sweep(
     console.print("report: " + "  ".join(str(p) for p in paths.values()))
     if unverified:
         raise typer.Exit(4)
+
+
+@app.command()
+def doctor(
+    run: Annotated[Optional[str], typer.Option("--run", help="diagnose this running run instead of a plan")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
+    config: ConfigOpt = None, nodes: NodesOpt = None, procs_per_node: PpnOpt = None,
+    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Diagnose the network and containers: reachability, aliases, interface, MTU, /dev/shm,
+    memlock, GPUs, master port. Without --run, the plan comes up with sleeping containers and is
+    torn down afterwards. Exit 1 when any check fails.
+    """
+    from rich.table import Table
+
+    from orchestrator.backends.docker import client_from_settings
+    from orchestrator.doctor import doctor_plan, doctor_run, failed
+
+    try:
+        settings = _settings(config, _common_flags(
+            backend="docker", nodes=nodes, procs_per_node=procs_per_node,
+            master_port=master_port, subnet=subnet, mtu=mtu), set_)
+        client = client_from_settings(settings)
+        try:
+            if run is not None:
+                checks = doctor_run(client, run)
+                scope = f"run {run}"
+            else:
+                the_plan = build_plan(settings, new_run_id(), "docker")
+                err.print(f"[cyan]doctor:[/] bringing up {the_plan.nnodes} sleeping containers "
+                          f"of plan {the_plan.run_id} on {the_plan.network.subnet}")
+                checks = doctor_plan(the_plan, client)
+                scope = f"plan {the_plan.run_id}"
+        finally:
+            client.close()
+    except NetorchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]: the doctor's containers were removed")
+        raise typer.Exit(130) from None
+    bad = failed(checks)
+    if as_json:
+        sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
+    else:
+        table = Table(title=f"netorch doctor · {scope}", title_justify="left")
+        for col in ("check", "node", "status", "detail", "fix"):
+            table.add_column(col)
+        colour = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+        for c in checks:
+            table.add_row(c.name, escape(c.target), f"[{colour[c.status]}]{c.status.upper()}[/]",
+                          escape(c.detail), escape(c.fix))
+        console.print(table)
+        console.print(f"{len(checks)} checks: {len(bad)} failed, "
+                      f"{sum(c.status == 'warn' for c in checks)} warnings")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -27,7 +27,7 @@ import docker.errors
 from orchestrator.backends.docker import DockerBackend, apply_link, run_filters, translate_error
 from orchestrator.errors import BackendError, NetorchError
 from orchestrator.netprobe import ProbeNode, concurrently, path_mtu, ping, run_in
-from orchestrator.plan import LABEL_RANK, ClusterPlan, Role
+from orchestrator.plan import LABEL_RANK, ClusterPlan
 
 Status = Literal["pass", "warn", "fail", "skip"]
 SHM_WARN_BYTES = 1 << 30  # NCCL wants room for its buffers; 1 GiB is the usual advice
@@ -392,7 +392,8 @@ def doctor_plan(
     checks: list[Check] = []
     try:
         backend.up(probe, lambda node, line: None)
-        containers = {c.name: c for c in backend._list_containers(probe.run_id)}
+        containers = {c.name: c for c in client.containers.list(
+            filters=run_filters(probe.run_id), ignore_removed=True)}
         if probe.network.link is not None:
             try:
                 apply_link(probe, containers)
@@ -417,8 +418,3 @@ def doctor_run(client: Any, run_id: str) -> list[Check]:
 def failed(checks: Sequence[Check]) -> list[Check]:
     """The checks that failed (the CLI exits non-zero when there is any)."""
     return [c for c in checks if c.status == "fail"]
-
-
-def role_of(plan: ClusterPlan, name: str) -> Role:
-    """The role of the node called ``name`` in ``plan``."""
-    return next(n.role for n in plan.nodes if n.name == name)

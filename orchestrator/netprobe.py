@@ -170,7 +170,8 @@ def tcp_throughput(
         use_iperf3 = has_iperf3(server.container) and has_iperf3(client.container)
     if use_iperf3:
         server_cmd = ["iperf3", "-s", "-1", "-p", str(port)]
-        client_cmd = ["iperf3", "-c", server.ip, "-p", str(port), "-t", f"{seconds:g}",
+        # iperf3 reads -t as a whole number, and 0 means "forever": never pass less than 1.
+        client_cmd = ["iperf3", "-c", server.ip, "-p", str(port), "-t", str(max(1, round(seconds))),
                       "-P", str(streams), "-J"]
     else:
         server_cmd = ["python3", "-m", "train.tcptest", "server", "--port", str(port)]
