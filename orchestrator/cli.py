@@ -62,6 +62,21 @@ InPlaceOpt = Annotated[Optional[str], typer.Option("--in-place", help="both | on
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="any setting, e.g. --set network.internal=false (repeatable)")]
 
 
+# Command parameter -> settings key, for every flag that maps onto a setting.
+FLAG_KEYS = {
+    "backend": "backend", "output": "output", "nodes": "cluster.nodes",
+    "procs_per_node": "cluster.procs_per_node", "dist_backend": "cluster.dist_backend",
+    "master_port": "cluster.master_port", "subnet": "network.subnet", "mtu": "network.mtu",
+    "ops": "bench.ops", "min_bytes": "bench.min_bytes", "max_bytes": "bench.max_bytes",
+    "step_factor": "bench.step_factor", "warmup": "bench.warmup", "iters": "bench.iters",
+    "dtype": "bench.dtype", "check": "bench.check", "in_place": "bench.in_place",
+    "steps": "train.steps", "batch_size": "train.batch_size", "width": "train.width",
+    "bucket_cap_mb": "train.bucket_cap_mb", "checkpoint_every": "train.checkpoint_every",
+    "seed": "train.seed", "lr": "train.lr", "max_restarts": "train.max_restarts",
+    "metrics_port": "metrics.port_base",
+}
+
+
 def _settings(
     config: Path | None,
     flags: dict[str, Any],
@@ -72,16 +87,16 @@ def _settings(
     return load_settings(config, overrides_from_pairs(pairs))
 
 
-def _common_flags(**kw: Any) -> dict[str, Any]:
-    names = {
-        "backend": "backend", "output": "output", "nodes": "cluster.nodes",
-        "procs_per_node": "cluster.procs_per_node", "dist_backend": "cluster.dist_backend",
-        "master_port": "cluster.master_port", "subnet": "network.subnet", "mtu": "network.mtu",
-        "ops": "bench.ops", "min_bytes": "bench.min_bytes", "max_bytes": "bench.max_bytes",
-        "step_factor": "bench.step_factor", "warmup": "bench.warmup", "iters": "bench.iters",
-        "dtype": "bench.dtype", "check": "bench.check", "in_place": "bench.in_place",
-    }
-    return {names[k]: v for k, v in kw.items()}
+def _flags(params: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """Settings keys from a command's parameters (its ``locals()``), plus ``fixed`` values."""
+    flags = {key: params[name] for name, key in FLAG_KEYS.items() if name in params}
+    flags.update({FLAG_KEYS[name]: value for name, value in fixed.items()})
+    return flags
+
+
+def _settings_from(params: dict[str, Any], **fixed: Any) -> Settings:
+    """Settings for a command: ``--config``, its flags (``fixed`` wins), then ``--set`` items."""
+    return _settings(params.get("config"), _flags(params, **fixed), params.get("set_"))
 
 
 def _fail(error: NetorchError) -> typer.Exit:
@@ -107,11 +122,7 @@ def plan(
 ) -> None:
     """Print the plan (network, nodes, IPs, env, commands). Starts nothing."""
     try:
-        settings = _settings(config, _common_flags(
-            backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
-            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
-            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
-            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        settings = _settings_from(locals())
         name: BackendName = "docker" if settings.backend == "docker" else (
             "process" if settings.backend == "process" else resolve_backend(settings)[0])
         the_plan = build_plan(settings, run_id or new_run_id(), name)
@@ -140,11 +151,7 @@ def bench(
     Exit code 0 only when every rank succeeded and no value was wrong.
     """
     try:
-        settings = _settings(config, _common_flags(
-            backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
-            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
-            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
-            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        settings = _settings_from(locals())
         name, why = resolve_backend(settings)
         err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
         the_plan = build_plan(settings, new_run_id(), name)
@@ -226,17 +233,8 @@ def train(
     from orchestrator.report import build_train_report, train_table, write_train_report
     from train.results import decode_progress
 
-    flags = _common_flags(
-        backend=backend, output=output, nodes=nodes, procs_per_node=procs_per_node,
-        dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu)
-    flags.update({
-        "train.steps": steps, "train.batch_size": batch_size, "train.width": width,
-        "train.bucket_cap_mb": bucket_cap_mb, "train.checkpoint_every": checkpoint_every,
-        "train.seed": seed, "train.lr": lr, "train.max_restarts": max_restarts,
-        "metrics.port_base": metrics_port,
-    })
     try:
-        settings = _settings(config, flags, set_)
+        settings = _settings_from(locals())
         name, why = resolve_backend(settings)
         err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
         the_plan = build_plan(settings, new_run_id(), name, workload="train")
@@ -304,11 +302,7 @@ def render_compose_cmd(
     from orchestrator.render.compose import write_compose
 
     try:
-        settings = _settings(config, _common_flags(
-            nodes=nodes, procs_per_node=procs_per_node,
-            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
-            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
-            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        settings = _settings_from(locals())
         the_plan = build_plan(settings, run_id or new_run_id(), "docker")
         path = write_compose(the_plan, out_dir)
     except NetorchError as e:
@@ -361,11 +355,7 @@ def sweep(
             mtu_list.append(int(item))
         rates: list[str | None] = [None if r.lower() in (NO_LINK, "off") else r
                                    for r in _comma_items(link_rate, "--link-rate")] if link_rate else [None]
-        flags = _common_flags(
-            backend="docker", output=output, nodes=nodes, procs_per_node=procs_per_node,
-            dist_backend=dist_backend, master_port=master_port, subnet=subnet, ops=ops,
-            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
-            iters=iters, dtype=dtype, check=check, in_place=in_place)
+        flags = _flags(locals(), backend="docker")
         base = _settings(config, flags, set_)
         # Every variant is validated up front, with the same rules as `netorch bench`: a bad MTU
         # or rate fails before the first container exists.
@@ -434,9 +424,7 @@ def doctor(
     from orchestrator.doctor import doctor_plan, doctor_run, failed
 
     try:
-        settings = _settings(config, _common_flags(
-            backend="docker", nodes=nodes, procs_per_node=procs_per_node,
-            master_port=master_port, subnet=subnet, mtu=mtu), set_)
+        settings = _settings_from(locals(), backend="docker")
         client = client_from_settings(settings)
         try:
             if run is not None:
@@ -523,11 +511,7 @@ def render_k8s_cmd(
         if flavor not in FLAVORS:
             raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
         chosen: Flavor = flavor  # type: ignore[assignment]  # checked against FLAVORS above
-        settings = _settings(config, _common_flags(
-            nodes=nodes, procs_per_node=procs_per_node,
-            dist_backend=dist_backend, master_port=master_port, subnet=subnet, mtu=mtu, ops=ops,
-            min_bytes=min_bytes, max_bytes=max_bytes, step_factor=step_factor, warmup=warmup,
-            iters=iters, dtype=dtype, check=check, in_place=in_place), set_)
+        settings = _settings_from(locals())
         # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
         the_plan = build_plan(settings, run_id or new_run_id(), "docker")
         paths = write_k8s(the_plan, out_dir, chosen, namespace)

@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,62 @@ def test_train_two_containers(cluster_name: str, tmp_path: Path) -> None:
     # The master's checkpoint directory is a bind mount of the run's output (plan: NodeSpec.mounts).
     assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.ckpt")) == [
         "ckpt-00000040.ckpt", "ckpt-00000080.ckpt"]
+
+
+def _train(cluster_name: str, out: Path, subnet: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "400"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "train", "--backend", "docker", "-n", "2",
+         "--output", str(out), "--subnet", subnet, "--steps", "400", "--checkpoint-every", "50",
+         "--seed", "11", "--width", "128", "--quiet", "--set", "metrics.enabled=false",
+         "--set", f"cluster.name={cluster_name}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def _report(out: Path) -> dict[str, object]:
+    (run,) = [d for d in out.iterdir() if not d.name.startswith("_")]
+    report: dict[str, object] = json.loads((run / "report.json").read_text())
+    return report
+
+
+def test_killed_worker_container_restarts_bit_identical(
+    cluster_name: str, tmp_path: Path, docker_client: docker.DockerClient  # noqa: F811
+) -> None:
+    """kill -9 of a worker container after the first checkpoint: the gang restarts from it and
+    ends with the same weights as an uninterrupted run with the same seed."""
+    baseline = _train(cluster_name, tmp_path / "base", "10.242.0.0/24")
+    out, _ = baseline.communicate(timeout=600)
+    assert baseline.returncode == 0, out
+    expected = _report(tmp_path / "base")
+
+    runs = tmp_path / "killed"
+    proc = _train(cluster_name, runs, "10.242.1.0/24")
+    try:
+        deadline = time.monotonic() + 300
+        victim = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = list(runs.glob("*/checkpoints/ckpt-00000050.ckpt"))
+            workers = docker_client.containers.list(
+                filters={"label": "io.netorch.role=worker", "name": cluster_name})
+            if ckpt and workers:
+                victim = workers[0]
+                victim.kill(signal="SIGKILL")
+                break
+            time.sleep(0.1)
+        assert victim is not None, "no checkpoint or worker container seen"
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    r = _report(runs)
+    assert r["restarts"] == 1 and r["ok"], out
+    assert isinstance(r["resumed_from"], int) and r["resumed_from"] >= 50
+    assert r["steps_done"] == 400
+    assert r["weights_sha256"] == expected["weights_sha256"]
+    assert r["loss_curve"] == expected["loss_curve"]
+    left = docker_client.containers.list(all=True, filters={"name": cluster_name})
+    assert left == []
