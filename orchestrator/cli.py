@@ -34,6 +34,9 @@ render_app = typer.Typer(help="Write the plan as files for other tools.", no_arg
 image_app = typer.Typer(help="Build the training image.", no_args_is_help=True)
 app.add_typer(render_app, name="render")
 app.add_typer(image_app, name="image")
+swarm_app = typer.Typer(help="Put the configured hosts into one Docker swarm.",
+                        no_args_is_help=True)
+app.add_typer(swarm_app, name="swarm")
 
 # Reports are read in CI logs and pipes too: don't squeeze tables to 80 columns there.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -185,6 +188,13 @@ def bench(
         console.print(f"[dim]note: {escape(note)}[/]")
     console.print(f"avg busbw: {avg_busbw(report):.3f} GB/s   wrong: {report['wrong_total']}   "
                   f"elapsed: {report['elapsed_s']:.1f} s")
+    if the_plan.multi_host:
+        for node in report["nodes"]:
+            console.print(f"node {escape(node['name'])} on host {escape(str(node['host']))}: "
+                          f"ip {node['ip']} (planned {node['planned_ip']}), mtu {node['mtu']}")
+        net = report["network"]
+        console.print(f"overlay {escape(net['name'])}: requested MTU {net['mtu']}, effective "
+                      f"MTU {net['effective_mtu']}")
     for warning in report["warnings"]:
         console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
     console.print("report: " + "  ".join(str(p) for p in paths.values()))
@@ -357,6 +367,7 @@ def sweep(
                                    for r in _comma_items(link_rate, "--link-rate")] if link_rate else [None]
         flags = _flags(locals(), backend="docker")
         base = _settings(config, flags, set_)
+        _single_host_only(base, "sweep")
         # Every variant is validated up front, with the same rules as `netorch bench`: a bad MTU
         # or rate fails before the first container exists.
         variants = {}
@@ -425,6 +436,7 @@ def doctor(
 
     try:
         settings = _settings_from(locals(), backend="docker")
+        _single_host_only(settings, "doctor")
         client = client_from_settings(settings)
         try:
             if run is not None:
@@ -476,11 +488,28 @@ def down(
         from orchestrator.backends.docker import client_from_settings, down_all
 
         settings = _settings(config, {}, set_)
-        client = client_from_settings(settings)
-        try:
-            removed = down_all(client, None if all_ else run)
-        finally:
-            client.close()
+        if len(settings.hosts) > 1:
+            from orchestrator.backends.swarm import down_hosts, host_client
+
+            clients: dict[str, Any] = {}
+            try:
+                for h in settings.hosts:
+                    clients[h.name] = host_client(h)
+                removed = down_hosts(clients, None if all_ else run, [h.name for h in settings.hosts])
+            finally:
+                for c in clients.values():
+                    c.close()
+        else:
+            if settings.hosts:
+                from orchestrator.backends.swarm import host_client
+
+                client = host_client(settings.hosts[0])
+            else:
+                client = client_from_settings(settings)
+            try:
+                removed = down_all(client, None if all_ else run)
+            finally:
+                client.close()
     except NetorchError as e:
         raise _fail(e) from None
     for item in removed:
@@ -550,6 +579,77 @@ def image_build(
         raise _fail(e) from None
     state = "up to date" if result.up_to_date else "built"
     console.print(f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)")
+
+
+def _single_host_only(settings: Settings, command: str) -> None:
+    if len(settings.hosts) > 1:
+        raise ConfigError(
+            f"netorch {command} runs on one Docker host; {len(settings.hosts)} [[hosts]] are "
+            "configured; use `netorch bench` / `netorch train` across hosts, or a config with one host"
+        )
+
+
+def _swarm_hosts(config: Optional[Path], set_: Optional[list[str]]) -> list[Any]:
+    settings = _settings(config, {}, set_)
+    if not settings.hosts:
+        raise ConfigError("hosts: no [[hosts]] configured; list the Docker hosts (the first one "
+                          "becomes the swarm manager) in the config file")
+    return list(settings.hosts)
+
+
+@swarm_app.command("init")
+def swarm_init_cmd(
+    advertise_addr: Annotated[str, typer.Option("--advertise-addr", help="manager address the other hosts reach")],
+    listen_addr: Annotated[Optional[str], typer.Option("--listen-addr", help="default ADVERTISE:2377")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Make the first configured host a swarm manager (docker swarm init). Idempotent."""
+    from orchestrator.backends.swarm import host_client, swarm_init
+
+    try:
+        first = _swarm_hosts(config, set_)[0]
+        client = host_client(first)
+        try:
+            node_id = swarm_init(client, advertise_addr, listen_addr)
+        finally:
+            client.close()
+    except NetorchError as e:
+        raise _fail(e) from None
+    console.print(f"host {escape(first.name)} manages the swarm (node {node_id[:12]})")
+
+
+@swarm_app.command("join")
+def swarm_join_cmd(
+    host: Annotated[Optional[str], typer.Option("--host", help="host to join (default: every host but the first)")] = None,
+    advertise_addr: Annotated[Optional[str], typer.Option("--advertise-addr", help="the joining host's own address (with --host)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Join the other configured hosts to the first one's swarm as workers (docker swarm join)."""
+    from orchestrator.backends.swarm import host_client, swarm_join
+
+    try:
+        hosts = _swarm_hosts(config, set_)
+        targets = [h for h in hosts[1:] if host is None or h.name == host]
+        if host is not None and not targets:
+            raise ConfigError(f"--host {host!r} is not one of the joining hosts: "
+                              + ", ".join(h.name for h in hosts[1:]))
+        if advertise_addr and len(targets) != 1:
+            raise ConfigError("--advertise-addr names one host's address; give --host too")
+        manager = host_client(hosts[0])
+        try:
+            for target in targets:
+                worker = host_client(target)
+                try:
+                    node_id = swarm_join(manager, worker, advertise_addr)
+                finally:
+                    worker.close()
+                console.print(f"host {escape(target.name)} is in the swarm (node {node_id[:12]})")
+        finally:
+            manager.close()
+    except NetorchError as e:
+        raise _fail(e) from None
 
 
 def main() -> None:

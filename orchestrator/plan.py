@@ -25,6 +25,7 @@ from orchestrator.settings import (
     Settings,
     TrainSettings,
     address_pool,
+    node_placement,
     parse_rate_bits,
 )
 
@@ -119,10 +120,11 @@ def tc_commands(link: LinkSpec, ifname: str = CONTAINER_IFNAME) -> tuple[tuple[s
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """The fabric the nodes share. ``driver="loopback"`` means the host's ``lo`` (process backend)."""
+    """The fabric the nodes share. ``driver="loopback"`` means the host's ``lo`` (process backend);
+    ``"overlay"`` (several hosts) is an attachable swarm overlay created through the manager."""
 
     name: str
-    driver: Literal["bridge", "loopback"]
+    driver: Literal["bridge", "overlay", "loopback"]
     subnet: str
     gateway: str | None
     ip_range: str | None
@@ -132,6 +134,20 @@ class NetworkSpec:
     interface: str
     labels: tuple[tuple[str, str], ...] = ()
     link: LinkSpec | None = None
+    # Overlay only: standalone containers (fixed IPs, GPUs) may join; services cannot do either.
+    attachable: bool = False
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A Docker host of a multi-host plan; ``hosts[0]`` is the swarm manager."""
+
+    name: str
+    url: str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,8 @@ class NodeSpec:
     command: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
     mounts: tuple[MountSpec, ...] = ()
+    # The host (HostSpec.name) whose daemon runs the node; None: the local / configured daemon.
+    host: str | None = None
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -213,10 +231,16 @@ class ClusterPlan:
     runtime: RuntimeSpec
     nodes: tuple[NodeSpec, ...]
     labels: tuple[tuple[str, str], ...] = field(default=())
+    hosts: tuple[HostSpec, ...] = ()
 
     @property
     def master(self) -> NodeSpec:
         return self.nodes[0]
+
+    @property
+    def multi_host(self) -> bool:
+        """True when nodes spread over several Docker hosts (an overlay network)."""
+        return len(self.hosts) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML/JSON output (tuples of pairs become mappings)."""
@@ -313,6 +337,33 @@ def with_start_gate(plan: ClusterPlan) -> ClusterPlan:
     return dataclasses.replace(plan, runtime=dataclasses.replace(plan.runtime, start_gate=True))
 
 
+def _overlay_dynamic_range(subnet: str, ip_range: str | None, ips: list[str]) -> str:
+    """The overlay's ``ip_range``: the upper half of the subnet, kept for swarm's own addresses.
+
+    Swarm gives every host that joins an overlay a load-balancer address taken dynamically from
+    the pool -- the lowest free ones, i.e. exactly the fixed node addresses -- and the start of a
+    node then fails with "could not allocate IP ... Address already in use" / "context deadline
+    exceeded". Fixed IPs may lie outside ``ip_range`` (inside the subnet), so nodes take the
+    lower half and dynamic allocation is confined to the upper half.
+    """
+    net = ipaddress.IPv4Network(subnet)
+    if ip_range is not None:
+        raise PlanError(
+            f"network.ip_range {ip_range} cannot be used on a multi-host overlay: netorch keeps "
+            f"the upper half of {subnet} for swarm's own per-host addresses and places nodes in "
+            "the lower half; drop network.ip_range"
+        )
+    lower, upper = net.subnets(prefixlen_diff=1)
+    outside = [ip for ip in ips if ipaddress.IPv4Address(ip) not in lower]
+    if outside:
+        need = 32 - max(3, (len(ips) + 3).bit_length()) - 1
+        raise PlanError(
+            f"network.subnet {subnet}: on an overlay the nodes must fit in its lower half {lower} "
+            f"(the upper half is swarm's), but {len(ips)} nodes do not; use a /{need} or larger"
+        )
+    return str(upper)
+
+
 def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
     gpu = settings.gpu
     caps = tuple(gpu.capabilities)
@@ -344,24 +395,42 @@ def build_plan(
     prefix = f"{c.name}-{run_id}"
     run_labels = ((LABEL_RUN, run_id), (LABEL_MANAGED, "true"))
 
+    try:
+        placement = node_placement(settings)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    hosts = tuple(
+        HostSpec(h.name, h.url, h.tls_ca, h.tls_cert, h.tls_key, h.gpus) for h in settings.hosts
+    )
+    if backend == "process" and len(hosts) > 1:
+        raise PlanError(
+            f"{len(hosts)} hosts are configured but the process backend runs on this host only; "
+            "use --backend docker (or drop [[hosts]])"
+        )
+    overlay = backend == "docker" and len(hosts) > 1
     if backend == "docker":
         net = settings.network
         subnet = ipaddress.IPv4Network(net.subnet)
         gateway = net.gateway or str(next(subnet.hosts()))
         ips = [str(a) for a in address_pool(net)[:n]]
+        ip_range = net.ip_range
+        if overlay:
+            ip_range = _overlay_dynamic_range(net.subnet, net.ip_range, ips)
         ifname = net.interface
         network = NetworkSpec(
             name=net.name or f"{prefix}-net",
-            driver="bridge",
+            driver="overlay" if overlay else "bridge",
             subnet=str(subnet),
             gateway=gateway,
-            ip_range=net.ip_range,
+            ip_range=ip_range,
             mtu=net.mtu,
             internal=net.internal,
-            bridge_name=net.bridge_name,
+            # A bridge name is a host interface; an overlay has none on the hosts.
+            bridge_name=None if overlay else net.bridge_name,
             interface=ifname,
             labels=run_labels,
             link=link_spec(net.link),
+            attachable=overlay,
         )
     else:
         ips = ["127.0.0.1"] * n
@@ -442,6 +511,7 @@ def build_plan(
                 command=command,
                 labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank))),
                 mounts=mounts,
+                host=placement[rank] if backend == "docker" else None,
             )
         )
     d = settings.docker
@@ -467,4 +537,5 @@ def build_plan(
         ),
         nodes=tuple(nodes),
         labels=run_labels,
+        hosts=hosts if backend == "docker" else (),
     )

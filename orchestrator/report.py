@@ -35,6 +35,8 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
         mtu = first.get("mtu")
         nodes.append({
             "name": node.name,
+            # Only with configured hosts: single-host reports keep their schema-1 shape.
+            **({"host": node.host} if plan.hosts else {}),
             "role": node.role.value,
             "node_rank": node.node_rank,
             "planned_ip": node.ip,
@@ -56,6 +58,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
                 warnings.append(
                     f"node {node.name}: effective MTU {mtu} on {first.get('ifname')} differs from "
                     f"the requested {plan.network.mtu}; the measurement is not at the MTU you asked for"
+                    + _mtu_advice(plan, mtu)
                 )
     results = list(result.get("results", []))
     wrong_total = result.get("wrong_total")
@@ -75,6 +78,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             "subnet": plan.network.subnet,
             "gateway": plan.network.gateway,
             "mtu": plan.network.mtu,
+            **({"effective_mtu": _effective_mtu(nodes)} if plan.multi_host else {}),
             "interface": plan.network.interface,
         },
         "nodes": nodes,
@@ -88,6 +92,27 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
         "elapsed_s": round(elapsed_s, 3),
         "ok": bool(results) and (wrong_total in (0, None)),
     }
+
+
+def _effective_mtu(nodes: list[dict[str, Any]]) -> int | None:
+    """The smallest MTU any node's interface really had: what the path carries."""
+    mtus = [int(n["mtu"]) for n in nodes if isinstance(n.get("mtu"), int)]
+    return min(mtus) if mtus else None
+
+
+def _mtu_advice(plan: ClusterPlan, effective: Any) -> str:
+    """For an overlay: the request that gives the MTU asked for (VXLAN takes its header off)."""
+    requested = plan.network.mtu
+    if plan.network.driver != "overlay" or not isinstance(effective, int) or requested is None:
+        return ""
+    overhead = requested - effective
+    if overhead <= 0:
+        return ""
+    return (
+        f" (the overlay's VXLAN encapsulation took {overhead} bytes; ask for network.mtu = "
+        f"{requested + overhead} to get {requested} inside, if the hosts' own link MTU is at "
+        f"least that)"
+    )
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -325,6 +325,60 @@ class DockerSettings(_Section):
         return v.lower()
 
 
+_HOST_URL_RE = re.compile(r"^(unix|tcp|ssh)://.+$")
+
+
+class HostSettings(_Section):
+    """One Docker host of a multi-host run (``[[hosts]]``). The first host is the swarm manager."""
+
+    name: str = Field(description="short host name used in placement and reports")
+    url: str = Field(description="daemon URL: unix:///path, tcp://host:2376 or ssh://user@host")
+    tls_ca: str | None = Field(None, description="tcp:// only: CA certificate path")
+    tls_cert: str | None = Field(None, description="tcp:// only: client certificate path")
+    tls_key: str | None = Field(None, description="tcp:// only: client key path")
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs on this host (informational)")
+
+    @field_validator("name")
+    @classmethod
+    def _host_name(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", v):
+            raise ValueError(f"{v!r} is not a usable host name; use 1-31 of [a-z0-9-]")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not _HOST_URL_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a Docker URL; write unix:///var/run/docker.sock, "
+                "tcp://host:2376 or ssh://user@host"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> HostSettings:
+        tls = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(tls) and not self.url.startswith("tcp://"):
+            raise ValueError(f"hosts: {self.name}: TLS paths only apply to tcp:// URLs; drop them")
+        if any(tls) and not (self.tls_cert and self.tls_key):
+            raise ValueError(
+                f"hosts: {self.name}: TLS needs both tls_cert and tls_key (tls_ca optional)"
+            )
+        return self
+
+
+class PlacementSettings(_Section):
+    """Which host runs which node: round-robin over ``hosts`` or an explicit node -> host map."""
+
+    strategy: Literal["round-robin", "explicit"] = Field(
+        "round-robin", description="round-robin: node i on host i mod len(hosts)"
+    )
+    nodes: dict[str, str] = Field(
+        default_factory=dict,
+        description="explicit: node (master, worker-1, ... or its rank) -> host name",
+    )
+
+
 class BenchSettings(_Section):
     """The collective sweep, with nccl-tests' meaning for every knob."""
 
@@ -437,6 +491,11 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     env: dict[str, str] = Field(default_factory=dict, description="extra NCCL_*/GLOO_*/TORCH_* env")
+    hosts: list[HostSettings] = Field(
+        default_factory=list,
+        description="Docker hosts (empty: the local daemon); more than one runs on a swarm overlay",
+    )
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)  # type: ignore[arg-type]
 
     @field_validator("env")
     @classmethod
@@ -473,6 +532,22 @@ class Settings(BaseSettings):
                 f"gpu.device_ids: {len(self.gpu.device_ids)} lists for {self.cluster.nodes} nodes; "
                 "give one list of device ids per node"
             )
+        names = [h.name for h in self.hosts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"hosts: name(s) {', '.join(dupes)} appear twice; give each host its own")
+        if self.placement.strategy == "explicit":
+            if len(self.hosts) < 2:
+                raise ValueError(
+                    "placement: strategy explicit needs at least two [[hosts]]; add them or use "
+                    "round-robin"
+                )
+            node_placement(self)  # raises ValueError naming the unplaced node or unknown host
+        elif self.placement.nodes:
+            raise ValueError(
+                "placement.nodes is set but placement.strategy is round-robin; set "
+                "strategy = \"explicit\" or drop the map"
+            )
         return self
 
     @classmethod
@@ -493,6 +568,43 @@ class Settings(BaseSettings):
 
 
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
+
+
+def node_placement(settings: Settings) -> list[str | None]:
+    """The host name of each node rank (None for every node when no hosts are configured).
+
+    Round-robin puts node *i* on host *i mod len(hosts)*; explicit reads ``placement.nodes``,
+    whose keys are ``master``, ``worker-<i>`` or the rank as a string.
+    """
+    n = settings.cluster.nodes
+    hosts = [h.name for h in settings.hosts]
+    if not hosts:
+        return [None] * n
+    if settings.placement.strategy == "round-robin":
+        return [hosts[i % len(hosts)] for i in range(n)]
+    mapping = settings.placement.nodes
+    out: list[str | None] = []
+    for rank in range(n):
+        short = "master" if rank == 0 else f"worker-{rank}"
+        host = mapping.get(short, mapping.get(str(rank)))
+        if host is None:
+            raise ValueError(
+                f"placement.nodes: node {short} (rank {rank}) has no host; map it to one of "
+                + ", ".join(hosts)
+            )
+        if host not in hosts:
+            raise ValueError(
+                f"placement.nodes: {short} -> {host!r} is not a configured host; use one of "
+                + ", ".join(hosts)
+            )
+        out.append(host)
+    known = {"master", *(f"worker-{r}" for r in range(1, n)), *(str(r) for r in range(n))}
+    extra = sorted(set(mapping) - known)
+    if extra:
+        raise ValueError(
+            f"placement.nodes: {', '.join(extra)} name no node of this {n}-node cluster; remove them"
+        )
+    return out
 
 
 def address_pool(network: NetworkSettings) -> list[ipaddress.IPv4Address]:

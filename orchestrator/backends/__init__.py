@@ -16,9 +16,14 @@ def resolve_backend(settings: Settings) -> tuple[BackendName, str]:
         import docker
         import docker.errors
 
-        client = docker.DockerClient(base_url=settings.docker.host, timeout=5) if (
-            settings.docker.host
-        ) else docker.from_env(timeout=5)
+        url = settings.hosts[0].url if settings.hosts else settings.docker.host
+        if settings.hosts and settings.hosts[0].tls_cert:
+            from orchestrator.backends.swarm import host_client
+
+            client = host_client(settings.hosts[0], timeout=5)
+        else:
+            client = docker.DockerClient(base_url=url, timeout=5) if url else (
+                docker.from_env(timeout=5))
         try:
             client.ping()
             client.images.get(settings.cluster.image)
@@ -38,4 +43,12 @@ def make_backend(name: BackendName, settings: Settings) -> Backend:
         return ProcessBackend()
     from orchestrator.backends.docker import DockerBackend
 
+    if len(settings.hosts) > 1:
+        from orchestrator.backends.swarm import MultiHostDockerBackend
+
+        return MultiHostDockerBackend.from_hosts(settings.hosts)
+    if settings.hosts:
+        from orchestrator.backends.swarm import host_client
+
+        return DockerBackend(host_client(settings.hosts[0]))
     return DockerBackend.from_settings(settings)

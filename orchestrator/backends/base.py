@@ -24,9 +24,16 @@ class NodeExit:
     exit_code: int
     finished_at: float
     oom_killed: bool = False
+    # The Docker host the node ran on (multi-host runs); named in the diagnosis.
+    host: str | None = None
 
     def reason(self) -> str:
-        """Human words for the exit: ``exit code 1``, ``killed by SIGKILL (exit 137)``."""
+        """Human words for the exit: ``exit code 1``, ``killed by SIGKILL (exit 137)``, and
+        ``on host NAME`` when the node ran on a named host."""
+        text = self._reason()
+        return f"{text} on host {self.host}" if self.host else text
+
+    def _reason(self) -> str:
         code = self.exit_code
         if self.oom_killed:
             return f"OOM-killed (exit {code}); give the node more memory or shrink max_bytes"

@@ -129,7 +129,12 @@ def network_create_kwargs(plan: ClusterPlan) -> dict[str, Any]:
     if net.bridge_name:
         options[BRIDGE_NAME_OPTION] = net.bridge_name
     pool = docker.types.IPAMPool(subnet=net.subnet, gateway=net.gateway, iprange=net.ip_range)
+    extra: dict[str, Any] = {}
+    if net.driver == "overlay":
+        # Attachable: standalone containers (fixed IPs, GPUs) may join, which services cannot.
+        extra["attachable"] = True
     return {
+        **extra,
         "name": net.name,
         "driver": net.driver,
         "ipam": docker.types.IPAMConfig(driver="default", pool_configs=[pool]),
@@ -394,6 +399,7 @@ class DockerNode:
 
     def __init__(self, node: NodeSpec, container: Any, sink: LineSink) -> None:
         self.name = node.name
+        self.host = node.host
         self.container = container
         self._sink = sink
         self._exit: NodeExit | None = None
@@ -439,7 +445,7 @@ class DockerNode:
             finished = parse_docker_time(state.get("FinishedAt")) or finished
         except (docker.errors.DockerException, *_TRANSPORT_ERRORS):
             pass
-        self._exit = NodeExit(exit_code=status, finished_at=finished, oom_killed=oom)
+        self._exit = NodeExit(exit_code=status, finished_at=finished, oom_killed=oom, host=self.host)
 
     def poll(self) -> NodeExit | None:
         return self._exit
@@ -795,12 +801,15 @@ def _remove_container(container: Any) -> None:
         pass  # removed meanwhile: that is the goal
 
 
-def remove_by_label(client: Any, run_id: str | None) -> list[str]:
+def remove_by_label(
+    client: Any, run_id: str | None, with_networks: bool = True
+) -> list[str]:
     """Force-remove netorch's containers, then networks, of one run (``None``: of every run).
 
     Only resources labelled ``io.netorch.managed=true`` (and the run id) are touched. Returns
     ``"container NAME"`` / ``"network NAME"`` for each thing removed; raises BackendError naming
-    what could not be removed.
+    what could not be removed. ``with_networks=False`` leaves networks alone (a swarm worker, whose
+    overlay only the manager may remove).
     """
     filters = run_filters(run_id)
     what = f"run {run_id}" if run_id else "every netorch run"
@@ -812,7 +821,7 @@ def remove_by_label(client: Any, run_id: str | None) -> list[str]:
     failures = _concurrently(_remove_container, containers)
     removed = [f"container {c.name}" for c in containers if c not in {f[0] for f in failures}]
     try:
-        networks = list(client.networks.list(filters=filters))
+        networks = list(client.networks.list(filters=filters)) if with_networks else []
     except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
         raise translate_error(e, f"listing networks of {what}") from e
     net_failures: list[tuple[Any, BaseException]] = []

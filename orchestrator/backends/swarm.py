@@ -1,0 +1,362 @@
+"""Several Docker hosts: standalone containers on one attachable swarm overlay.
+
+Swarm *services* cannot have fixed IPs or GPUs, so netorch does not use them: the swarm only
+provides the overlay. The manager (``plan.hosts[0]``) creates the attachable overlay with the
+planned subnet, gateway and MTU; every node's container is created through its own host's daemon
+with its fixed IP on that overlay, exactly as the single-host backend does on a bridge. Fail-fast,
+diagnosis and label teardown are the same, run on every host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import docker.errors
+import docker.tls
+from docker.client import DockerClient
+
+from orchestrator.backends.base import LineSink, NodeHandle
+from orchestrator.backends.docker import (
+    _TRANSPORT_ERRORS,
+    GATE_FILE,
+    MAX_POOL_SIZE,
+    DockerBackend,
+    DockerNode,
+    SetupHook,
+    _concurrently,
+    _expect_started,
+    _explanation,
+    _NotYetStarted,
+    _retry,
+    apply_link,
+    container_create_kwargs,
+    exec_checked,
+    network_create_kwargs,
+    remove_by_label,
+    run_filters,
+    translate_error,
+)
+from orchestrator.errors import (
+    BackendError,
+    DaemonUnavailableError,
+    NetorchError,
+    PreflightError,
+)
+from orchestrator.plan import BackendName, ClusterPlan, HostSpec, NodeSpec
+from orchestrator.settings import HostSettings
+
+SWARM_PORT = 2377
+# How long teardown waits for the hosts to drop their local copy of a removed overlay.
+WORKER_FORGET_S = 20.0
+SWARM_FIX = (
+    "put every host in one swarm: `netorch swarm init --advertise-addr <manager address>` on the "
+    "first host, then `netorch swarm join --host <name> --advertise-addr <its address>` for each "
+    "other host"
+)
+
+
+def host_client(host: HostSpec | HostSettings, timeout: int = 60) -> Any:
+    """A Docker client for ``host``'s URL (TLS for tcp:// when paths are given)."""
+    tls: Any = False
+    if host.tls_cert and host.tls_key:
+        tls = docker.tls.TLSConfig(
+            client_cert=(host.tls_cert, host.tls_key), ca_cert=host.tls_ca,
+            verify=bool(host.tls_ca),
+        )
+    try:
+        return DockerClient(
+            base_url=host.url, tls=tls, timeout=timeout, max_pool_size=MAX_POOL_SIZE,
+            use_ssh_client=host.url.startswith("ssh://"),
+        )
+    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+        raise DaemonUnavailableError(
+            f"host {host.name}: no Docker daemon answers at {host.url} ({_explanation(e)}); start "
+            "it or fix hosts.url"
+        ) from e
+
+
+def swarm_state(client: Any) -> dict[str, Any]:
+    """The daemon's ``info()['Swarm']`` section."""
+    swarm: dict[str, Any] = client.info().get("Swarm") or {}
+    return swarm
+
+
+class MultiHostDockerBackend:
+    """Applies a multi-host plan: one overlay through the manager, each node on its own host.
+
+    ``clients`` maps host name to an SDK client; the first entry of ``plan.hosts`` is the manager.
+    Each host is handled by a :class:`DockerBackend` over its client, so single-host behaviour
+    (create arguments, error translation, start checks) is shared, not copied.
+    """
+
+    name: BackendName = "docker"
+
+    def __init__(self, clients: Mapping[str, Any], after_start: SetupHook | None = None) -> None:
+        self.clients = dict(clients)
+        self.after_start = after_start
+        self._nodes: list[DockerNode] = []
+
+    @classmethod
+    def from_hosts(cls, hosts: tuple[HostSpec, ...] | list[HostSettings]) -> MultiHostDockerBackend:
+        return cls({h.name: host_client(h) for h in hosts})
+
+    def _client(self, plan: ClusterPlan, node: NodeSpec) -> Any:
+        host = node.host or plan.hosts[0].name
+        return self.clients[host]
+
+    def _manager(self, plan: ClusterPlan) -> Any:
+        return self.clients[plan.hosts[0].name]
+
+    # -- preflight -------------------------------------------------------------------------
+
+    def preflight(self, plan: ClusterPlan) -> None:
+        """Every host answers, has the image and passes the single-host checks; all hosts are
+        in one swarm whose manager is the first host."""
+        missing = [h.name for h in plan.hosts if h.name not in self.clients]
+        if missing:
+            raise PreflightError(f"no client for host(s) {', '.join(missing)}")
+        states: dict[str, dict[str, Any]] = {}
+        for host in plan.hosts:
+            client = self.clients[host.name]
+            try:
+                client.ping()
+                states[host.name] = swarm_state(client)
+            except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+                raise DaemonUnavailableError(
+                    f"host {host.name}: no Docker daemon answers at {host.url} "
+                    f"({_explanation(e)}); start it or fix hosts.url"
+                ) from e
+        self._check_swarm(plan, states)
+        for host in plan.hosts:
+            sub = plan_for_host(plan, host.name)
+            try:
+                DockerBackend(self.clients[host.name]).preflight(sub)
+            except NetorchError as e:
+                raise type(e)(f"host {host.name}: {e}") from e
+
+    def _check_swarm(self, plan: ClusterPlan, states: dict[str, dict[str, Any]]) -> None:
+        inactive = [n for n, s in states.items() if s.get("LocalNodeState") != "active"]
+        if inactive:
+            raise PreflightError(
+                f"host(s) {', '.join(inactive)} are not in a swarm (state "
+                + ", ".join(f"{n}={states[n].get('LocalNodeState') or 'inactive'}" for n in inactive)
+                + f"); an overlay spans only one swarm; {SWARM_FIX}"
+            )
+        manager = plan.hosts[0].name
+        if not states[manager].get("ControlAvailable"):
+            raise PreflightError(
+                f"host {manager} (the first of hosts) is not a swarm manager; the overlay is created "
+                "through it; list a manager first, or promote it (docker node promote)"
+            )
+        try:
+            members = {n.id for n in self._manager(plan).nodes.list()}
+        except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+            raise translate_error(e, f"listing the swarm's nodes on {manager}") from e
+        strangers = [n for n, s in states.items() if s.get("NodeID") not in members]
+        if strangers:
+            raise PreflightError(
+                f"host(s) {', '.join(strangers)} are in another swarm than the manager {manager}; "
+                f"leave it (docker swarm leave) and {SWARM_FIX}"
+            )
+
+    # -- up --------------------------------------------------------------------------------
+
+    def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
+        """Create the overlay through the manager, then every container through its host."""
+        manager = self._manager(plan)
+        try:
+            network = manager.networks.create(**network_create_kwargs(plan))
+        except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+            raise translate_error(
+                e, f"creating overlay {plan.network.name} on {plan.hosts[0].name}", plan
+            ) from e
+        created: dict[str, Any] = {}
+
+        def create(node: NodeSpec) -> None:
+            client = self._client(plan, node)
+            kwargs = container_create_kwargs(
+                plan, node, network.id, str(client.api.api_version)
+            )
+            created[node.name] = client.containers.create(**kwargs)
+
+        failures = _concurrently(create, list(plan.nodes))
+        if failures:
+            node, exc = failures[0]
+            raise translate_error(exc, f"creating container {node.name} on {node.host}", plan) from exc
+
+        def start(node: NodeSpec) -> None:
+            container = created[node.name]
+            container.start()
+            _retry(lambda: _expect_started(container),
+                   retry_on=lambda e: isinstance(e, _NotYetStarted), seconds=10, every=0.1)
+
+        failures = _concurrently(start, list(plan.nodes))
+        if failures:
+            node, exc = failures[0]
+            raise translate_error(exc, f"starting container {node.name} on {node.host}", plan) from exc
+        handles: list[NodeHandle] = []
+        for node in plan.nodes:
+            dn = DockerNode(node, created[node.name], sink)
+            self._nodes.append(dn)
+            handles.append(dn)
+        if plan.runtime.start_gate:
+            apply_link(plan, created)
+            if self.after_start is not None:
+                self.after_start(plan, created)
+            def release(container: Any) -> None:
+                exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
+
+            failures_ = _concurrently(release, list(created.values()))
+            if failures_:
+                raise failures_[0][1]
+        return handles
+
+    # -- stop / down -----------------------------------------------------------------------
+
+    def stop(self, plan: ClusterPlan, grace_s: float) -> None:
+        """Stop the run's containers on every host at once (errors ignored, as single-host)."""
+        _concurrently(
+            lambda host: DockerBackend(self.clients[host.name]).stop(plan, grace_s),
+            list(plan.hosts),
+        )
+
+    def down(self, plan: ClusterPlan) -> None:
+        """Remove the run's containers on every host, then the overlay on the manager.
+
+        A host that cannot be reached is reported in one BackendError after every other host was
+        cleaned; ``netorch down --run <id>`` finishes the job once it is back.
+        """
+        try:
+            down_hosts(self.clients, plan.run_id, [h.name for h in plan.hosts])
+        finally:
+            for dn in self._nodes:
+                dn.join(timeout=2.0)
+            self._nodes = []
+
+    def inspect(self, plan: ClusterPlan) -> dict[str, Any]:
+        """The overlay (as the manager sees it) and each container's attrs, by node name."""
+        out: dict[str, Any] = {"network": None, "containers": {}}
+        for host in plan.hosts:
+            view = DockerBackend(self.clients[host.name]).inspect(plan)
+            if host.name == plan.hosts[0].name:
+                out["network"] = view["network"]
+            out["containers"].update(view["containers"])
+        return out
+
+
+def plan_for_host(plan: ClusterPlan, host: str) -> ClusterPlan:
+    """``plan`` restricted to the nodes placed on ``host`` (for per-host preflight checks)."""
+    nodes = tuple(n for n in plan.nodes if (n.host or plan.hosts[0].name) == host)
+    return dataclasses.replace(plan, nodes=nodes)
+
+
+def down_hosts(clients: Mapping[str, Any], run_id: str | None, order: list[str]) -> list[str]:
+    """Remove netorch's resources of ``run_id`` on every host: containers on all hosts first
+    (concurrently), then networks through the manager (``order[0]``). Unreachable hosts are
+    reported together in one BackendError after the others were cleaned."""
+    removed: list[str] = []
+    problems: list[str] = []
+
+    def containers_on(name: str) -> None:
+        try:
+            removed.extend(f"{item} on {name}" for item in
+                           remove_by_label(clients[name], run_id, with_networks=False))
+        except NetorchError as e:
+            problems.append(f"host {name}: {e}")
+
+    failures = _concurrently(containers_on, list(order))
+    problems += [f"host {n}: {_explanation(e)}" for n, e in failures]
+    manager = order[0]
+    try:
+        removed.extend(f"{item} on {manager}" for item in remove_by_label(clients[manager], run_id))
+    except NetorchError as e:
+        problems.append(f"host {manager}: {e}")
+    if not problems:
+        _await_hosts_forget(clients, run_id, order)
+    if problems:
+        scope = f"--run {run_id}" if run_id else "--all"
+        raise BackendError(
+            "teardown incomplete: " + "; ".join(problems)
+            + f"; when the host is reachable again run `netorch down {scope}` to finish"
+        )
+    return removed
+
+
+def _await_hosts_forget(clients: Mapping[str, Any], run_id: str | None, hosts: list[str]) -> None:
+    """Every host -- the manager too -- keeps listing a removed overlay for a moment (its local
+    copy, holding swarm's load-balancer endpoint, goes when the removal reaches the node's agent;
+    removing it again answers "not found"): wait, bounded, so that "down" means gone everywhere."""
+    deadline = time.monotonic() + WORKER_FORGET_S
+    for name in hosts:
+        while time.monotonic() < deadline:
+            try:
+                if not clients[name].networks.list(filters=run_filters(run_id)):
+                    break
+            except (docker.errors.DockerException, *_TRANSPORT_ERRORS):
+                break  # reported by the next `netorch down`, not worth failing this one
+            time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# netorch swarm init / join
+# --------------------------------------------------------------------------------------------
+
+
+def swarm_init(client: Any, advertise_addr: str, listen_addr: str | None = None) -> str:
+    """Make ``client``'s daemon a swarm manager; returns its node id. Idempotent when it already
+    manages a swarm."""
+    state = swarm_state(client)
+    if state.get("LocalNodeState") == "active":
+        if state.get("ControlAvailable"):
+            return str(state.get("NodeID"))
+        raise PreflightError(
+            "this daemon is already a swarm worker; run `docker swarm leave` on it first"
+        )
+    try:
+        client.swarm.init(
+            advertise_addr=advertise_addr,
+            listen_addr=listen_addr or f"{advertise_addr}:{SWARM_PORT}",
+        )
+    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+        raise BackendError(
+            f"swarm init with --advertise-addr {advertise_addr} failed ({_explanation(e)}); give "
+            "an address this host holds on the network the other hosts reach"
+        ) from e
+    return str(swarm_state(client).get("NodeID"))
+
+
+def swarm_join(
+    manager: Any, worker: Any, advertise_addr: str | None = None, listen_addr: str | None = None
+) -> str:
+    """Join ``worker``'s daemon to ``manager``'s swarm as a worker; returns its node id.
+
+    Idempotent when it is already in that swarm."""
+    mstate = swarm_state(manager)
+    if mstate.get("LocalNodeState") != "active" or not mstate.get("ControlAvailable"):
+        raise PreflightError(
+            "the first host is not a swarm manager; run `netorch swarm init --advertise-addr X` first"
+        )
+    wstate = swarm_state(worker)
+    if wstate.get("LocalNodeState") == "active":
+        members = {n.id for n in manager.nodes.list()}
+        if wstate.get("NodeID") in members:
+            return str(wstate.get("NodeID"))
+        raise PreflightError("the host is in another swarm; run `docker swarm leave` on it first")
+    manager.swarm.reload()
+    token = manager.swarm.attrs["JoinTokens"]["Worker"]
+    remote = f"{mstate.get('NodeAddr')}:{SWARM_PORT}"
+    kwargs: dict[str, Any] = {"remote_addrs": [remote], "join_token": token}
+    if advertise_addr:
+        kwargs["advertise_addr"] = advertise_addr
+        kwargs["listen_addr"] = listen_addr or f"{advertise_addr}:{SWARM_PORT}"
+    try:
+        worker.swarm.join(**kwargs)
+    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+        raise BackendError(
+            f"swarm join to {remote} failed ({_explanation(e)}); check that the host reaches the "
+            f"manager on TCP {SWARM_PORT} and give --advertise-addr an address it holds"
+        ) from e
+    return str(swarm_state(worker).get("NodeID"))

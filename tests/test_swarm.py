@@ -1,0 +1,366 @@
+"""Several hosts over Docker Swarm, integration tier: two real daemons on this machine.
+
+The second daemon runs in a network namespace of its own (``nsenter --net=/run/netns/X dockerd``;
+``ip netns exec`` would hide the cgroup mounts dockerd needs) with its own data-root, exec-root,
+pidfile and socket, and no default bridge. A veth pair (10.250.0.1/30 here, 10.250.0.2/30 in the
+namespace) links the two; both daemons advertise their veth address, so the swarm's control plane
+and the overlay's VXLAN traffic cross that link. The training image travels by ``image.save()`` ->
+``images.load()``.
+
+The module fixture tears EVERYTHING down even on failure: netorch's containers and networks on
+both daemons, swarm leave on both, docker_gwbridge on the main daemon when the swarm made it,
+daemon 2 killed, its directories, the namespace and the veth removed. Traffic stays on the veth
+and the overlay (10.252.0.0/24), both private ranges this module creates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
+
+import docker
+from orchestrator.backends.swarm import MultiHostDockerBackend, swarm_init, swarm_join
+from orchestrator.errors import PreflightError, RankFailedError
+from orchestrator.plan import LABEL_MANAGED, build_plan
+from orchestrator.session import run_session
+from orchestrator.settings import load_settings
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "netorch:latest"
+NETNS = "ntswarm"
+VETH_HOST, VETH_NS = "ntsw0", "ntsw1"
+ADDR_1, ADDR_2 = "10.250.0.1", "10.250.0.2"
+OVERLAY_SUBNET = "10.252.0.0/24"
+URL_1 = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+ROOT = Path("/tmp/netorch-swarm-test")
+SOCK_2 = ROOT / "docker.sock"
+PREFIX = "ntsw-"  # cluster.name of every run here: what teardown may remove
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
+
+
+class TwoHosts:
+    """The main daemon (host ``h1``, swarm manager) and a second one in a netns (``h2``)."""
+
+    def __init__(self, c1: docker.DockerClient, c2: docker.DockerClient, toml: Path) -> None:
+        self.c1, self.c2, self.toml = c1, c2, toml
+        self.clients = {"h1": c1, "h2": c2}
+
+
+def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | None,
+              gwbridge_was_there: bool, swarm_was_ours: bool) -> None:
+    errors: list[str] = []
+    c2 = None
+    if daemon is not None and daemon.poll() is None:
+        try:
+            c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=30)
+        except docker.errors.DockerException as e:
+            errors.append(f"client 2: {e}; its log: " + (ROOT / "dockerd.log").read_text()[-500:])
+    for client in (c2, c1):
+        if client is None:
+            continue
+        flt = {"label": f"{LABEL_MANAGED}=true"}
+        try:
+            # Only what this module's runs made: their names start with the cluster name.
+            for c in client.containers.list(all=True, filters=flt, ignore_removed=True):
+                if c.name.startswith(PREFIX):
+                    c.remove(force=True)
+        except docker.errors.DockerException as e:
+            errors.append(f"containers: {e}")
+    if c1 is not None:
+        try:
+            for n in c1.networks.list(filters={"label": f"{LABEL_MANAGED}=true"}):
+                if n.name.startswith(PREFIX):
+                    n.remove()
+        except docker.errors.DockerException as e:
+            errors.append(f"networks: {e}")
+    if c2 is not None:
+        try:
+            c2.swarm.leave(force=True)
+        except docker.errors.APIError:
+            pass
+        c2.close()
+    if c1 is not None and swarm_was_ours:
+        try:
+            c1.swarm.leave(force=True)
+        except docker.errors.APIError as e:
+            errors.append(f"swarm leave 1: {e}")
+        if not gwbridge_was_there:
+            for _ in range(20):
+                try:
+                    for n in c1.networks.list(names=["docker_gwbridge"]):
+                        n.remove()
+                    break
+                except docker.errors.APIError:
+                    time.sleep(0.5)
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+    # Mounts of daemon 2 (overlay2 layers, netns of its containers) must go before its tree.
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(str(ROOT))]
+    for m in sorted(mounts, key=len, reverse=True):
+        sh("umount", "-l", m, check=False)
+    shutil.rmtree(ROOT, ignore_errors=True)
+    sh("ip", "link", "del", VETH_HOST, check=False)
+    sh("ip", "netns", "del", NETNS, check=False)
+    assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def two_hosts(docker_client: docker.DockerClient,  # noqa: F811
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("nsenter"):
+        require_docker("a second daemon needs root, dockerd and nsenter")
+    try:
+        docker_client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        require_docker(f"image {IMAGE} is not on the daemon; build it with `netorch image build`")
+    c1 = docker.DockerClient(base_url=URL_1, timeout=300)
+    state = c1.info().get("Swarm", {}).get("LocalNodeState")
+    if state != "inactive":
+        require_docker(f"the main daemon is already in a swarm ({state}); this test makes its own")
+    gwbridge_was_there = bool(c1.networks.list(names=["docker_gwbridge"]))
+    daemon: subprocess.Popen[bytes] | None = None
+    swarm_ours = False
+    try:
+        # Leftovers of an interrupted earlier run.
+        sh("ip", "link", "del", VETH_HOST, check=False)
+        sh("ip", "netns", "del", NETNS, check=False)
+        sh("ip", "netns", "add", NETNS)
+        sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
+        sh("ip", "link", "set", VETH_NS, "netns", NETNS)
+        sh("ip", "addr", "add", f"{ADDR_1}/30", "dev", VETH_HOST)
+        sh("ip", "link", "set", VETH_HOST, "up")
+        for argv in (("ip", "addr", "add", f"{ADDR_2}/30", "dev", VETH_NS),
+                     ("ip", "link", "set", VETH_NS, "up"), ("ip", "link", "set", "lo", "up")):
+            sh("ip", "netns", "exec", NETNS, *argv)
+        ROOT.mkdir(parents=True, exist_ok=True)
+        log = open(ROOT / "dockerd.log", "wb")
+        # Its own netns, so its iptables and bridges cannot fight the main daemon's; no default
+        # bridge (the overlay is all it needs).
+        daemon = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{NETNS}", "dockerd",
+             "--data-root", str(ROOT / "data"), "--exec-root", str(ROOT / "exec"),
+             "--pidfile", str(ROOT / "dockerd.pid"), "-H", f"unix://{SOCK_2}",
+             "--bridge=none", "--ip-masq=false", "--storage-driver", "overlay2"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                # The SDK asks the daemon for its API version on construction.
+                c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=300)
+                c2.ping()
+                break
+            except Exception:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        "daemon 2 did not start: " + (ROOT / "dockerd.log").read_text()[-2000:]
+                    ) from None
+                time.sleep(0.2)
+        swarm_ours = True
+        swarm_init(c1, ADDR_1)
+        swarm_join(c1, c2, ADDR_2)
+        c2.images.load(c1.images.get(IMAGE).save(named=True))
+        toml = tmp_path_factory.mktemp("swarm") / "netorch.toml"
+        toml.write_text(
+            f'[[hosts]]\nname = "h1"\nurl = "{URL_1}"\n'
+            f'[[hosts]]\nname = "h2"\nurl = "unix://{SOCK_2}"\n'
+        )
+        yield TwoHosts(c1, c2, toml)
+        c2.close()
+    finally:
+        _teardown(c1, daemon, gwbridge_was_there, swarm_ours)
+        c1.close()
+
+
+def settings_for(hosts: TwoHosts, **bench: Any) -> Any:
+    return load_settings(overrides={
+        "backend": "docker",
+        "hosts": [{"name": "h1", "url": URL_1},
+                  {"name": "h2", "url": f"unix://{SOCK_2}"}],
+        "cluster": {"nodes": 4, "name": "ntsw", "timeout_s": 60},
+        "network": {"subnet": OVERLAY_SUBNET, "mtu": 1450},
+        "bench": {"ops": ["all_reduce"], "min_bytes": "1K", "max_bytes": "1M", "iters": 5,
+                  "warmup": 1, **bench},
+    })
+
+
+def labelled(client: docker.DockerClient, run_id: str) -> list[str]:
+    flt = {"label": f"io.netorch.run={run_id}"}
+    return ([c.name for c in client.containers.list(all=True, filters=flt, ignore_removed=True)]
+            + [n.name for n in client.networks.list(filters=flt)])
+
+
+def netorch_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "400"})
+    return env
+
+
+# ---- the plan -----------------------------------------------------------------------------
+
+
+def test_plan_is_an_attachable_overlay(two_hosts: TwoHosts) -> None:
+    plan = build_plan(settings_for(two_hosts), "sw-plan", "docker")
+    assert plan.network.driver == "overlay" and plan.network.attachable
+    assert [n.host for n in plan.nodes] == ["h1", "h2", "h1", "h2"]
+
+
+# ---- acceptance: 4 ranks over two daemons ---------------------------------------------------
+
+
+def test_bench_across_two_hosts(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    planned = build_plan(settings_for(two_hosts), "sw-x", "docker")
+    seen: dict[str, Any] = {}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "bench", "-c", str(two_hosts.toml),
+         "--backend", "docker", "--quiet", "-o", str(tmp_path / "runs"),
+         "-n", "4", "--subnet", OVERLAY_SUBNET, "--mtu", "1450", "--ops", "all_reduce",
+         "-B", "1K", "-E", "1M", "-i", "5", "-w", "1", "--set", "cluster.name=ntsw",
+         "--set", "cluster.timeout_s=60"],
+        env=netorch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = {name: [c for c in cl.containers.list(
+                filters={"label": f"{LABEL_MANAGED}=true", "status": "running"})
+                if c.name.startswith("ntsw-")] for name, cl in two_hosts.clients.items()}
+            if sum(len(v) for v in found.values()) == 4:
+                for host, cs in found.items():
+                    for c in cs:
+                        nets = c.attrs["NetworkSettings"]["Networks"]
+                        seen[c.attrs["Config"]["Hostname"]] = (host, nets)
+                return
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    watcher.join(timeout=5)
+    assert proc.returncode == 0, out + err
+    assert "wrong: 0" in out, out
+    run_id = next(p.name for p in (tmp_path / "runs").iterdir())
+    import json
+    report = json.loads((tmp_path / "runs" / run_id / "report.json").read_text())
+    assert report["wrong_total"] == 0
+    assert report["network"]["driver"] == "overlay"
+    assert {n["host"] for n in report["nodes"]} == {"h1", "h2"}
+    for node, plan_node in zip(report["nodes"], planned.nodes):
+        assert node["ip"] == plan_node.ip == node["planned_ip"]
+        assert node["host"] == plan_node.host
+        assert isinstance(node["mtu"], int) and node["mtu"] <= 1450
+    assert report["network"]["effective_mtu"] == min(n["mtu"] for n in report["nodes"])
+    assert "effective MTU" in out
+    if report["network"]["effective_mtu"] != 1450:
+        assert any("VXLAN" in w for w in report["warnings"]), report["warnings"]
+    # Each node ran where the plan put it, with its planned fixed IP on the overlay.
+    assert len(seen) == 4, seen
+    for plan_node in planned.nodes:
+        host, nets = seen[plan_node.hostname]
+        assert host == plan_node.host
+        [net] = nets.values()
+        assert net["IPAMConfig"]["IPv4Address"] == plan_node.ip
+    for host, client in two_hosts.clients.items():
+        assert labelled(client, run_id) == [], f"left on {host}"
+
+
+# ---- fail fast across hosts ----------------------------------------------------------------
+
+
+def test_kill_on_second_host_brings_the_job_down(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    settings = settings_for(two_hosts, max_bytes="64M", iters=200)
+    plan = build_plan(settings, "sw-kill", "docker")
+    backend = MultiHostDockerBackend(two_hosts.clients)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            run_session(backend, plan, tmp_path, timeout_s=150)
+        except BaseException as e:  # noqa: BLE001  (handed to the test thread)
+            box["error"] = e
+        box["ended"] = time.monotonic()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    victim_spec = plan.nodes[3]  # worker-3, placed on h2
+    assert victim_spec.host == "h2"
+    deadline = time.monotonic() + 90
+    victim = None
+    while time.monotonic() < deadline and runner.is_alive():
+        try:
+            victim = two_hosts.c2.containers.get(victim_spec.name)
+            code, outb = victim.exec_run(["cat", "/sys/class/net/eth0/statistics/rx_bytes"])
+            if victim.status == "running" and code == 0 and int(outb.strip() or 0) > 2_000_000:
+                break
+        except docker.errors.NotFound:
+            pass
+        time.sleep(0.5)
+    else:
+        runner.join(timeout=60)
+        raise AssertionError(f"the sweep never got under way: {box}")
+    killed = time.monotonic()
+    assert victim is not None
+    victim.kill()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the job did not come down after the kill"
+    assert box["ended"] - killed < 20, f"took {box['ended'] - killed:.1f} s to come down"
+    error = box.get("error")
+    assert isinstance(error, RankFailedError), repr(error)
+    assert error.node == victim_spec.name
+    assert "on host h2" in error.diagnosis(), error.diagnosis()
+    for host, client in two_hosts.clients.items():
+        assert labelled(client, plan.run_id) == [], f"left on {host}"
+
+
+# ---- preflight: a host outside the swarm -----------------------------------------------------
+
+
+def test_preflight_names_a_host_outside_the_swarm(two_hosts: TwoHosts) -> None:
+    plan = build_plan(settings_for(two_hosts), "sw-pre", "docker")
+
+    class NotInSwarm:
+        """h2 as a daemon that left the swarm (without making the real one leave)."""
+
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+        def info(self) -> dict[str, Any]:
+            info = dict(self._real.info())
+            info["Swarm"] = {"LocalNodeState": "inactive"}
+            return info
+
+    backend = MultiHostDockerBackend({"h1": two_hosts.c1, "h2": NotInSwarm(two_hosts.c2)})
+    with pytest.raises(PreflightError, match=r"h2 are not in a swarm.*netorch swarm init"):
+        backend.preflight(plan)
+    MultiHostDockerBackend(two_hosts.clients).preflight(plan)  # the real pair passes
