@@ -531,6 +531,70 @@ def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
         raise failures[0][1]
 
 
+def start_containers(
+    plan: ClusterPlan,
+    network_id: str,
+    client_for: Callable[[NodeSpec], Any],
+    describe: Callable[[NodeSpec], str],
+) -> dict[str, Any]:
+    """Create every node's container concurrently through ``client_for(node)``, then start them.
+
+    Returns node name -> container. ``describe(node)`` names a node in errors (with its host when
+    there are several). A container whose start failed stays in "created": down() removes it by
+    label.
+    """
+    created: dict[str, Any] = {}
+
+    def create(node: NodeSpec) -> None:
+        client = client_for(node)
+        kwargs = container_create_kwargs(plan, node, network_id, str(client.api.api_version))
+        created[node.name] = client.containers.create(**kwargs)
+
+    failures = _concurrently(create, list(plan.nodes))
+    if failures:
+        node, exc = failures[0]
+        raise translate_error(exc, f"creating container {describe(node)}", plan) from exc
+
+    def start(node: NodeSpec) -> None:
+        container = created[node.name]
+        container.start()
+        # Start is synchronous, but reload until the daemon reports it past "created" so a
+        # start that silently did nothing is caught here rather than as a hung run.
+        _retry(
+            lambda: _expect_started(container),
+            retry_on=lambda e: isinstance(e, _NotYetStarted),
+            seconds=10,
+            every=0.1,
+        )
+
+    failures = _concurrently(start, list(plan.nodes))
+    if failures:
+        node, exc = failures[0]
+        raise translate_error(exc, f"starting container {describe(node)}", plan) from exc
+    return created
+
+
+def open_start_gates(
+    plan: ClusterPlan, containers: dict[str, Any], after_start: SetupHook | None
+) -> None:
+    """The gated start's set-up phase: tc, the caller's hook, then open every gate."""
+    apply_link(plan, containers)
+    if after_start is not None:
+        try:
+            after_start(plan, containers)
+        except NetorchError:
+            raise
+        except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
+            raise translate_error(e, "the set-up phase", plan) from e
+
+    def release(container: Any) -> None:
+        exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
+
+    failures = _concurrently(release, list(containers.values()))
+    if failures:
+        raise failures[0][1]
+
+
 class DockerBackend:
     """Applies a plan as one labelled bridge network plus one labelled container per node.
 
@@ -658,63 +722,16 @@ class DockerBackend:
             network = self.client.networks.create(**network_create_kwargs(plan))
         except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
             raise translate_error(e, f"creating network {plan.network.name}", plan) from e
-        api_version = str(self.client.api.api_version)
-
-        created: dict[str, Any] = {}
-
-        def create(node: NodeSpec) -> None:
-            kwargs = container_create_kwargs(plan, node, network.id, api_version)
-            created[node.name] = self.client.containers.create(**kwargs)
-
-        failures = _concurrently(create, list(plan.nodes))
-        if failures:
-            node, exc = failures[0]
-            raise translate_error(exc, f"creating container {node.name}", plan) from exc
-
-        def start(node: NodeSpec) -> None:
-            container = created[node.name]
-            container.start()
-            # Start is synchronous, but reload until the daemon reports it past "created" so a
-            # start that silently did nothing is caught here rather than as a hung run.
-            _retry(
-                lambda: _expect_started(container),
-                retry_on=lambda e: isinstance(e, _NotYetStarted),
-                seconds=10,
-                every=0.1,
-            )
-
-        # A container whose start failed stays in "created": down() removes it by label.
-        failures = _concurrently(start, list(plan.nodes))
-        if failures:
-            node, exc = failures[0]
-            raise translate_error(exc, f"starting container {node.name}", plan) from exc
+        containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name)
         handles: list[NodeHandle] = []
         for node in plan.nodes:
-            dn = DockerNode(node, created[node.name], sink)
+            dn = DockerNode(node, containers[node.name], sink)
             self._nodes.append(dn)
             handles.append(dn)
         if plan.runtime.start_gate:
             # Log streams already run, so a node that dies during set-up is diagnosed fully.
-            self._set_up(plan, created)
+            open_start_gates(plan, containers, self.after_start)
         return handles
-
-    def _set_up(self, plan: ClusterPlan, containers: dict[str, Any]) -> None:
-        """The gated start's set-up phase: tc, the caller's hook, then open every gate."""
-        apply_link(plan, containers)
-        if self.after_start is not None:
-            try:
-                self.after_start(plan, containers)
-            except NetorchError:
-                raise
-            except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-                raise translate_error(e, "the set-up phase", plan) from e
-
-        def release(container: Any) -> None:
-            exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
-
-        failures = _concurrently(release, list(containers.values()))
-        if failures:
-            raise failures[0][1]
 
     # -- stop / down -----------------------------------------------------------------------
 

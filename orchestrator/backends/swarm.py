@@ -21,22 +21,17 @@ from docker.client import DockerClient
 from orchestrator.backends.base import LineSink, NodeHandle
 from orchestrator.backends.docker import (
     _TRANSPORT_ERRORS,
-    GATE_FILE,
     MAX_POOL_SIZE,
     DockerBackend,
     DockerNode,
     SetupHook,
     _concurrently,
-    _expect_started,
     _explanation,
-    _NotYetStarted,
-    _retry,
-    apply_link,
-    container_create_kwargs,
-    exec_checked,
     network_create_kwargs,
+    open_start_gates,
     remove_by_label,
     run_filters,
+    start_containers,
     translate_error,
 )
 from orchestrator.errors import (
@@ -173,45 +168,17 @@ class MultiHostDockerBackend:
             raise translate_error(
                 e, f"creating overlay {plan.network.name} on {plan.hosts[0].name}", plan
             ) from e
-        created: dict[str, Any] = {}
-
-        def create(node: NodeSpec) -> None:
-            client = self._client(plan, node)
-            kwargs = container_create_kwargs(
-                plan, node, network.id, str(client.api.api_version)
-            )
-            created[node.name] = client.containers.create(**kwargs)
-
-        failures = _concurrently(create, list(plan.nodes))
-        if failures:
-            node, exc = failures[0]
-            raise translate_error(exc, f"creating container {node.name} on {node.host}", plan) from exc
-
-        def start(node: NodeSpec) -> None:
-            container = created[node.name]
-            container.start()
-            _retry(lambda: _expect_started(container),
-                   retry_on=lambda e: isinstance(e, _NotYetStarted), seconds=10, every=0.1)
-
-        failures = _concurrently(start, list(plan.nodes))
-        if failures:
-            node, exc = failures[0]
-            raise translate_error(exc, f"starting container {node.name} on {node.host}", plan) from exc
+        containers = start_containers(
+            plan, network.id, lambda node: self._client(plan, node),
+            lambda node: f"{node.name} on {node.host}",
+        )
         handles: list[NodeHandle] = []
         for node in plan.nodes:
-            dn = DockerNode(node, created[node.name], sink)
+            dn = DockerNode(node, containers[node.name], sink)
             self._nodes.append(dn)
             handles.append(dn)
         if plan.runtime.start_gate:
-            apply_link(plan, created)
-            if self.after_start is not None:
-                self.after_start(plan, created)
-            def release(container: Any) -> None:
-                exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
-
-            failures_ = _concurrently(release, list(created.values()))
-            if failures_:
-                raise failures_[0][1]
+            open_start_gates(plan, containers, self.after_start)
         return handles
 
     # -- stop / down -----------------------------------------------------------------------
