@@ -882,6 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(format_table(doc), flush=True)
             print(encode_result(doc), flush=True)
+        # Leave together (see train/job.py): no rank tears gloo down while rank 0 still reports.
+        dist.barrier()
         return 0
     finally:
         dist.destroy_process_group()

@@ -501,7 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device("cpu")
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
     try:
-        return train(cfg, device, backend)
+        code = train(cfg, device, backend)
+        # Every rank leaves together. A worker that tore gloo down while rank 0 was still writing
+        # the final checkpoint and result was seen to abort ("terminate called without an active
+        # exception", SIGABRT) and so fail a job that had finished all its steps.
+        dist.barrier()
+        return code
     finally:
         dist.destroy_process_group()
 
