@@ -574,6 +574,19 @@ def start_containers(
     return created
 
 
+def follow_nodes(
+    plan: ClusterPlan, containers: dict[str, Any], sink: LineSink, after_start: SetupHook | None
+) -> list[DockerNode]:
+    """Start following every started container's logs and exit, then open the start gates.
+
+    Log streams run before the gated set-up, so a node that dies during it is diagnosed fully.
+    """
+    nodes = [DockerNode(node, containers[node.name], sink) for node in plan.nodes]
+    if plan.runtime.start_gate:
+        open_start_gates(plan, containers, after_start)
+    return nodes
+
+
 def open_start_gates(
     plan: ClusterPlan, containers: dict[str, Any], after_start: SetupHook | None
 ) -> None:
@@ -723,15 +736,9 @@ class DockerBackend:
         except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
             raise translate_error(e, f"creating network {plan.network.name}", plan) from e
         containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name)
-        handles: list[NodeHandle] = []
-        for node in plan.nodes:
-            dn = DockerNode(node, containers[node.name], sink)
-            self._nodes.append(dn)
-            handles.append(dn)
-        if plan.runtime.start_gate:
-            # Log streams already run, so a node that dies during set-up is diagnosed fully.
-            open_start_gates(plan, containers, self.after_start)
-        return handles
+        nodes = follow_nodes(plan, containers, sink, self.after_start)
+        self._nodes.extend(nodes)
+        return list(nodes)
 
     # -- stop / down -----------------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from orchestrator.backends.docker import (
     SetupHook,
     _concurrently,
     _explanation,
+    follow_nodes,
     network_create_kwargs,
-    open_start_gates,
     remove_by_label,
     run_filters,
     start_containers,
@@ -172,14 +172,9 @@ class MultiHostDockerBackend:
             plan, network.id, lambda node: self._client(plan, node),
             lambda node: f"{node.name} on {node.host}",
         )
-        handles: list[NodeHandle] = []
-        for node in plan.nodes:
-            dn = DockerNode(node, containers[node.name], sink)
-            self._nodes.append(dn)
-            handles.append(dn)
-        if plan.runtime.start_gate:
-            open_start_gates(plan, containers, self.after_start)
-        return handles
+        nodes = follow_nodes(plan, containers, sink, self.after_start)
+        self._nodes.extend(nodes)
+        return list(nodes)
 
     # -- stop / down -----------------------------------------------------------------------
 
