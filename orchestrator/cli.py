@@ -1,12 +1,19 @@
-"""The ``netorch`` command line: plan | bench | down | render | image.
+"""The ``netorch`` command line: a thin face over ``orchestrator.app``.
 
-Every user mistake ends as one red line and a non-zero exit code; no tracebacks.
+Shared options are declared once (:data:`PLAN_FLAGS`, :data:`BENCH_FLAGS`, ...: a parameter, the
+settings key it sets, its help) and attached to commands by :func:`command`, which also maps
+errors to exit codes in one place: a :class:`NetorchError` prints one red line (a rank failure
+its diagnosis) and exits with its code, Ctrl-C exits 130. Command bodies only render results.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,12 +22,12 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.backends import make_backend, resolve_backend
+from orchestrator import app as usecases
+from orchestrator.app import Hooks, SettingsRequest
+from orchestrator.backends.registry import backend_names
 from orchestrator.errors import ConfigError, NetorchError, RankFailedError
-from orchestrator.plan import BackendName, build_plan, new_run_id
-from orchestrator.report import avg_busbw, build_report, results_table, write_report
-from orchestrator.session import run_session, run_with_restarts
-from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
+from orchestrator.plan import ClusterPlan
+from train.contract import DTYPE_NAMES, OPS
 
 app = typer.Typer(
     name="netorch",
@@ -32,74 +39,156 @@ app = typer.Typer(
 )
 render_app = typer.Typer(help="Write the plan as files for other tools.", no_args_is_help=True)
 image_app = typer.Typer(help="Build the training image.", no_args_is_help=True)
-app.add_typer(render_app, name="render")
-app.add_typer(image_app, name="image")
 swarm_app = typer.Typer(help="Put the configured hosts into one Docker swarm.",
                         no_args_is_help=True)
+app.add_typer(render_app, name="render")
+app.add_typer(image_app, name="image")
 app.add_typer(swarm_app, name="swarm")
 
 # Reports are read in CI logs and pipes too: don't squeeze tables to 80 columns there.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-# Options shared by every command that builds a plan. Each maps to a settings key; a flag left
-# out leaves the TOML / environment value alone.
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (default configs/default.toml when present)")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", "-b", help="auto | process | docker")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="reports go to OUTPUT/<run_id>/")]
-NodesOpt = Annotated[Optional[int], typer.Option("--nodes", "-n", help="nodes (1 master + N-1 workers)")]
-PpnOpt = Annotated[Optional[int], typer.Option("--procs-per-node", help="ranks per node")]
-DistOpt = Annotated[Optional[str], typer.Option("--dist-backend", help="auto | nccl | gloo")]
-PortOpt = Annotated[Optional[int], typer.Option("--master-port", help="c10d rendezvous port")]
-SubnetOpt = Annotated[Optional[str], typer.Option("--subnet", help="network subnet (CIDR)")]
-MtuOpt = Annotated[Optional[int], typer.Option("--mtu", help="network MTU (576..9216)")]
-OpsOpt = Annotated[Optional[str], typer.Option("--ops", help="comma list: all_reduce,all_gather,reduce_scatter,broadcast,all_to_all")]
-MinOpt = Annotated[Optional[str], typer.Option("--min-bytes", "-B", help="smallest size, e.g. 1M (nccl-tests -b)")]
-MaxOpt = Annotated[Optional[str], typer.Option("--max-bytes", "-E", help="largest size, e.g. 64M (nccl-tests -e)")]
-FactorOpt = Annotated[Optional[int], typer.Option("--step-factor", "-f", help="size multiplier (nccl-tests -f)")]
-WarmupOpt = Annotated[Optional[int], typer.Option("--warmup", "-w", help="untimed iterations (nccl-tests -w)")]
-ItersOpt = Annotated[Optional[int], typer.Option("--iters", "-i", help="timed iterations (nccl-tests -n)")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", "-d", help="comma list: float32,float16,bfloat16,float64,int32")]
-CheckOpt = Annotated[Optional[bool], typer.Option("--check/--no-check", help="exact correctness check (nccl-tests -c)")]
-InPlaceOpt = Annotated[Optional[str], typer.Option("--in-place", help="both | on | off")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="any setting, e.g. --set network.internal=false (repeatable)")]
+
+# --------------------------------------------------------------------------------------------
+# Shared options: declared once, each bound to the settings key it sets
+# --------------------------------------------------------------------------------------------
 
 
-# Command parameter -> settings key, for every flag that maps onto a setting.
-FLAG_KEYS = {
-    "backend": "backend", "output": "output", "nodes": "cluster.nodes",
-    "procs_per_node": "cluster.procs_per_node", "dist_backend": "cluster.dist_backend",
-    "master_port": "cluster.master_port", "subnet": "network.subnet", "mtu": "network.mtu",
-    "ops": "bench.ops", "min_bytes": "bench.min_bytes", "max_bytes": "bench.max_bytes",
-    "step_factor": "bench.step_factor", "warmup": "bench.warmup", "iters": "bench.iters",
-    "dtype": "bench.dtype", "check": "bench.check", "in_place": "bench.in_place",
-    "steps": "train.steps", "batch_size": "train.batch_size", "width": "train.width",
-    "bucket_cap_mb": "train.bucket_cap_mb", "checkpoint_every": "train.checkpoint_every",
-    "seed": "train.seed", "lr": "train.lr", "max_restarts": "train.max_restarts",
-    "metrics_port": "metrics.port_base",
-}
+@dataclass(frozen=True)
+class Flag:
+    """A shared option: the parameter typer sees, the settings key it sets (None: not a
+    setting), and its typer annotation (``Annotated[Optional[T], typer.Option(...)]``)."""
+
+    param: str
+    key: str | None
+    annotation: Any
 
 
-def _settings(
-    config: Path | None,
-    flags: dict[str, Any],
-    sets: list[str] | None,
-) -> Settings:
-    pairs: dict[str, Any] = dict(parse_set_option(item) for item in sets or [])
-    pairs.update({k: v for k, v in flags.items() if v is not None})
-    return load_settings(config, overrides_from_pairs(pairs))
+def _opt(kind: Any, *names: str, help: str) -> Any:
+    return Annotated[Optional[kind], typer.Option(*names, help=help)]
 
 
-def _flags(params: dict[str, Any], **fixed: Any) -> dict[str, Any]:
-    """Settings keys from a command's parameters (its ``locals()``), plus ``fixed`` values."""
-    flags = {key: params[name] for name, key in FLAG_KEYS.items() if name in params}
-    flags.update({FLAG_KEYS[name]: value for name, value in fixed.items()})
-    return flags
+CONFIG_FLAGS = (
+    Flag("config", None, _opt(Path, "--config", "-c",
+                              help="TOML config file (default configs/default.toml when present)")),
+    Flag("set_", None, Annotated[Optional[list[str]], typer.Option(
+        "--set", help="any setting, e.g. --set network.internal=false (repeatable); flags win "
+        "over --set, --set over NETORCH_* variables, those over the config file")]),
+)
+PLAN_FLAGS = CONFIG_FLAGS + (
+    Flag("backend", "backend", _opt(str, "--backend", "-b",
+                                    help="auto | " + " | ".join(backend_names()))),
+    Flag("output", "output", _opt(Path, "--output", "-o", help="reports go to OUTPUT/<run_id>/")),
+    Flag("nodes", "cluster.nodes", _opt(int, "--nodes", "-n",
+                                        help="nodes (1 master + N-1 workers)")),
+    Flag("procs_per_node", "cluster.procs_per_node", _opt(int, "--procs-per-node",
+                                                          help="ranks per node")),
+    Flag("dist_backend", "cluster.dist_backend", _opt(str, "--dist-backend",
+                                                      help="auto | nccl | gloo")),
+    Flag("master_port", "cluster.master_port", _opt(int, "--master-port",
+                                                    help="c10d rendezvous port")),
+    Flag("subnet", "network.subnet", _opt(str, "--subnet", help="network subnet (CIDR)")),
+    Flag("mtu", "network.mtu", _opt(int, "--mtu", help="network MTU (576..9216)")),
+)
+BENCH_FLAGS = (
+    Flag("ops", "bench.ops", _opt(str, "--ops", help="comma list or 'all': " + ", ".join(
+        f"{name} ({spec.help})" for name, spec in OPS.items()))),
+    Flag("min_bytes", "bench.min_bytes", _opt(str, "--min-bytes", "-B",
+                                              help="smallest size, e.g. 1M (nccl-tests -b)")),
+    Flag("max_bytes", "bench.max_bytes", _opt(str, "--max-bytes", "-E",
+                                              help="largest size, e.g. 64M (nccl-tests -e)")),
+    Flag("step_factor", "bench.step_factor", _opt(int, "--step-factor", "-f",
+                                                  help="size multiplier (nccl-tests -f)")),
+    Flag("warmup", "bench.warmup", _opt(int, "--warmup", "-w",
+                                        help="untimed iterations (nccl-tests -w)")),
+    Flag("iters", "bench.iters", _opt(int, "--iters", "-i",
+                                      help="timed iterations (nccl-tests -n)")),
+    Flag("dtype", "bench.dtype", _opt(str, "--dtype", "-d",
+                                      help="comma list: " + ",".join(DTYPE_NAMES))),
+    Flag("check", "bench.check", _opt(bool, "--check/--no-check",
+                                      help="exact correctness check (nccl-tests -c)")),
+    Flag("in_place", "bench.in_place", _opt(str, "--in-place", help="both | on | off")),
+)
+TRAIN_FLAGS = (
+    Flag("steps", "train.steps", _opt(int, "--steps", help="optimizer steps")),
+    Flag("batch_size", "train.batch_size", _opt(int, "--batch-size",
+                                                help="samples per rank per step")),
+    Flag("width", "train.width", _opt(int, "--width", help="hidden units per layer")),
+    Flag("bucket_cap_mb", "train.bucket_cap_mb", _opt(float, "--bucket-cap-mb",
+                                                      help="DDP bucket size (MiB)")),
+    Flag("checkpoint_every", "train.checkpoint_every", _opt(
+        int, "--checkpoint-every", help="checkpoint every K steps (0: never)")),
+    Flag("seed", "train.seed", _opt(int, "--seed", help="seed of model, teacher and data")),
+    Flag("lr", "train.lr", _opt(float, "--lr", help="SGD learning rate")),
+    Flag("max_restarts", "train.max_restarts", _opt(int, "--max-restarts",
+                                                    help="gang restarts after a node dies")),
+    Flag("metrics_port", "metrics.port_base", _opt(int, "--metrics-port",
+                                                   help="first rank's /metrics port")),
+)
 
 
-def _settings_from(params: dict[str, Any], **fixed: Any) -> Settings:
-    """Settings for a command: ``--config``, its flags (``fixed`` wins), then ``--set`` items."""
-    return _settings(params.get("config"), _flags(params, **fixed), params.get("set_"))
+RUN_FLAGS = (
+    Flag("image", "run.image", _opt(str, "--image", help="image with Python and torch that "
+                                    "runs the job (default cluster.image); never pulled")),
+    Flag("workdir", "run.workdir", _opt(str, "--workdir", help="host folder with your code: "
+                                        "read-only at /workspace, the working directory")),
+    Flag("mount", "run.mounts", Annotated[Optional[list[str]], typer.Option(
+        "--mount", "-v", help="SRC:DST[:ro|rw] as docker run -v: a host path or a named "
+        "volume (repeatable)")]),
+    Flag("checkpoint_dir", "run.checkpoint_dir", _opt(str, "--checkpoint-dir", help="host "
+                                                      "folder at /checkpoints on every node")),
+    Flag("max_restarts", "run.max_restarts", _opt(int, "--max-restarts", help="gang restarts "
+                                                  "after a node dies (default 0)")),
+)
+
+
+def _exclude(flags: Sequence[Flag], *params: str) -> tuple[Flag, ...]:
+    return tuple(f for f in flags if f.param not in params)
+
+
+def command(
+    typer_app: typer.Typer, *groups: Sequence[Flag], name: str | None = None,
+    fixed: dict[str, Any] | None = None, context_settings: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn`` as a command with the shared ``groups`` of options added to its own.
+
+    ``fn`` receives ``request: SettingsRequest`` built from them (``fixed`` settings win, e.g.
+    ``backend=docker`` for docker-only commands) and may raise NetorchError or be interrupted:
+    both become the documented exit codes here, with one line on stderr.
+    """
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name != "request"]
+        flags = [f for group in groups for f in group]
+        shared = [inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=f.annotation) for f in flags]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> None:
+            values = {f.param: kwargs.pop(f.param, None) for f in flags}
+            request = SettingsRequest(
+                config=values.pop("config", None),
+                flags={**{f.key: values[f.param] for f in flags if f.key is not None},
+                       **(fixed or {})},
+                sets=tuple(values.pop("set_", None) or ()),
+            )
+            try:
+                fn(request=request, **kwargs)
+            except NetorchError as e:
+                raise _fail(e) from None
+            except KeyboardInterrupt:
+                err.print("[bold red]interrupted[/]: everything this run started was removed")
+                raise typer.Exit(130) from None
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        typer_app.command(name=name, context_settings=context_settings)(wrapper)
+        return fn
+
+    return decorate
 
 
 def _fail(error: NetorchError) -> typer.Exit:
@@ -111,76 +200,77 @@ def _fail(error: NetorchError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-@app.command()
+def _writable(out_dir: Path, write: Callable[[], Any]) -> Any:
+    """Run ``write``; an OSError becomes a ConfigError naming the directory (exit 2)."""
+    try:
+        return write()
+    except OSError as e:
+        raise ConfigError(f"--output {out_dir}: cannot write there ({e.strerror or e}); choose "
+                          "a writable directory") from None
+
+
+def _node_echo(plan_prefix: Callable[[], str], quiet: bool) -> Callable[[str, str], None]:
+    def echo(node: str, line: str) -> None:
+        if not quiet:
+            short = node.removeprefix(plan_prefix())
+            err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
+
+    return echo
+
+
+def _print_backend(name: str, why: str) -> None:
+    err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
+
+
+def _notice(text: str) -> None:
+    err.print(f"[cyan]{escape(text)}[/]")
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")]
+RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")]
+
+
+@command(app, PLAN_FLAGS, BENCH_FLAGS)
 def plan(
-    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
-    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
-    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
-    set_: SetOpt = None,
+    request: SettingsRequest,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Print the plan (network, nodes, IPs, env, commands). Starts nothing."""
-    try:
-        settings = _settings_from(locals())
-        name: BackendName = "docker" if settings.backend == "docker" else (
-            "process" if settings.backend == "process" else resolve_backend(settings)[0])
-        the_plan = build_plan(settings, run_id or new_run_id(), name)
-    except NetorchError as e:
-        raise _fail(e) from None
-    data = the_plan.to_dict()
+    data = usecases.plan_only(request.load(), run_id).to_dict()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
-@app.command()
-def bench(
-    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
-    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
-    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
-    set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")] = False,
-) -> None:
+def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPlan]]:
+    started: list[ClusterPlan] = []
+
+    def prefix() -> str:
+        return f"{settings_prefix}-{started[0].run_id}-" if started else ""
+
+    return Hooks(echo=_node_echo(prefix, quiet), on_backend=_print_backend,
+                 on_start=started.append, on_notice=_notice), started
+
+
+@command(app, PLAN_FLAGS, BENCH_FLAGS)
+def bench(request: SettingsRequest, quiet: QuietOpt = False) -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
     Exit code 0 only when every rank succeeded and no value was wrong.
     """
-    try:
-        settings = _settings_from(locals())
-        name, why = resolve_backend(settings)
-        err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
-        the_plan = build_plan(settings, new_run_id(), name)
-        the_backend = make_backend(name, settings)
-        out_dir = settings.output / the_plan.run_id
+    from orchestrator.report import avg_busbw, results_table
 
-        def echo(node: str, line: str) -> None:
-            if not quiet:
-                short = node.removeprefix(f"{settings.cluster.name}-{the_plan.run_id}-")
-                err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
-
-        with err.status(f"run {the_plan.run_id}: {the_plan.nnodes} nodes x "
-                        f"{the_plan.nproc_per_node} ranks on {name}") as status:
-            def tick(done: int, total: int) -> None:
-                status.update(f"run {the_plan.run_id}: {done}/{total} nodes finished")
-
-            outcome = run_session(the_backend, the_plan, out_dir,
-                                  timeout_s=settings.cluster.job_timeout_s, echo=echo, on_tick=tick)
-        report = build_report(the_plan, outcome.result, outcome.elapsed_s)
-        paths = write_report(report, out_dir)
-        paths["prom"] = _publish_metrics(report, out_dir, settings)
-    except NetorchError as e:
-        raise _fail(e) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: everything this run started was removed")
-        raise typer.Exit(130) from None
+    settings = request.load()
+    hooks, _ = _run_hooks(settings.cluster.name, quiet)
+    with err.status("benchmark running"):
+        result = usecases.run_bench(settings, hooks)
+    report, the_plan = result.report, result.plan
     console.print(results_table(report))
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
@@ -197,131 +287,98 @@ def bench(
                       f"MTU {net['effective_mtu']}")
     for warning in report["warnings"]:
         console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
-    console.print("report: " + "  ".join(str(p) for p in paths.values()))
-    if not report["ok"]:
-        err.print(f"[bold red]error:[/] {report['wrong_total']} wrong values; see {paths['json']}")
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    if not result.ok:
+        err.print(f"[bold red]error:[/] {report['wrong_total']} wrong values; see "
+                  f"{result.paths['json']}")
         raise typer.Exit(4)
 
 
-def _publish_metrics(report: dict[str, Any], out_dir: Path, settings: Settings) -> Path:
-    """metrics.prom into the run's output; a Pushgateway push when configured (warns, never fails)."""
-    from orchestrator.metrics import push_report, write_textfile
-
-    path = write_textfile(report, out_dir)
-    url = settings.metrics.pushgateway_url
-    if url:
-        problem = push_report(report, url, settings.cluster.name, settings.metrics.push_timeout_s)
-        if problem:
-            report.setdefault("warnings", []).append(problem)
-        else:
-            err.print(f"[cyan]pushed[/] {report.get('kind', 'bench')} results to {escape(url)}")
-    return path
-
-
-@app.command()
-def train(
-    config: ConfigOpt = None, backend: BackendOpt = None, output: OutputOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer steps")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="samples per rank per step")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="hidden units per layer")] = None,
-    bucket_cap_mb: Annotated[Optional[float], typer.Option("--bucket-cap-mb", help="DDP bucket size (MiB)")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="checkpoint every K steps (0: never)")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of model, teacher and data")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate")] = None,
-    max_restarts: Annotated[Optional[int], typer.Option("--max-restarts", help="gang restarts after a node dies")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="first rank's /metrics port")] = None,
-    set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines (progress stays)")] = False,
-) -> None:
+@command(app, PLAN_FLAGS, TRAIN_FLAGS)
+def train(request: SettingsRequest,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
+                                              "(progress stays)")] = False) -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
     Exit code 0 when the job finished all steps (restarts included) with a finite loss.
     """
-    from orchestrator.metrics import write_targets
-    from orchestrator.report import build_train_report, train_table, write_train_report
+    from orchestrator.report import train_table
     from train.results import decode_progress
 
-    try:
-        settings = _settings_from(locals())
-        name, why = resolve_backend(settings)
-        err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
-        the_plan = build_plan(settings, new_run_id(), name, workload="train")
-        the_backend = make_backend(name, settings)
-        out_dir = settings.output / the_plan.run_id
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        targets = write_targets(the_plan, out_dir)
-        if targets is not None:
-            err.print(f"[cyan]metrics:[/] Prometheus file_sd targets in {escape(str(targets))}")
+    settings = request.load()
+    hooks, started = _run_hooks(settings.cluster.name, quiet)
+    node_echo = hooks.echo
+    assert node_echo is not None
+    with err.status("training") as status:
+        def echo(node: str, line: str) -> None:
+            progress = decode_progress(line)
+            if progress is None:
+                node_echo(node, line)
+                return
+            text = (f"step {progress.get('step')}/{progress.get('steps')}  "
+                    f"loss {float(progress.get('loss', 0.0)):.5f}  "
+                    f"{float(progress.get('samples_per_s', 0.0)):,.0f} samples/s")
+            status.update(f"run {started[0].run_id if started else ''}: {text}")
+            err.print(f"[green]progress[/] {text}")
 
-        with err.status(f"run {the_plan.run_id}: training on {the_plan.nnodes} nodes x "
-                        f"{the_plan.nproc_per_node} ranks ({name})") as status:
-            def echo(node: str, line: str) -> None:
-                progress = decode_progress(line)
-                if progress is not None:
-                    text = (f"step {progress.get('step')}/{progress.get('steps')}  "
-                            f"loss {float(progress.get('loss', 0.0)):.5f}  "
-                            f"{float(progress.get('samples_per_s', 0.0)):,.0f} samples/s")
-                    status.update(f"run {the_plan.run_id}: {text}")
-                    err.print(f"[green]progress[/] {text}")
-                elif not quiet:
-                    short = node.removeprefix(f"{settings.cluster.name}-{the_plan.run_id}-")
-                    err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
+        def restarted(count: int, error: RankFailedError) -> None:
+            err.print(f"[bold yellow]restart {count}/{settings.train.max_restarts}:[/] "
+                      f"{escape(str(error))}; resuming from the latest checkpoint")
 
-            def restarted(count: int, error: RankFailedError) -> None:
-                err.print(f"[bold yellow]restart {count}/{settings.train.max_restarts}:[/] "
-                          f"{escape(str(error))}; resuming from the latest checkpoint")
-
-            outcome = run_with_restarts(
-                the_backend, the_plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
-                max_restarts=settings.train.max_restarts, echo=echo, on_restart=restarted)
-        report = build_train_report(the_plan, outcome.result, outcome.elapsed_s,
-                                    outcome.restarts, outcome.failures)
-        paths = write_train_report(report, out_dir)
-        paths["prom"] = _publish_metrics(report, out_dir, settings)
-        paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    except NetorchError as e:
-        raise _fail(e) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: everything this run started was removed")
-        raise typer.Exit(130) from None
+        result = usecases.run_train(settings, Hooks(
+            echo=echo, on_backend=_print_backend, on_start=started.append,
+            on_restart=restarted, on_notice=_notice))
+    report = result.report
     console.print(train_table(report))
     for warning in report["warnings"]:
         console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
-    console.print("report: " + "  ".join(str(p) for p in paths.values()))
-    if not report["ok"]:
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    if not result.ok:
         err.print(f"[bold red]error:[/] the job did not finish its steps with a finite loss; "
-                  f"see {paths['json']}")
+                  f"see {result.paths['json']}")
         raise typer.Exit(4)
 
 
-@render_app.command("compose")
-def render_compose_cmd(
-    out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for docker-compose.yml")],
-    config: ConfigOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
-    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
-    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
-    set_: SetOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+@command(app, PLAN_FLAGS, RUN_FLAGS,
+         context_settings={"allow_interspersed_args": False})
+def run(
+    request: SettingsRequest,
+    command_: Annotated[list[str], typer.Argument(
+        metavar="-- COMMAND [ARGS]...", show_default=False,
+        help="what every rank runs, e.g. -- python train.py --epochs 3; placeholders "
+        "{node_rank} {nnodes} {nproc_per_node} {world_size} {master_addr} {master_port} "
+        "{checkpoint_dir} are filled in per node")],
+    env: Annotated[Optional[list[str]], typer.Option(
+        "--env", "-e", help="NAME=VALUE for the job (repeatable); the plan's own variables "
+        "(MASTER_ADDR, RANK, ...) are refused")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing."""
-    from orchestrator.render.compose import write_compose
+    """Run YOUR training command on every node: your image, code, data and checkpoints, with
+    the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...).
 
-    try:
-        settings = _settings_from(locals())
-        the_plan = build_plan(settings, run_id or new_run_id(), "docker")
-        path = write_compose(the_plan, out_dir)
-    except NetorchError as e:
-        raise _fail(e) from None
-    except OSError as e:
-        err.print(f"[bold red]error:[/] cannot write {escape(str(out_dir))}: {escape(str(e))}; "
-                  "choose a writable directory")
-        raise typer.Exit(2) from None
-    console.print(str(path))
+    Fails fast naming the node and its exit code or signal; gang restarts with --max-restarts;
+    logs per node and report.json under OUTPUT/<run_id>/. Exit 0 when every rank exits 0.
+    """
+    from orchestrator.userjob import OWNED_ENV, parse_env
+
+    variables = parse_env(env or [], OWNED_ENV)
+    settings = request.load({"run.command": list(command_),
+                             **({"run.env": variables} if variables else {})})
+    hooks, started = _run_hooks(settings.cluster.name, quiet)
+
+    def restarted(count: int, error: RankFailedError) -> None:
+        err.print(f"[bold yellow]restart {count}/{settings.run.max_restarts}:[/] "
+                  f"{escape(str(error))}; starting every node again")
+
+    hooks = Hooks(echo=hooks.echo, on_backend=_print_backend, on_start=started.append,
+                  on_restart=restarted, on_notice=_notice)
+    result = usecases.run_job(settings, hooks)
+    report = result.report
+    restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
+    console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "
+                  f"x {report['nproc_per_node']} rank(s){restarts} in "
+                  f"{report['elapsed_s']:.1f} s")
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
 
 
 def _comma_items(text: str, what: str) -> list[str]:
@@ -331,22 +388,16 @@ def _comma_items(text: str, what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-@app.command()
+@command(app, _exclude(PLAN_FLAGS, "backend", "mtu"), BENCH_FLAGS)
 def sweep(
+    request: SettingsRequest,
     mtus: Annotated[str, typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000")] = "1500,9000",
     repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per MTU, interleaved")] = 3,
     link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped")] = None,
     tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="duration of each TCP baseline test (whole seconds with iperf3)")] = 2.0,
     tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
     tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
-    config: ConfigOpt = None, output: OutputOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None,
-    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
-    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
-    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
-    set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
     a TCP line-rate baseline, a table, CSV/JSON, a plot and a recommendation.
@@ -354,76 +405,44 @@ def sweep(
     Writes OUTPUT/sweep-<id>/. Exit 0 when every run succeeded (a recommendation of "no
     significant difference" is a result, not a failure); 4 when a run's MTU could not be verified.
     """
-    from orchestrator.backends.docker import client_from_settings
-    from orchestrator.sweep import NO_LINK, SweepOptions, run_sweep, sweep_table, write_sweep
+    from orchestrator.sweep import NO_LINK, sweep_table
 
-    try:
-        mtu_list: list[int] = []
-        for item in _comma_items(mtus, "--mtu"):
-            if not item.isdigit():
-                raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
-            mtu_list.append(int(item))
-        rates: list[str | None] = [None if r.lower() in (NO_LINK, "off") else r
-                                   for r in _comma_items(link_rate, "--link-rate")] if link_rate else [None]
-        flags = _flags(locals(), backend="docker")
-        base = _settings(config, flags, set_)
-        _single_host_only(base, "sweep")
-        # Every variant is validated up front, with the same rules as `netorch bench`: a bad MTU
-        # or rate fails before the first container exists.
-        variants = {}
-        for rate in rates:
-            for mtu in mtu_list:
-                extra: dict[str, Any] = {"network.mtu": mtu}
-                if rate is not None:
-                    extra["network.link.rate"] = rate
-                variants[(mtu, rate)] = _settings(config, {**flags, **extra}, set_)
-        if link_rate is None and base.network.link.rate is not None:
-            variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
-            rates = [base.network.link.rate]
-        options = SweepOptions(tuple(mtu_list), tuple(rates), repeats, tcp_seconds,
-                               tcp_streams, tcp_pairs)
-        sweep_id = new_run_id()
-        out_dir = base.output / f"sweep-{sweep_id}"
-        client = client_from_settings(base)
-        total = len(mtu_list) * len(rates) * repeats
+    mtu_list: list[int] = []
+    for item in _comma_items(mtus, "--mtu"):
+        if not item.isdigit():
+            raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
+        mtu_list.append(int(item))
+    rates: list[str | None] | None = None
+    if link_rate is not None:
+        rates = [None if r.lower() in (NO_LINK, "off") else r
+                 for r in _comma_items(link_rate, "--link-rate")]
 
-        def echo(node: str, line: str) -> None:
-            if not quiet:
-                err.print(f"[dim]{escape(node.removeprefix(base.cluster.name + '-')):>28} |[/] "
-                          f"{escape(line)}")
+    def echo(node: str, line: str) -> None:
+        if not quiet:
+            err.print(f"[dim]{escape(node):>28} |[/] {escape(line)}")
 
-        def on_point(point: Any, run_id: str) -> None:
-            err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] MTU {point.mtu}, link "
-                      f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
+    def on_point(point: Any, run_id: str, total: int) -> None:
+        err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] MTU {point.mtu}, link "
+                  f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
 
-        try:
-            summary = run_sweep(variants, options, client, sweep_id, out_dir, echo, on_point)
-        finally:
-            client.close()
-        paths = write_sweep(summary, out_dir)
-    except NetorchError as e:
-        raise _fail(e) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: everything the current run started was removed")
-        raise typer.Exit(130) from None
-    console.print(sweep_table(summary))
-    unverified = [f"{r['run_id']}: {p}" for r in summary["runs"] for p in r["problems"]]
-    for line in unverified:
+    result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
+                            tcp_pairs, Hooks(echo=echo), on_point)
+    console.print(sweep_table(result.summary))
+    for line in result.problems:
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")
-    for verdict in summary["recommendations"]:
+    for verdict in result.summary["recommendations"]:
         console.print(f"[bold]recommendation:[/] {escape(verdict['text'])}")
-    console.print("report: " + "  ".join(str(p) for p in paths.values()))
-    if unverified:
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    if result.problems:
         raise typer.Exit(4)
 
 
-@app.command()
+@command(app, CONFIG_FLAGS, _exclude(PLAN_FLAGS, "config", "set_", "backend", "output",
+                                     "dist_backend"), fixed={"backend": "docker"})
 def doctor(
+    request: SettingsRequest,
     run: Annotated[Optional[str], typer.Option("--run", help="diagnose this running run instead of a plan")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
-    config: ConfigOpt = None, nodes: NodesOpt = None, procs_per_node: PpnOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    set_: SetOpt = None,
 ) -> None:
     """Diagnose the network and containers: reachability, aliases, interface, MTU, /dev/shm,
     memlock, GPUs, master port. Without --run, the plan comes up with sleeping containers and is
@@ -431,35 +450,12 @@ def doctor(
     """
     from rich.table import Table
 
-    from orchestrator.backends.docker import client_from_settings
-    from orchestrator.doctor import doctor_plan, doctor_run, failed
-
-    try:
-        settings = _settings_from(locals(), backend="docker")
-        _single_host_only(settings, "doctor")
-        client = client_from_settings(settings)
-        try:
-            if run is not None:
-                checks = doctor_run(client, run)
-                scope = f"run {run}"
-            else:
-                the_plan = build_plan(settings, new_run_id(), "docker")
-                err.print(f"[cyan]doctor:[/] bringing up {the_plan.nnodes} sleeping containers "
-                          f"of plan {the_plan.run_id} on {the_plan.network.subnet}")
-                checks = doctor_plan(the_plan, client)
-                scope = f"plan {the_plan.run_id}"
-        finally:
-            client.close()
-    except NetorchError as e:
-        raise _fail(e) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: the doctor's containers were removed")
-        raise typer.Exit(130) from None
-    bad = failed(checks)
+    result = usecases.doctor(request.load(), run, Hooks(on_notice=_notice))
+    checks, bad = result.checks, result.failed
     if as_json:
         sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
     else:
-        table = Table(title=f"netorch doctor · {scope}", title_justify="left")
+        table = Table(title=f"netorch doctor · {result.scope}", title_justify="left")
         for col in ("check", "node", "status", "detail", "fix"):
             table.add_column(col)
         colour = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -473,89 +469,54 @@ def doctor(
         raise typer.Exit(1)
 
 
-@app.command()
+@command(app, CONFIG_FLAGS, (PLAN_FLAGS[2],))
 def down(
+    request: SettingsRequest,
     run: Annotated[Optional[str], typer.Option("--run", help="remove the resources of this run id")] = None,
     all_: Annotated[bool, typer.Option("--all", help="remove the resources of every netorch run")] = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
 ) -> None:
-    """Remove netorch's containers and networks (only those labelled io.netorch.managed=true)."""
+    """Remove what netorch left behind: containers and networks labelled io.netorch.managed=true
+    (docker, the default) or processes carrying a run id (--backend process)."""
     if (run is None) == (not all_):
-        err.print("[bold red]error:[/] give exactly one of --run ID or --all")
-        raise typer.Exit(2)
-    try:
-        from orchestrator.backends.docker import client_from_settings, down_all
-
-        settings = _settings(config, {}, set_)
-        if len(settings.hosts) > 1:
-            from orchestrator.backends.swarm import down_hosts, host_client
-
-            clients: dict[str, Any] = {}
-            try:
-                for h in settings.hosts:
-                    clients[h.name] = host_client(h)
-                removed = down_hosts(clients, None if all_ else run, [h.name for h in settings.hosts])
-            finally:
-                for c in clients.values():
-                    c.close()
-        else:
-            if settings.hosts:
-                from orchestrator.backends.swarm import host_client
-
-                client = host_client(settings.hosts[0])
-            else:
-                client = client_from_settings(settings)
-            try:
-                removed = down_all(client, None if all_ else run)
-            finally:
-                client.close()
-    except NetorchError as e:
-        raise _fail(e) from None
+        raise ConfigError("give exactly one of --run ID or --all")
+    removed = usecases.down(request.load(), None if all_ else run)
     for item in removed:
         console.print(f"removed {escape(item)}")
     scope = "every netorch run" if all_ else f"run {run}"
     console.print(f"{len(removed)} resource(s) of {escape(scope)} removed")
 
 
-@render_app.command("k8s")
+@command(render_app, _exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS, name="compose")
+def render_compose_cmd(
+    request: SettingsRequest,
+    out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for docker-compose.yml")],
+    run_id: RunIdOpt = None,
+) -> None:
+    """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing."""
+    settings = request.load()
+    path = _writable(out_dir, lambda: usecases.render_compose(settings, out_dir, run_id))
+    console.print(str(path))
+
+
+@command(render_app, _exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS, name="k8s")
 def render_k8s_cmd(
+    request: SettingsRequest,
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for netorch-<run_id>.yaml")],
     flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
-    config: ConfigOpt = None,
-    nodes: NodesOpt = None, procs_per_node: PpnOpt = None, dist_backend: DistOpt = None,
-    master_port: PortOpt = None, subnet: SubnetOpt = None, mtu: MtuOpt = None,
-    ops: OpsOpt = None, min_bytes: MinOpt = None, max_bytes: MaxOpt = None,
-    step_factor: FactorOpt = None, warmup: WarmupOpt = None, iters: ItersOpt = None,
-    dtype: DtypeOpt = None, check: CheckOpt = None, in_place: InPlaceOpt = None,
-    set_: SetOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing."""
-    from orchestrator.errors import PlanError
-    from orchestrator.render.k8s import FLAVORS, Flavor, write_k8s
-
-    try:
-        if flavor not in FLAVORS:
-            raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
-        chosen: Flavor = flavor  # type: ignore[assignment]  # checked against FLAVORS above
-        settings = _settings_from(locals())
-        # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
-        the_plan = build_plan(settings, run_id or new_run_id(), "docker")
-        paths = write_k8s(the_plan, out_dir, chosen, namespace)
-    except NetorchError as e:
-        raise _fail(e) from None
-    except OSError as e:
-        err.print(f"[bold red]error:[/] cannot write {escape(str(out_dir))}: {escape(str(e))}; "
-                  "choose a writable directory")
-        raise typer.Exit(2) from None
+    settings = request.load()
+    paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
+                                                           run_id))
     for path in paths:
         console.print(str(path))
 
 
-@image_app.command("build")
+@command(image_app, name="build")
 def image_build(
+    request: SettingsRequest,
     offline: Annotated[bool, typer.Option(
         "--offline/--online",
         help="offline: mmdebstrap base + torch wheels from the host (no registry); online: a "
@@ -566,90 +527,66 @@ def image_build(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the summary")] = False,
 ) -> None:
     """Build the training image through the Docker SDK; a no-op when its inputs are unchanged."""
-    from orchestrator.image import build_image, client
+    from orchestrator.backends.docker import connect
+    from orchestrator.image import build_image
 
     def progress(line: str) -> None:
         if not quiet:
             err.print(f"[dim]  {escape(line)}[/]")
 
-    try:
-        result = build_image(client(), tag=tag, offline=offline, base_image=base_image,
+    with connect() as client:
+        result = build_image(client, tag=tag, offline=offline, base_image=base_image,
                              force=force, progress=progress)
-    except NetorchError as e:
-        raise _fail(e) from None
     state = "up to date" if result.up_to_date else "built"
     console.print(f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)")
 
 
-def _single_host_only(settings: Settings, command: str) -> None:
-    if len(settings.hosts) > 1:
-        raise ConfigError(
-            f"netorch {command} runs on one Docker host; {len(settings.hosts)} [[hosts]] are "
-            "configured; use `netorch bench` / `netorch train` across hosts, or a config with one host"
-        )
-
-
-def _swarm_hosts(config: Optional[Path], set_: Optional[list[str]]) -> list[Any]:
-    settings = _settings(config, {}, set_)
+def _swarm_hosts(request: SettingsRequest) -> list[Any]:
+    settings = request.load()
     if not settings.hosts:
         raise ConfigError("hosts: no [[hosts]] configured; list the Docker hosts (the first one "
                           "becomes the swarm manager) in the config file")
     return list(settings.hosts)
 
 
-@swarm_app.command("init")
+@command(swarm_app, CONFIG_FLAGS, name="init")
 def swarm_init_cmd(
+    request: SettingsRequest,
     advertise_addr: Annotated[str, typer.Option("--advertise-addr", help="manager address the other hosts reach")],
     listen_addr: Annotated[Optional[str], typer.Option("--listen-addr", help="default ADVERTISE:2377")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
 ) -> None:
     """Make the first configured host a swarm manager (docker swarm init). Idempotent."""
-    from orchestrator.backends.swarm import host_client, swarm_init
+    from orchestrator.backends.docker import connect_host
+    from orchestrator.backends.swarm import swarm_init
 
-    try:
-        first = _swarm_hosts(config, set_)[0]
-        client = host_client(first)
-        try:
-            node_id = swarm_init(client, advertise_addr, listen_addr)
-        finally:
-            client.close()
-    except NetorchError as e:
-        raise _fail(e) from None
+    first = _swarm_hosts(request)[0]
+    with connect_host(first) as client:
+        node_id = swarm_init(client, advertise_addr, listen_addr)
     console.print(f"host {escape(first.name)} manages the swarm (node {node_id[:12]})")
 
 
-@swarm_app.command("join")
+@command(swarm_app, CONFIG_FLAGS, name="join")
 def swarm_join_cmd(
+    request: SettingsRequest,
     host: Annotated[Optional[str], typer.Option("--host", help="host to join (default: every host but the first)")] = None,
     advertise_addr: Annotated[Optional[str], typer.Option("--advertise-addr", help="the joining host's own address (with --host)")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
 ) -> None:
     """Join the other configured hosts to the first one's swarm as workers (docker swarm join)."""
-    from orchestrator.backends.swarm import host_client, swarm_join
+    from orchestrator.backends.docker import connect_host
+    from orchestrator.backends.swarm import swarm_join
 
-    try:
-        hosts = _swarm_hosts(config, set_)
-        targets = [h for h in hosts[1:] if host is None or h.name == host]
-        if host is not None and not targets:
-            raise ConfigError(f"--host {host!r} is not one of the joining hosts: "
-                              + ", ".join(h.name for h in hosts[1:]))
-        if advertise_addr and len(targets) != 1:
-            raise ConfigError("--advertise-addr names one host's address; give --host too")
-        manager = host_client(hosts[0])
-        try:
-            for target in targets:
-                worker = host_client(target)
-                try:
-                    node_id = swarm_join(manager, worker, advertise_addr)
-                finally:
-                    worker.close()
-                console.print(f"host {escape(target.name)} is in the swarm (node {node_id[:12]})")
-        finally:
-            manager.close()
-    except NetorchError as e:
-        raise _fail(e) from None
+    hosts = _swarm_hosts(request)
+    targets = [h for h in hosts[1:] if host is None or h.name == host]
+    if host is not None and not targets:
+        raise ConfigError(f"--host {host!r} is not one of the joining hosts: "
+                          + ", ".join(h.name for h in hosts[1:]))
+    if advertise_addr and len(targets) != 1:
+        raise ConfigError("--advertise-addr names one host's address; give --host too")
+    with connect_host(hosts[0]) as manager:
+        for target in targets:
+            with connect_host(target) as worker:
+                node_id = swarm_join(manager, worker, advertise_addr)
+            console.print(f"host {escape(target.name)} is in the swarm (node {node_id[:12]})")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ the fix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class NetorchError(Exception):
@@ -77,8 +77,14 @@ class RankFailedError(NetorchError):
         reason: str,
         log_tail: Sequence[str] = (),
         container: str | None = None,
+        node_exits: Mapping[str, str] | None = None,
     ) -> None:
         self.node = node
+        # How every node that had ended by then ended (node name -> reason), for the report.
+        self.node_exits = dict(node_exits or {})
+        # Set by gang restarts: how many happened before this failure, and their diagnoses.
+        self.restarts = 0
+        self.failures: tuple[str, ...] = ()
         self.node_exit_code = exit_code
         self.reason = reason
         self.log_tail = tuple(log_tail)

@@ -24,8 +24,6 @@ from orchestrator.settings import (
     MetricsSettings,
     Settings,
     TrainSettings,
-    address_pool,
-    node_placement,
     parse_rate_bits,
 )
 
@@ -34,7 +32,8 @@ LABEL_ROLE = "io.netorch.role"
 LABEL_RANK = "io.netorch.node-rank"
 LABEL_MANAGED = "io.netorch.managed"
 
-BackendName = Literal["process", "docker"]
+# A registered backend's name (orchestrator.backends.registry): process, docker, or a plug-in's.
+BackendName = str
 WORKLOADS = ("bench", "train")
 # The in-node module each workload runs (``python -m ...`` under torchrun).
 WORKLOAD_MODULES = {"bench": "train.bench", "train": "train.job"}
@@ -179,12 +178,39 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class MountSpec:
-    """A host directory bind-mounted into a node's container (ignored by the process backend,
-    whose nodes see the host's files directly)."""
+    """A host directory (``kind="bind"``) or a named volume mounted into a node's container.
+
+    Only fabrics with ``in_node_paths`` (containers) mount anything; on the process backend the
+    nodes see the host's files directly and a plan with mounts is refused.
+    """
 
     source: str
     target: str
     read_only: bool = False
+    kind: Literal["bind", "volume"] = "bind"
+
+
+@dataclass(frozen=True)
+class FabricSpec:
+    """What a backend decides for a plan: the network, every node's address and host, and how
+    nodes see paths and ports. ``BackendKind.fabric`` returns it; ``build_plan`` only reads it.
+
+    ``ips[i]`` is node rank *i*'s address, ``placement[i]`` the host (HostSpec.name) that runs it
+    (None: the backend's only host). ``aliases``: nodes get DNS aliases (short and full name) on
+    the network. ``in_node_paths``: nodes are containers that see host directories only through
+    mounts (False: they run on the host and see its files). ``shared_ports``: nodes share one
+    network namespace, so per-node ports (metrics) must be offset. ``metrics_addr``: where a
+    rank's /metrics endpoint binds.
+    """
+
+    network: NetworkSpec
+    ips: tuple[str, ...]
+    placement: tuple[str | None, ...]
+    hosts: tuple[HostSpec, ...] = ()
+    aliases: bool = True
+    in_node_paths: bool = True
+    shared_ports: bool = False
+    metrics_addr: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -232,6 +258,10 @@ class ClusterPlan:
     nodes: tuple[NodeSpec, ...]
     labels: tuple[tuple[str, str], ...] = field(default=())
     hosts: tuple[HostSpec, ...] = ()
+    # What the nodes run and whether rank 0 reports a result line (netorch's own workloads do; a
+    # user's script does not).
+    emits_result: bool = True
+    workdir: str | None = None
 
     @property
     def master(self) -> NodeSpec:
@@ -259,6 +289,45 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A host directory of checkpoints and where nodes see it.
+
+    On a fabric with ``in_node_paths`` it is bind-mounted at ``in_node_dir`` (on the master only
+    when ``master_only``: netorch's train job reads and writes checkpoints on rank 0 alone); on
+    the process backend nodes use ``host_dir`` itself. ``NETORCH_CHECKPOINT_DIR`` tells the job.
+    """
+
+    host_dir: str
+    in_node_dir: str
+    master_only: bool
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What every node runs, independent of the backend: the launcher's target and its needs.
+
+    ``target`` follows the launcher (``-m MODULE ARGS`` / ``SCRIPT.py ARGS`` / ``--no-python
+    CMD ARGS``). ``emits_result``: rank 0 prints a result line the session must collect (netorch's
+    own workloads). ``mounts`` go on every node; ``workdir`` is the nodes' working directory,
+    bind-mounted from ``workdir_source`` when set. ``image`` overrides ``cluster.image``.
+    ``placeholders``: ``{node_rank}``-style fields in ``target`` are filled in per node.
+    """
+
+    kind: str
+    target: tuple[str, ...]
+    emits_result: bool = True
+    env: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
+    checkpoint: CheckpointSpec | None = None
+    workdir: str | None = None
+    workdir_source: str | None = None
+    workdir_read_only: bool = True
+    image: str | None = None
+    metrics: bool = False
+    placeholders: bool = False
 
 
 def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> tuple[str, ...]:
@@ -312,6 +381,34 @@ def checkpoint_dir(settings: Settings, run_id: str) -> str:
     return os.path.abspath(os.path.join(settings.output, run_id, "checkpoints"))
 
 
+def bench_workload(settings: Settings, run_id: str) -> WorkloadSpec:
+    """netorch's collective benchmark (``python -m train.bench``)."""
+    c = settings.cluster
+    args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
+    return WorkloadSpec(kind="bench", target=("-m", WORKLOAD_MODULES["bench"], *args))
+
+
+def train_workload(settings: Settings, run_id: str) -> WorkloadSpec:
+    """netorch's DDP training job (``python -m train.job``): checkpoints on rank 0, metrics."""
+    c = settings.cluster
+    args = train_args(settings.train, settings.metrics, c.dist_backend, c.timeout_s, run_id)
+    return WorkloadSpec(
+        kind="train",
+        target=("-m", WORKLOAD_MODULES["train"], *args),
+        checkpoint=CheckpointSpec(checkpoint_dir(settings, run_id), CONTAINER_CHECKPOINT_DIR,
+                                  master_only=True),
+        metrics=settings.metrics.enabled,
+    )
+
+
+def workload_for(name: str, settings: Settings, run_id: str) -> WorkloadSpec:
+    """The built-in workload called ``name`` (bench, train)."""
+    if name == "bench":
+        return bench_workload(settings, run_id)
+    if name == "train":
+        return train_workload(settings, run_id)
+    raise PlanError(f"workload {name!r} is unknown; use one of {', '.join(WORKLOADS)}")
+
 def with_restart(plan: ClusterPlan, restart: int) -> ClusterPlan:
     """``plan`` for gang restart number ``restart`` (1, 2, ...): every node's env says which.
 
@@ -337,33 +434,6 @@ def with_start_gate(plan: ClusterPlan) -> ClusterPlan:
     return dataclasses.replace(plan, runtime=dataclasses.replace(plan.runtime, start_gate=True))
 
 
-def _overlay_dynamic_range(subnet: str, ip_range: str | None, ips: list[str]) -> str:
-    """The overlay's ``ip_range``: the upper half of the subnet, kept for swarm's own addresses.
-
-    Swarm gives every host that joins an overlay a load-balancer address taken dynamically from
-    the pool -- the lowest free ones, i.e. exactly the fixed node addresses -- and the start of a
-    node then fails with "could not allocate IP ... Address already in use" / "context deadline
-    exceeded". Fixed IPs may lie outside ``ip_range`` (inside the subnet), so nodes take the
-    lower half and dynamic allocation is confined to the upper half.
-    """
-    net = ipaddress.IPv4Network(subnet)
-    if ip_range is not None:
-        raise PlanError(
-            f"network.ip_range {ip_range} cannot be used on a multi-host overlay: netorch keeps "
-            f"the upper half of {subnet} for swarm's own per-host addresses and places nodes in "
-            "the lower half; drop network.ip_range"
-        )
-    lower, upper = net.subnets(prefixlen_diff=1)
-    outside = [ip for ip in ips if ipaddress.IPv4Address(ip) not in lower]
-    if outside:
-        need = 32 - max(3, (len(ips) + 3).bit_length()) - 1
-        raise PlanError(
-            f"network.subnet {subnet}: on an overlay the nodes must fit in its lower half {lower} "
-            f"(the upper half is swarm's), but {len(ips)} nodes do not; use a /{need} or larger"
-        )
-    return str(upper)
-
-
 def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
     gpu = settings.gpu
     caps = tuple(gpu.capabilities)
@@ -374,82 +444,72 @@ def _gpu_spec(settings: Settings, node_rank: int) -> GpuSpec | None:
     return None
 
 
+def node_short_name(rank: int) -> str:
+    """``master`` for node rank 0, ``worker-<rank>`` otherwise (hostname, alias, service name)."""
+    return "master" if rank == 0 else f"worker-{rank}"
+
+
+def launcher_command(settings: Settings, rank: int, master_addr: str) -> tuple[str, ...]:
+    """The in-node launcher and its flags for node ``rank`` (torchrun's flag names)."""
+    c = settings.cluster
+    return (
+        "torchrun",
+        "--nnodes", str(c.nodes),
+        "--nproc-per-node", str(c.procs_per_node),
+        "--node-rank", str(rank),
+        "--master-addr", master_addr,
+        "--master-port", str(c.master_port),
+        "--max-restarts", "0",
+    )
+
+
+def _node_mounts(work: WorkloadSpec, fabric: FabricSpec, rank: int) -> tuple[MountSpec, ...]:
+    mounts: list[MountSpec] = []
+    if work.workdir_source is not None and work.workdir is not None:
+        mounts.append(MountSpec(work.workdir_source, work.workdir, work.workdir_read_only))
+    ckpt = work.checkpoint
+    if ckpt is not None and (rank == 0 or not ckpt.master_only):
+        mounts.append(MountSpec(ckpt.host_dir, ckpt.in_node_dir))
+    mounts.extend(work.mounts)
+    return tuple(mounts) if fabric.in_node_paths else ()
+
+
 def build_plan(
-    settings: Settings, run_id: str, backend: BackendName, workload: str = "bench"
+    settings: Settings, run_id: str, backend: BackendName,
+    workload: str | WorkloadSpec = "bench",
 ) -> ClusterPlan:
     """Turn validated settings into a plan. Pure: no I/O, no clock, no randomness.
 
-    Addresses: on ``docker`` the master takes the first usable address of ``ip_range`` (or the
-    subnet) that is not the gateway, worker *i* the *i*-th after it. On ``process`` every node is
-    ``127.0.0.1`` on ``lo``.
+    The backend's kind (``orchestrator.backends.registry``) decides the fabric: network,
+    addresses, aliases, placement, how nodes see paths and ports. The workload decides what
+    every node runs. Nothing here knows a backend by name.
     """
+    from orchestrator.backends.registry import backend_kind
+
     if not _RUN_ID_RE.match(run_id):
         raise PlanError(
             f"run id {run_id!r} is not usable in resource names; use 3-32 of [a-z0-9-]"
         )
-    if workload not in WORKLOADS:
-        raise PlanError(f"workload {workload!r} is unknown; use one of {', '.join(WORKLOADS)}")
+    work = workload if isinstance(workload, WorkloadSpec) else workload_for(
+        workload, settings, run_id)
+    fabric = backend_kind(backend).fabric(settings, run_id)
+    if not fabric.in_node_paths and (work.mounts or work.workdir_source):
+        raise PlanError(
+            f"the {backend} backend runs nodes on this host's own filesystem and mounts nothing; "
+            "pass host paths to your script instead, or use --backend docker for --mount"
+        )
     c = settings.cluster
     n = c.nodes
     world = n * c.procs_per_node
     prefix = f"{c.name}-{run_id}"
     run_labels = ((LABEL_RUN, run_id), (LABEL_MANAGED, "true"))
-
-    try:
-        placement = node_placement(settings)
-    except ValueError as e:
-        raise PlanError(str(e)) from None
-    hosts = tuple(
-        HostSpec(h.name, h.url, h.tls_ca, h.tls_cert, h.tls_key, h.gpus) for h in settings.hosts
-    )
-    if backend == "process" and len(hosts) > 1:
-        raise PlanError(
-            f"{len(hosts)} hosts are configured but the process backend runs on this host only; "
-            "use --backend docker (or drop [[hosts]])"
-        )
-    overlay = backend == "docker" and len(hosts) > 1
-    if backend == "docker":
-        net = settings.network
-        subnet = ipaddress.IPv4Network(net.subnet)
-        gateway = net.gateway or str(next(subnet.hosts()))
-        ips = [str(a) for a in address_pool(net)[:n]]
-        ip_range = net.ip_range
-        if overlay:
-            ip_range = _overlay_dynamic_range(net.subnet, net.ip_range, ips)
-        ifname = net.interface
-        network = NetworkSpec(
-            name=net.name or f"{prefix}-net",
-            driver="overlay" if overlay else "bridge",
-            subnet=str(subnet),
-            gateway=gateway,
-            ip_range=ip_range,
-            mtu=net.mtu,
-            internal=net.internal,
-            # A bridge name is a host interface; an overlay has none on the hosts.
-            bridge_name=None if overlay else net.bridge_name,
-            interface=ifname,
-            labels=run_labels,
-            link=link_spec(net.link),
-            attachable=overlay,
-        )
-    else:
-        ips = ["127.0.0.1"] * n
-        ifname = "lo"
-        network = NetworkSpec(
-            name="lo", driver="loopback", subnet="127.0.0.0/8", gateway=None, ip_range=None,
-            mtu=None, internal=True, bridge_name=None, interface=ifname, labels=run_labels,
-        )
-    master_addr = ips[0]
-    if workload == "train":
-        args = train_args(settings.train, settings.metrics, c.dist_backend, c.timeout_s, run_id)
-    else:
-        args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
-    ckpt_host = checkpoint_dir(settings, run_id)
+    ifname = fabric.network.interface
+    master_addr = fabric.ips[0]
 
     nodes = []
     for rank in range(n):
         role = Role.MASTER if rank == 0 else Role.WORKER
-        short = "master" if rank == 0 else f"worker-{rank}"
+        short = node_short_name(rank)
         name = f"{prefix}-{short}"
         env: dict[str, str] = {
             "MASTER_ADDR": master_addr,
@@ -468,68 +528,57 @@ def build_plan(
             "NETORCH_RUN_ID": run_id,
             "NETORCH_NODE_NAME": name,
             "NETORCH_IFNAME": ifname,
-            "NETORCH_PLANNED_IP": ips[rank],
+            "NETORCH_PLANNED_IP": fabric.ips[rank],
         }
-        mounts: tuple[MountSpec, ...] = ()
-        if workload == "train":
-            # Only rank 0 (on the master) reads and writes checkpoints; it broadcasts on resume.
-            if backend == "docker":
-                env["NETORCH_CHECKPOINT_DIR"] = CONTAINER_CHECKPOINT_DIR
-                if rank == 0:
-                    mounts = (MountSpec(ckpt_host, CONTAINER_CHECKPOINT_DIR),)
-            else:
-                env["NETORCH_CHECKPOINT_DIR"] = ckpt_host
-            if settings.metrics.enabled:
-                # Containers have their own ports; local process nodes share the host's.
-                base = settings.metrics.port_base
-                if backend != "docker":
-                    base += rank * c.procs_per_node
-                env["NETORCH_METRICS_ADDR"] = "0.0.0.0" if backend == "docker" else "127.0.0.1"
-                env["NETORCH_METRICS_PORT_BASE"] = str(base)
+        ckpt = work.checkpoint
+        ckpt_dir = None
+        if ckpt is not None:
+            ckpt_dir = ckpt.in_node_dir if fabric.in_node_paths else ckpt.host_dir
+            env["NETORCH_CHECKPOINT_DIR"] = ckpt_dir
+        if work.metrics:
+            # Nodes that share the host's ports (local processes) get a block of ports each.
+            base = settings.metrics.port_base
+            if fabric.shared_ports:
+                base += rank * c.procs_per_node
+            env["NETORCH_METRICS_ADDR"] = fabric.metrics_addr
+            env["NETORCH_METRICS_PORT_BASE"] = str(base)
+        env.update(work.env)
         env.update(settings.env)  # user env last: it may override NCCL_IB_DISABLE & co.
-        command = (
-            "torchrun",
-            "--nnodes", str(n),
-            "--nproc-per-node", str(c.procs_per_node),
-            "--node-rank", str(rank),
-            "--master-addr", master_addr,
-            "--master-port", str(c.master_port),
-            "--max-restarts", "0",
-            "-m", WORKLOAD_MODULES[workload],
-            *args,
-        )
+        target = work.target
+        if work.placeholders:
+            target = _expand_placeholders(target, settings, rank, master_addr, ckpt_dir)
         nodes.append(
             NodeSpec(
                 name=name,
                 hostname=short,
                 role=role,
                 node_rank=rank,
-                ip=ips[rank],
-                aliases=(short, name) if backend == "docker" else (),
+                ip=fabric.ips[rank],
+                aliases=(short, name) if fabric.aliases else (),
                 gpus=_gpu_spec(settings, rank),
                 env=tuple(env.items()),
-                command=command,
+                command=(*launcher_command(settings, rank, master_addr), *target),
                 labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank))),
-                mounts=mounts,
-                host=placement[rank] if backend == "docker" else None,
+                mounts=_node_mounts(work, fabric, rank),
+                host=fabric.placement[rank],
             )
         )
     d = settings.docker
-    link = network.link
+    link = fabric.network.link
     return ClusterPlan(
         run_id=run_id,
         backend=backend,
-        workload=workload,
+        workload=work.kind,
         dist_backend=c.dist_backend,
         nnodes=n,
         nproc_per_node=c.procs_per_node,
         world_size=world,
         master_addr=master_addr,
         master_port=c.master_port,
-        network=network,
+        network=dataclasses.replace(fabric.network, labels=run_labels),
         runtime=RuntimeSpec(
-            image=c.image, shm_size=d.shm_size, ipc_mode=d.ipc_mode, memlock=d.memlock,
-            init=True, stop_timeout_s=d.stop_timeout_s,
+            image=work.image or c.image, shm_size=d.shm_size, ipc_mode=d.ipc_mode,
+            memlock=d.memlock, init=True, stop_timeout_s=d.stop_timeout_s,
             # tc needs NET_ADMIN; granted only when a link is emulated, and the gate holds the
             # workload until the shaping is in place.
             cap_add=("NET_ADMIN",) if link is not None else (),
@@ -537,5 +586,25 @@ def build_plan(
         ),
         nodes=tuple(nodes),
         labels=run_labels,
-        hosts=hosts if backend == "docker" else (),
+        hosts=fabric.hosts,
+        emits_result=work.emits_result,
+        workdir=work.workdir,
     )
+
+
+def _expand_placeholders(
+    target: tuple[str, ...], settings: Settings, rank: int, master_addr: str,
+    checkpoint_dir: str | None,
+) -> tuple[str, ...]:
+    """``{node_rank}``, ``{nnodes}``, ... in a user's command, for node ``rank``."""
+    from orchestrator.userjob import expand_command
+
+    c = settings.cluster
+    values: dict[str, str | int] = {
+        "node_rank": rank, "nnodes": c.nodes, "nproc_per_node": c.procs_per_node,
+        "world_size": c.nodes * c.procs_per_node, "master_addr": master_addr,
+        "master_port": c.master_port,
+    }
+    if checkpoint_dir is not None:
+        values["checkpoint_dir"] = checkpoint_dir
+    return expand_command(target, values)

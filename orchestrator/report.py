@@ -315,3 +315,57 @@ def train_table(report: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+# --------------------------------------------------------------------------- user runs
+
+
+def build_run_report(
+    plan: ClusterPlan, elapsed_s: float, exits: dict[str, str], restarts: int,
+    failures: tuple[str, ...], error: str | None, log_dir: Path,
+) -> dict[str, Any]:
+    """The report of a user's job (``kind: run``): per-node exits, restarts, elapsed.
+
+    ``exits`` maps node name to how it ended (``exit code 0``, ``killed by SIGKILL ...``) as far
+    as known; ``error`` is the diagnosis of a failed run (None: every rank exited 0).
+    """
+    master = plan.master
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": "run",
+        "run_id": plan.run_id,
+        "backend": plan.backend,
+        "image": plan.runtime.image if plan.network.driver != "loopback" else None,
+        "command": list(master.command),
+        "workdir": plan.workdir,
+        "world_size": plan.world_size,
+        "nnodes": plan.nnodes,
+        "nproc_per_node": plan.nproc_per_node,
+        "master_addr": plan.master_addr,
+        "master_port": plan.master_port,
+        "network": {"name": plan.network.name, "subnet": plan.network.subnet,
+                    "mtu": plan.network.mtu, "interface": plan.network.interface},
+        "nodes": [
+            {"name": n.name, "node_rank": n.node_rank, "ip": n.ip,
+             **({"host": n.host} if plan.hosts else {}),
+             "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only,
+                         "kind": m.kind} for m in n.mounts],
+             "exit": exits.get(n.name, "stopped by netorch" if error else "unknown"),
+             "log": str(log_dir / f"{n.name}.log")}
+            for n in plan.nodes
+        ],
+        "restarts": restarts,
+        "failures": list(failures),
+        "error": error,
+        "elapsed_s": elapsed_s,
+        "warnings": [],
+        "ok": error is None,
+    }
+
+
+def write_run_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json into ``out_dir``; return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return {"json": path}

@@ -83,6 +83,8 @@ class SessionOutcome:
     log_dir: Path
     restarts: int = 0
     failures: tuple[str, ...] = ()
+    # How each node ended (node name -> exit), in plan order.
+    exits: tuple[tuple[str, NodeExit], ...] = ()
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -130,8 +132,11 @@ def supervise(
     timeout_s: float,
     poll_s: float = 0.2,
     on_tick: Callable[[int, int], None] | None = None,
-) -> None:
-    """Wait for every node; on the first non-zero exit stop the rest and raise the diagnosis."""
+) -> dict[str, NodeExit]:
+    """Wait for every node; on the first non-zero exit stop the rest and raise the diagnosis.
+
+    Returns how every node ended (all exit 0) when the run finished.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         exits = {h.name: ex for h in handles if (ex := h.poll()) is not None}
@@ -142,11 +147,12 @@ def supervise(
             raise RankFailedError(
                 name, ex.exit_code, ex.reason() + "; the other nodes were stopped",
                 logbook.tail(name),
+                node_exits={n: e.reason() for n, e in failed.items()},
             )
         if on_tick is not None:
             on_tick(len(exits), len(handles))
         if len(exits) == len(handles):
-            return
+            return exits
         if time.monotonic() > deadline:
             backend.stop(plan, grace_s=float(plan.runtime.stop_timeout_s))
             raise BackendError(
@@ -178,20 +184,26 @@ def run_session(
         with _signals_raise():
             try:
                 handles = backend.up(plan, logbook.sink)
-                supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
+                exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
             finally:
                 backend.down(plan)
     finally:
         logbook.close()
     elapsed = time.monotonic() - started
+    ordered = tuple((n.name, exits[n.name]) for n in plan.nodes if n.name in exits)
     result = logbook.result(plan.master.name)
+    if not plan.emits_result:
+        # A user's own script reports nothing to us: every rank exiting 0 is the result.
+        return SessionOutcome(plan=plan, result=result or {}, elapsed_s=elapsed,
+                              log_dir=out_dir / "logs", exits=ordered)
     if result is None:
         tail = "\n".join(f"    {line}" for line in logbook.tail(plan.master.name, 15))
         raise ResultError(
             f"run {plan.run_id}: the master ({plan.master.name}) exited 0 but emitted no results; "
             f"its last lines:\n{tail}"
         )
-    return SessionOutcome(plan=plan, result=result, elapsed_s=elapsed, log_dir=out_dir / "logs")
+    return SessionOutcome(plan=plan, result=result, elapsed_s=elapsed, log_dir=out_dir / "logs",
+                          exits=ordered)
 
 
 def run_with_restarts(
@@ -226,6 +238,7 @@ def run_with_restarts(
         except RankFailedError as e:
             failures.append(f"{e.node}: {e.reason}")
             if restarts >= max_restarts:
+                e.restarts, e.failures = restarts, tuple(failures)
                 raise
             restarts += 1
             if on_restart is not None:

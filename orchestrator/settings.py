@@ -79,6 +79,18 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size; write bytes or a size like 1M, 64MiB, 1G")
 
 
+def _shell_words(value: object) -> object:
+    """A command from TOML (a list) or from one env/--set string (split like a shell would)."""
+    if isinstance(value, str):
+        import shlex
+
+        try:
+            return shlex.split(value)
+        except ValueError as e:
+            raise ValueError(f"{value!r} is not a command line ({e}); quote it properly") from None
+    return value
+
+
 def _comma_list(value: object) -> object:
     """Accept ``"a,b"`` from env/flags as well as a TOML list."""
     if isinstance(value, str):
@@ -441,6 +453,30 @@ class TrainSettings(_Section):
     )
 
 
+class RunSettings(_Section):
+    """The user's own job (``netorch run``): their command, image, code, mounts and env.
+
+    Validated further (paths exist, mount syntax, variable names) when the job is planned, before
+    anything is created; see ``orchestrator.userjob``.
+    """
+
+    command: Annotated[list[str], BeforeValidator(_shell_words)] = Field(
+        default_factory=list, description="what every rank runs (the words after --)")
+    image: str | None = Field(None, description="image with Python and torch; default cluster.image")
+    workdir: str | None = Field(
+        None, description="host directory with the code: mounted read-only at /workspace and the "
+        "working directory there (process backend: the working directory)")
+    workdir_writable: bool = Field(False, description="mount the workdir read-write")
+    mounts: Annotated[list[str], BeforeValidator(_comma_list)] = Field(
+        default_factory=list, description="docker -v style SRC:DST[:ro|rw] mounts on every node")
+    checkpoint_dir: str | None = Field(
+        None, description="host directory mounted read-write at /checkpoints on every node")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="variables for the job (any valid name but the plan's)")
+    max_restarts: int = Field(
+        0, ge=0, le=100, description="gang restarts after a node dies (the job resumes itself)")
+
+
 class MetricsSettings(_Section):
     """Prometheus: per-rank endpoints, file_sd targets, textfile, optional Pushgateway."""
 
@@ -479,8 +515,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    backend: Literal["auto", "process", "docker"] = Field(
-        "auto", description="where nodes run; auto = docker if a daemon and the image are there"
+    backend: str = Field(
+        "auto", description="where nodes run: auto, process, docker (or a registered plug-in); "
+        "auto = docker if a daemon and the image are there, else process"
     )
     output: Path = Field(Path("runs"), description="reports go to <output>/<run_id>/")
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)  # type: ignore[arg-type]
@@ -490,12 +527,23 @@ class Settings(BaseSettings):
     bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    run: RunSettings = Field(default_factory=RunSettings)  # type: ignore[arg-type]
     env: dict[str, str] = Field(default_factory=dict, description="extra NCCL_*/GLOO_*/TORCH_* env")
     hosts: list[HostSettings] = Field(
         default_factory=list,
         description="Docker hosts (empty: the local daemon); more than one runs on a swarm overlay",
     )
     placement: PlacementSettings = Field(default_factory=PlacementSettings)  # type: ignore[arg-type]
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from orchestrator.backends.registry import backend_names
+
+        known = backend_names()
+        if v != "auto" and v not in known:
+            raise ValueError(f"{v!r} is not a backend; use auto or one of {', '.join(known)}")
+        return v
 
     @field_validator("env")
     @classmethod
@@ -517,6 +565,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fits(self) -> Settings:
         needed = self.cluster.nodes
+        from orchestrator.placement import address_pool, node_placement
+
         pool = address_pool(self.network)
         if len(pool) < needed:
             where = f"ip_range {self.network.ip_range}" if self.network.ip_range else (
@@ -568,61 +618,6 @@ class Settings(BaseSettings):
 
 
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
-
-
-def node_placement(settings: Settings) -> list[str | None]:
-    """The host name of each node rank (None for every node when no hosts are configured).
-
-    Round-robin puts node *i* on host *i mod len(hosts)*; explicit reads ``placement.nodes``,
-    whose keys are ``master``, ``worker-<i>`` or the rank as a string.
-    """
-    n = settings.cluster.nodes
-    hosts = [h.name for h in settings.hosts]
-    if not hosts:
-        return [None] * n
-    if settings.placement.strategy == "round-robin":
-        return [hosts[i % len(hosts)] for i in range(n)]
-    mapping = settings.placement.nodes
-    out: list[str | None] = []
-    for rank in range(n):
-        short = "master" if rank == 0 else f"worker-{rank}"
-        host = mapping.get(short, mapping.get(str(rank)))
-        if host is None:
-            raise ValueError(
-                f"placement.nodes: node {short} (rank {rank}) has no host; map it to one of "
-                + ", ".join(hosts)
-            )
-        if host not in hosts:
-            raise ValueError(
-                f"placement.nodes: {short} -> {host!r} is not a configured host; use one of "
-                + ", ".join(hosts)
-            )
-        out.append(host)
-    known = {"master", *(f"worker-{r}" for r in range(1, n)), *(str(r) for r in range(n))}
-    extra = sorted(set(mapping) - known)
-    if extra:
-        raise ValueError(
-            f"placement.nodes: {', '.join(extra)} name no node of this {n}-node cluster; remove them"
-        )
-    return out
-
-
-def address_pool(network: NetworkSettings) -> list[ipaddress.IPv4Address]:
-    """Addresses nodes may take: hosts of ip_range (or the subnet), minus the gateway.
-
-    The network address, the broadcast address and the gateway are never handed out.
-    """
-    net = ipaddress.IPv4Network(network.subnet)
-    source = ipaddress.IPv4Network(network.ip_range) if network.ip_range else net
-    gateway = ipaddress.IPv4Address(network.gateway) if network.gateway else next(net.hosts())
-    reserved = {net.network_address, net.broadcast_address, gateway}
-    pool: list[ipaddress.IPv4Address] = []
-    for host in source.hosts() if source.prefixlen < 31 else iter(source):
-        if host not in reserved:
-            pool.append(host)
-            if len(pool) >= 512:  # more than any plan needs (256 nodes); avoids walking a /8
-                break
-    return pool
 
 
 def _deep_set(target: dict[str, Any], dotted: str, value: object) -> None:

@@ -204,6 +204,10 @@ class _EmptyClient:
     networks = _Coll()
 
 
-def test_plan_replace_keeps_hosts() -> None:
-    plan = build_plan(make(hosts=TWO), RUN, "docker")
-    assert dataclasses.replace(plan, nodes=plan.nodes[:1]).hosts == plan.hosts
+def test_plan_for_host_keeps_only_that_hosts_nodes_and_every_host() -> None:
+    from orchestrator.backends.swarm import plan_for_host
+
+    plan = build_plan(make(hosts=TWO, cluster={"nodes": 4}), RUN, "docker")
+    on_b = plan_for_host(plan, TWO[1]["name"])
+    assert [n.node_rank for n in on_b.nodes] == [1, 3]
+    assert on_b.hosts == plan.hosts and on_b.network == plan.network

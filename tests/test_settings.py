@@ -122,7 +122,7 @@ def test_env_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"cluster": {"nodes": "x"}}, r"^cluster\.nodes: 'x' is invalid"),
         ({"cluster": {"name": "bad name!"}}, r"^cluster\.name: 'bad name!' is not a usable name prefix"),
         ({"cluster": {"master_port": 80}}, r"^cluster\.master_port: 80 is invalid"),
-        ({"backend": "kubernetes"}, r"^backend: 'kubernetes' is not allowed"),
+        ({"backend": "kubernetes"}, r"^backend: 'kubernetes' is not a backend; use auto or one of docker, process"),
         ({"gpu": {"per_node": 1, "device_ids": [["0"], ["1"]]}}, r"^gpu: set either per_node or device_ids"),
         ({"gpu": {"device_ids": [["0"]]}}, r"^gpu\.device_ids: 1 lists for 2 nodes"),
         ({"docker": {"shm_size": "lots"}}, r"^docker\.shm_size: 'lots' is not a memory size"),

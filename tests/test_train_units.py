@@ -81,7 +81,11 @@ def test_train_plan_docker_mounts_checkpoints_on_master_only() -> None:
 
 def test_bench_plan_unchanged_by_training_settings() -> None:
     s = load_settings()
+    trained = load_settings(overrides={"train": {"steps": 7, "checkpoint_every": 3,
+                                                 "max_restarts": 5},
+                                       "metrics": {"enabled": True, "port_base": 9500}})
     plan = build_plan(s, RUN, "docker")
+    assert build_plan(trained, RUN, "docker") == plan
     assert all(n.mounts == () for n in plan.nodes)
     assert "NETORCH_CHECKPOINT_DIR" not in plan.nodes[0].env_dict
     assert "NETORCH_METRICS_ADDR" not in plan.nodes[0].env_dict

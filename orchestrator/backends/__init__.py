@@ -1,54 +1,32 @@
-"""Backends apply a plan. ``resolve_backend`` picks one; ``make_backend`` builds it."""
+"""Backends apply a plan. The registry (``registry.py``) maps a name to a backend's kind;
+``resolve_backend`` picks one for ``backend = "auto"``; ``make_backend`` builds its executor."""
 
 from __future__ import annotations
 
-from orchestrator.backends.base import Backend
-from orchestrator.plan import BackendName
+from orchestrator.backends.base import Backend, BackendKind
+from orchestrator.backends.registry import backend_kind, backend_names, register_backend
 from orchestrator.settings import Settings
 
+__all__ = ["Backend", "BackendKind", "backend_kind", "backend_names", "make_backend",
+           "register_backend", "resolve_backend"]
 
-def resolve_backend(settings: Settings) -> tuple[BackendName, str]:
-    """The backend to use and why. ``auto``: docker when a daemon answers and the image is
-    there, otherwise the process backend (the embedded default)."""
+
+def resolve_backend(settings: Settings) -> tuple[str, str]:
+    """The backend to use and why. ``auto``: the first registered kind whose probe accepts this
+    host (docker when a daemon answers and the image is there), else the process backend."""
     if settings.backend != "auto":
         return settings.backend, f"--backend {settings.backend}"
-    try:
-        import docker
-        import docker.errors
-
-        url = settings.hosts[0].url if settings.hosts else settings.docker.host
-        if settings.hosts and settings.hosts[0].tls_cert:
-            from orchestrator.backends.swarm import host_client
-
-            client = host_client(settings.hosts[0], timeout=5)
-        else:
-            client = docker.DockerClient(base_url=url, timeout=5) if url else (
-                docker.from_env(timeout=5))
-        try:
-            client.ping()
-            client.images.get(settings.cluster.image)
-        finally:
-            client.close()
-    except Exception as e:  # any failure of the probe means "no usable docker"
-        kind = "image missing" if type(e).__name__ == "ImageNotFound" else "no Docker daemon"
-        return "process", f"auto: {kind}, running nodes as local processes"
-    return "docker", f"auto: Docker daemon answers and {settings.cluster.image} exists"
+    reasons = []
+    for name in backend_names():
+        problem = backend_kind(name).probe(settings)
+        if problem is None:
+            if not reasons:
+                return name, f"auto: {backend_kind(name).summary}"
+            return name, f"auto: {'; '.join(reasons)}; using {name}"
+        reasons.append(f"{name}: {problem}")
+    return "process", "auto: " + "; ".join(reasons)
 
 
-def make_backend(name: BackendName, settings: Settings) -> Backend:
-    """Instantiate the named backend (docker is imported lazily)."""
-    if name == "process":
-        from orchestrator.backends.process import ProcessBackend
-
-        return ProcessBackend()
-    from orchestrator.backends.docker import DockerBackend
-
-    if len(settings.hosts) > 1:
-        from orchestrator.backends.swarm import MultiHostDockerBackend
-
-        return MultiHostDockerBackend.from_hosts(settings.hosts)
-    if settings.hosts:
-        from orchestrator.backends.swarm import host_client
-
-        return DockerBackend(host_client(settings.hosts[0]))
-    return DockerBackend.from_settings(settings)
+def make_backend(name: str, settings: Settings) -> Backend:
+    """The executor of the backend registered as ``name``."""
+    return backend_kind(name).create(settings)

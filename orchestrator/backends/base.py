@@ -1,4 +1,12 @@
-"""What every backend offers the session: apply a plan, report node exits, tear down.
+"""What every backend offers: a kind (fabric, probe, factory) and an executor (apply a plan).
+
+A backend is two objects, both defined in the backend's own module and registered once by name in
+``orchestrator.backends.registry``:
+
+* a :class:`BackendKind` -- pure knowledge: the fabric a plan gets on it (network, addresses,
+  aliases, paths, metrics bind address, where a node runs), whether this host can use it (for
+  ``backend = "auto"``), how to build its executor, how to remove a run's leftovers;
+* a :class:`Backend` -- the executor the session drives: preflight, up, stop, down.
 
 The session (``orchestrator.session``) owns the lifecycle (fail fast, diagnosis, results);
 a backend only knows how to create, observe and remove its own resources.
@@ -9,9 +17,12 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.plan import BackendName, ClusterPlan
+from orchestrator.plan import BackendName, ClusterPlan, FabricSpec
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 LineSink = Callable[[str, str], None]
 """``sink(node_name, line)``: called from backend threads for every log line of a node."""
@@ -80,4 +91,29 @@ class Backend(Protocol):
 
     def down(self, plan: ClusterPlan) -> None:
         """Remove everything this run created. Idempotent; safe after a partial ``up``."""
+        ...
+
+
+class BackendKind(Protocol):
+    """A registered backend: everything the plan and the application layer ask of it."""
+
+    name: str
+    #: One line for ``--help`` and ``netorch plan``.
+    summary: str
+
+    def fabric(self, settings: Settings, run_id: str) -> FabricSpec:
+        """The network, node addresses and placement of a plan on this backend. Pure."""
+        ...
+
+    def probe(self, settings: Settings) -> str | None:
+        """None when this host can run plans on this backend now, else why not (``auto``)."""
+        ...
+
+    def create(self, settings: Settings) -> Backend:
+        """The executor for ``settings`` (connects to what it drives; may raise PreflightError)."""
+        ...
+
+    def remove(self, settings: Settings, run_id: str | None) -> list[str]:
+        """``netorch down``: remove what netorch left of ``run_id`` (None: of every run), and
+        only what carries netorch's labels. Returns a line per thing removed."""
         ...

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.backends.base import LineSink, NodeExit, NodeHandle
-from orchestrator.errors import BackendError, PreflightError
-from orchestrator.plan import BackendName, ClusterPlan, NodeSpec
+from orchestrator.backends.base import Backend, LineSink, NodeExit, NodeHandle
+from orchestrator.errors import BackendError, PlanError, PreflightError
+from orchestrator.plan import BackendName, ClusterPlan, FabricSpec, NetworkSpec, NodeSpec
+from orchestrator.settings import Settings
+
+LOOPBACK_ADDR = "127.0.0.1"
 
 
 def _project_root() -> Path:
@@ -30,6 +33,17 @@ def _project_root() -> Path:
             "the 'train' package is not importable; install netorch (pip install -e .) first"
         )
     return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def local_argv(command: tuple[str, ...], python: str) -> list[str]:
+    """A node's command as this host runs it: ``torchrun`` and ``python`` become this interpreter
+    (``python -m torch.distributed.run``), so nodes use the torch netorch itself runs with."""
+    head, *rest = command
+    if head == "torchrun":
+        return [python, "-m", "torch.distributed.run", *rest]
+    if head in ("python", "python3"):
+        return [python, *rest]
+    return list(command)
 
 
 class ProcessNode:
@@ -113,15 +127,14 @@ class ProcessBackend:
         pythonpath = base_env.get("PYTHONPATH")
         base_env["PYTHONPATH"] = f"{root}{os.pathsep}{pythonpath}" if pythonpath else str(root)
         handles: list[NodeHandle] = []
+        cwd = plan.workdir or str(root)
         for node in plan.nodes:
-            if node.command[0] != "torchrun":
-                raise BackendError(f"node {node.name}: cannot run {node.command[0]!r} locally")
-            argv = [self.python, "-m", "torch.distributed.run", *node.command[1:]]
+            argv = local_argv(node.command, self.python)
             try:
                 proc = subprocess.Popen(
                     argv,
                     env={**base_env, **node.env_dict},
-                    cwd=root,
+                    cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -170,3 +183,60 @@ class ProcessBackend:
                 f"{len(left)} process(es) of run {plan.run_id} survived SIGKILL: "
                 + ", ".join(str(p.pid) for p in left)
             )
+
+
+class ProcessKind:
+    """The process backend: nodes are local process groups on loopback (no Docker needed)."""
+
+    name = "process"
+    summary = "every node a local process group on 127.0.0.1 (lo); needs torch, no Docker"
+
+    def fabric(self, settings: Settings, run_id: str) -> FabricSpec:
+        if len(settings.hosts) > 1:
+            raise PlanError(
+                f"{len(settings.hosts)} hosts are configured but the process backend runs on this "
+                "host only; use --backend docker (or drop [[hosts]])"
+            )
+        n = settings.cluster.nodes
+        network = NetworkSpec(
+            name="lo", driver="loopback", subnet="127.0.0.0/8", gateway=None, ip_range=None,
+            mtu=None, internal=True, bridge_name=None, interface="lo",
+        )
+        return FabricSpec(
+            network=network, ips=(LOOPBACK_ADDR,) * n, placement=(None,) * n, aliases=False,
+            in_node_paths=False, shared_ports=True, metrics_addr=LOOPBACK_ADDR,
+        )
+
+    def probe(self, settings: Settings) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed in this interpreter"
+        return None
+
+    def create(self, settings: Settings) -> Backend:
+        return ProcessBackend()
+
+    def remove(self, settings: Settings, run_id: str | None) -> list[str]:
+        """Kill what is left of a run's processes (found by NETORCH_RUN_ID in their env)."""
+        procs = run_processes(run_id) if run_id else [
+            p for p in _netorch_processes()]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=5)
+        return [f"process {p.pid}" for p in procs]
+
+
+def _netorch_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and "NETORCH_RUN_ID" in proc.environ():
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+PROCESS = ProcessKind()

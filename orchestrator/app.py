@@ -1,0 +1,309 @@
+"""Use cases: what each ``netorch`` command does, as functions that return typed results.
+
+The CLI (``orchestrator.cli``) parses flags into a :class:`SettingsRequest`, calls one function
+here, and only renders what comes back; benchmarks and tests call the same functions. Every
+function either returns a result or raises a :class:`~orchestrator.errors.NetorchError`; reports
+are written exactly once, after everything that adds to them (a Pushgateway warning included).
+
+Layers (each imports only those below it)::
+
+    cli.py                      flags -> SettingsRequest -> app -> rendered output, exit code
+    app.py                      use cases: run_bench, run_train, run_job, sweep, doctor, down, render
+    session.py, report.py, metrics.py, sweep.py, doctor.py, render/
+    plan.py, backends/ (registry -> kinds -> executors)
+    settings.py, placement.py, errors.py
+    train/                      runs inside the nodes; imports nothing of orchestrator/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.backends import make_backend, resolve_backend
+from orchestrator.backends.registry import backend_kind
+from orchestrator.errors import ConfigError, RankFailedError
+from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
+from orchestrator.session import Echo, run_session, run_with_restarts
+from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
+
+
+@dataclass(frozen=True)
+class SettingsRequest:
+    """How a command asked for its settings: a config file, flag values by settings key, and
+    ``--set KEY=VALUE`` items. Flags win over ``--set`` items, which win over the environment
+    and the file. :meth:`load` validates; ``extra`` (e.g. one sweep variant) wins over all."""
+
+    config: Path | None = None
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    sets: tuple[str, ...] = ()
+
+    def load(self, extra: Mapping[str, Any] | None = None) -> Settings:
+        pairs: dict[str, Any] = dict(parse_set_option(item) for item in self.sets)
+        pairs.update({k: v for k, v in self.flags.items() if v is not None})
+        pairs.update(extra or {})
+        return load_settings(self.config, overrides_from_pairs(pairs))
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller wants to see while a run goes on (all optional, called from threads)."""
+
+    echo: Echo | None = None
+    on_backend: Callable[[str, str], None] | None = None
+    on_start: Callable[[ClusterPlan], None] | None = None
+    on_tick: Callable[[int, int], None] | None = None
+    on_restart: Callable[[int, RankFailedError], None] | None = None
+    on_notice: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished bench, train or user run: its plan, its report and where the files are."""
+
+    plan: ClusterPlan
+    report: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok", False))
+
+
+def _chosen_backend(settings: Settings, hooks: Hooks) -> str:
+    name, why = resolve_backend(settings)
+    if hooks.on_backend is not None:
+        hooks.on_backend(name, why)
+    return name
+
+
+def plan_only(settings: Settings, run_id: str | None = None,
+              workload: str | WorkloadSpec = "bench") -> ClusterPlan:
+    """``netorch plan``: the plan the settings give, on the backend ``auto`` would pick."""
+    name = settings.backend if settings.backend != "auto" else resolve_backend(settings)[0]
+    return build_plan(settings, run_id or new_run_id(), name, workload)
+
+
+def _notice(hooks: Hooks, text: str) -> None:
+    if hooks.on_notice is not None:
+        hooks.on_notice(text)
+
+
+def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: Hooks) -> Path:
+    """metrics.prom; a Pushgateway push when configured (a failure is a report warning)."""
+    from orchestrator.metrics import push_report, write_textfile
+
+    url = settings.metrics.pushgateway_url
+    if url:
+        problem = push_report(report, url, settings.cluster.name, settings.metrics.push_timeout_s)
+        if problem:
+            report.setdefault("warnings", []).append(problem)
+        else:
+            _notice(hooks, f"pushed {report.get('kind', 'bench')} results to {url}")
+    return write_textfile(report, out_dir)
+
+
+def run_bench(settings: Settings, hooks: Hooks = Hooks()) -> RunResult:
+    """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down."""
+    from orchestrator.report import build_report, write_report
+
+    name = _chosen_backend(settings, hooks)
+    plan = build_plan(settings, new_run_id(), name, "bench")
+    backend = make_backend(name, settings)
+    out_dir = settings.output / plan.run_id
+    if hooks.on_start is not None:
+        hooks.on_start(plan)
+    outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
+                          echo=hooks.echo, on_tick=hooks.on_tick)
+    report = build_report(plan, outcome.result, outcome.elapsed_s)
+    prom = _publish(report, out_dir, settings, hooks)
+    paths = write_report(report, out_dir)
+    paths["prom"] = prom
+    return RunResult(plan, report, paths)
+
+
+def run_train(settings: Settings, hooks: Hooks = Hooks()) -> RunResult:
+    """``netorch train``: the DDP job with checkpoints, gang restarts, metrics and a report."""
+    from orchestrator.metrics import write_targets
+    from orchestrator.report import build_train_report, write_train_report
+
+    name = _chosen_backend(settings, hooks)
+    plan = build_plan(settings, new_run_id(), name, "train")
+    backend = make_backend(name, settings)
+    out_dir = settings.output / plan.run_id
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    targets = write_targets(plan, out_dir)
+    if targets is not None:
+        _notice(hooks, f"metrics: Prometheus file_sd targets in {targets}")
+    if hooks.on_start is not None:
+        hooks.on_start(plan)
+    outcome = run_with_restarts(
+        backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
+        max_restarts=settings.train.max_restarts, echo=hooks.echo, on_restart=hooks.on_restart)
+    report = build_train_report(plan, outcome.result, outcome.elapsed_s, outcome.restarts,
+                                outcome.failures)
+    prom = _publish(report, out_dir, settings, hooks)
+    paths = write_train_report(report, out_dir)
+    paths["prom"] = prom
+    return RunResult(plan, report, paths)
+
+
+def down(settings: Settings, run_id: str | None) -> list[str]:
+    """``netorch down``: remove what netorch left of ``run_id`` (None: of every run) on the
+    configured backend (``auto``: docker), only what carries netorch's labels."""
+    name = "docker" if settings.backend == "auto" else settings.backend
+    return backend_kind(name).remove(settings, run_id)
+
+
+def single_host(settings: Settings, command: str) -> None:
+    """Refuse commands that run on one Docker host when several are configured."""
+    if len(settings.hosts) > 1:
+        raise ConfigError(
+            f"netorch {command} runs on one Docker host; {len(settings.hosts)} [[hosts]] are "
+            "configured; use `netorch bench` / `netorch train` across hosts, or a config with one host"
+        )
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished sweep: its summary (runs, aggregated rows, recommendations) and files."""
+
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def problems(self) -> list[str]:
+        """Every run's verification problem, ``run_id: text`` (exit 4 when any)."""
+        return [f"{r['run_id']}: {p}" for r in self.summary["runs"] for p in r["problems"]]
+
+
+def sweep(
+    request: SettingsRequest,
+    mtus: list[int],
+    rates: list[str | None] | None,
+    repeats: int,
+    tcp_seconds: float,
+    tcp_streams: int,
+    tcp_pairs: int,
+    hooks: Hooks = Hooks(),
+    on_point: Callable[[Any, str, int], None] | None = None,
+) -> SweepResult:
+    """``netorch sweep``: every (MTU, link rate) variant, validated up front like ``bench``, run
+    ``repeats`` times interleaved on the docker backend; summary, CSV/JSON, plot, verdicts."""
+    from orchestrator.backends.docker import connect_settings
+    from orchestrator.sweep import SweepOptions, run_sweep, write_sweep
+
+    base = request.load({"backend": "docker"})
+    single_host(base, "sweep")
+    chosen_rates: list[str | None] = rates if rates else [None]
+    # Every variant is validated before the first container exists.
+    variants = {}
+    for rate in chosen_rates:
+        for mtu in mtus:
+            extra: dict[str, Any] = {"backend": "docker", "network.mtu": mtu}
+            if rate is not None:
+                extra["network.link.rate"] = rate
+            variants[(mtu, rate)] = request.load(extra)
+    if rates is None and base.network.link.rate is not None:
+        variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
+        chosen_rates = [base.network.link.rate]
+    options = SweepOptions(tuple(mtus), tuple(chosen_rates), repeats, tcp_seconds, tcp_streams,
+                           tcp_pairs)
+    sweep_id = new_run_id()
+    out_dir = base.output / f"sweep-{sweep_id}"
+    total = len(mtus) * len(chosen_rates) * repeats
+
+    def point_started(point: Any, run_id: str) -> None:
+        if on_point is not None:
+            on_point(point, run_id, total)
+
+    with connect_settings(base) as client:
+        summary = run_sweep(variants, options, client, sweep_id, out_dir, hooks.echo,
+                            point_started)
+    return SweepResult(summary, write_sweep(summary, out_dir))
+
+
+@dataclass(frozen=True)
+class DoctorResult:
+    """The doctor's checks and what they were run on (``plan <id>`` or ``run <id>``)."""
+
+    scope: str
+    checks: list[Any]
+
+    @property
+    def failed(self) -> list[Any]:
+        return [c for c in self.checks if c.status == "fail"]
+
+
+def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> DoctorResult:
+    """``netorch doctor``: diagnose a running run, or bring the plan up sleeping and diagnose it."""
+    from orchestrator.backends.docker import connect_settings
+    from orchestrator.doctor import doctor_plan, doctor_run
+
+    single_host(settings, "doctor")
+    with connect_settings(settings) as client:
+        if run_id is not None:
+            return DoctorResult(f"run {run_id}", doctor_run(client, run_id))
+        plan = build_plan(settings, new_run_id(), "docker")
+        _notice(hooks, f"doctor: bringing up {plan.nnodes} sleeping containers of plan "
+                       f"{plan.run_id} on {plan.network.subnet}")
+        return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, client))
+
+
+def render_compose(settings: Settings, out_dir: Path, run_id: str | None = None,
+                   workload: str | WorkloadSpec = "bench") -> Path:
+    """``netorch render compose``: the docker plan as OUT/docker-compose.yml. Starts nothing."""
+    from orchestrator.render.compose import write_compose
+
+    plan = build_plan(settings, run_id or new_run_id(), "docker", workload)
+    return write_compose(plan, out_dir)
+
+
+def render_k8s(settings: Settings, out_dir: Path, flavor: str, namespace: str | None,
+               run_id: str | None = None, workload: str | WorkloadSpec = "bench") -> list[Path]:
+    """``netorch render k8s``: the plan as Kubernetes objects. Starts nothing."""
+    from orchestrator.errors import PlanError
+    from orchestrator.render.k8s import FLAVORS, write_k8s
+
+    if flavor not in FLAVORS:
+        raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
+    # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
+    plan = build_plan(settings, run_id or new_run_id(), "docker", workload)
+    return list(write_k8s(plan, out_dir, flavor, namespace))  # type: ignore[arg-type]
+
+
+def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None) -> RunResult:
+    """``netorch run``: the user's own command on every rank, on the planned fabric.
+
+    Fail fast with a diagnosis, gang restarts up to ``run.max_restarts`` (the job resumes from
+    its own checkpoints; ``NETORCH_RESTART_COUNT`` / ``TORCHELASTIC_RESTART_COUNT`` say which
+    attempt it is), logs per node, and a ``kind: run`` report written also when the job failed.
+    """
+    from orchestrator.report import build_run_report, write_run_report
+    from orchestrator.userjob import run_workload
+
+    name = _chosen_backend(settings, hooks)
+    run_id = new_run_id()
+    fabric = backend_kind(name).fabric(settings, run_id)
+    work = run_workload(settings, base_dir or Path.cwd(), fabric.in_node_paths)
+    plan = build_plan(settings, run_id, name, work)
+    backend = make_backend(name, settings)
+    out_dir = settings.output / plan.run_id
+    if hooks.on_start is not None:
+        hooks.on_start(plan)
+    try:
+        outcome = run_with_restarts(
+            backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
+            max_restarts=settings.run.max_restarts, echo=hooks.echo, on_tick=hooks.on_tick,
+            on_restart=hooks.on_restart)
+    except RankFailedError as e:
+        report = build_run_report(plan, 0.0, e.node_exits, e.restarts, e.failures,
+                                  e.diagnosis().splitlines()[0], out_dir / "logs")
+        write_run_report(report, out_dir)
+        raise
+    exits = {node: ex.reason() for node, ex in outcome.exits}
+    report = build_run_report(plan, outcome.elapsed_s, exits, outcome.restarts,
+                              outcome.failures, None, outcome.log_dir)
+    return RunResult(plan, report, write_run_report(report, out_dir))

@@ -1,0 +1,115 @@
+"""The docker backend's kind: its fabric (a bridge, or an overlay across several hosts), how to
+probe for a daemon and the image, how to build the executor, how ``netorch down`` cleans up.
+
+Every node is a container with a fixed address on one labelled network; see ``backend.py`` for
+the executor. The SDK is imported only when a client is needed, never for planning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from orchestrator.backends.base import Backend
+from orchestrator.errors import PlanError
+from orchestrator.placement import address_pool, node_placement, overlay_dynamic_range
+from orchestrator.plan import FabricSpec, HostSpec, NetworkSpec, link_spec
+from orchestrator.settings import Settings
+
+
+def host_specs(settings: Settings) -> tuple[HostSpec, ...]:
+    """The plan's view of ``[[hosts]]``."""
+    return tuple(
+        HostSpec(h.name, h.url, h.tls_ca, h.tls_cert, h.tls_key, h.gpus) for h in settings.hosts
+    )
+
+
+class DockerKind:
+    """The docker backend: containers on a bridge (one host) or an attachable overlay (several)."""
+
+    name = "docker"
+    summary = ("every node a container with a fixed IP on a bridge network netorch creates "
+               "(an overlay across [[hosts]])")
+
+    def fabric(self, settings: Settings, run_id: str) -> FabricSpec:
+        """Master on the first usable address of ``ip_range`` (or the subnet) that is not the
+        gateway, worker *i* the *i*-th after it; an overlay when more than one host is listed."""
+        net = settings.network
+        n = settings.cluster.nodes
+        hosts = host_specs(settings)
+        overlay = len(hosts) > 1
+        try:
+            placement = tuple(node_placement(settings))
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+        subnet = ipaddress.IPv4Network(net.subnet)
+        gateway = net.gateway or str(next(subnet.hosts()))
+        ips = [str(a) for a in address_pool(net)[:n]]
+        ip_range = overlay_dynamic_range(net.subnet, net.ip_range, ips) if overlay else net.ip_range
+        network = NetworkSpec(
+            name=net.name or f"{settings.cluster.name}-{run_id}-net",
+            driver="overlay" if overlay else "bridge",
+            subnet=str(subnet),
+            gateway=gateway,
+            ip_range=ip_range,
+            mtu=net.mtu,
+            internal=net.internal,
+            # A bridge name is a host interface; an overlay has none on the hosts.
+            bridge_name=None if overlay else net.bridge_name,
+            interface=net.interface,
+            link=link_spec(net.link),
+            attachable=overlay,
+        )
+        return FabricSpec(
+            network=network, ips=tuple(ips), placement=placement, hosts=hosts, aliases=True,
+            in_node_paths=True, shared_ports=False, metrics_addr="0.0.0.0",
+        )
+
+    def probe(self, settings: Settings) -> str | None:
+        """None when a daemon answers and the image is there; else which of the two failed."""
+        from orchestrator.backends.docker import connect_settings
+        from orchestrator.errors import NetorchError
+
+        try:
+            with connect_settings(settings, timeout=5) as client:
+                client.ping()
+                client.images.get(settings.cluster.image)
+        except NetorchError:
+            return "no Docker daemon"
+        except Exception as e:  # any failure of the probe means "no usable docker"
+            if type(e).__name__ == "ImageNotFound":
+                return f"image {settings.cluster.image} missing"
+            return "no Docker daemon"
+        return None
+
+    def create(self, settings: Settings) -> Backend:
+        from orchestrator.backends.docker import DockerBackend, connect_host, connect_settings
+
+        if len(settings.hosts) > 1:
+            from orchestrator.backends.swarm import MultiHostDockerBackend
+
+            return MultiHostDockerBackend.from_hosts(settings.hosts)
+        if settings.hosts:
+            return DockerBackend(connect_host(settings.hosts[0]))
+        return DockerBackend(connect_settings(settings))
+
+    def remove(self, settings: Settings, run_id: str | None) -> list[str]:
+        from orchestrator.backends.docker import connect_host, connect_settings, down_all
+
+        if len(settings.hosts) > 1:
+            from orchestrator.backends.swarm import down_hosts
+
+            clients: dict[str, Any] = {}
+            try:
+                for h in settings.hosts:
+                    clients[h.name] = connect_host(h)
+                return down_hosts(clients, run_id, [h.name for h in settings.hosts])
+            finally:
+                for c in clients.values():
+                    c.close()
+        client = connect_host(settings.hosts[0]) if settings.hosts else connect_settings(settings)
+        with client:
+            return down_all(client, run_id)
+
+
+DOCKER = DockerKind()
