@@ -13,22 +13,11 @@ def resolve_backend(settings: Settings) -> tuple[BackendName, str]:
     if settings.backend != "auto":
         return settings.backend, f"--backend {settings.backend}"
     try:
-        import docker
-        import docker.errors
+        from orchestrator.backends.docker import connect_settings
 
-        url = settings.hosts[0].url if settings.hosts else settings.docker.host
-        if settings.hosts and settings.hosts[0].tls_cert:
-            from orchestrator.backends.swarm import host_client
-
-            client = host_client(settings.hosts[0], timeout=5)
-        else:
-            client = docker.DockerClient(base_url=url, timeout=5) if url else (
-                docker.from_env(timeout=5))
-        try:
+        with connect_settings(settings, timeout=5) as client:
             client.ping()
             client.images.get(settings.cluster.image)
-        finally:
-            client.close()
     except Exception as e:  # any failure of the probe means "no usable docker"
         kind = "image missing" if type(e).__name__ == "ImageNotFound" else "no Docker daemon"
         return "process", f"auto: {kind}, running nodes as local processes"
@@ -47,8 +36,4 @@ def make_backend(name: BackendName, settings: Settings) -> Backend:
         from orchestrator.backends.swarm import MultiHostDockerBackend
 
         return MultiHostDockerBackend.from_hosts(settings.hosts)
-    if settings.hosts:
-        from orchestrator.backends.swarm import host_client
-
-        return DockerBackend(host_client(settings.hosts[0]))
     return DockerBackend.from_settings(settings)
