@@ -22,9 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import docker.errors
-
-from orchestrator.backends.docker import DockerBackend, apply_link, run_filters, translate_error
+from orchestrator.backends.docker import (
+    MTU_OPTION,
+    DockerBackend,
+    apply_link,
+    docker_errors,
+    run_filters,
+)
 from orchestrator.errors import BackendError, NetorchError
 from orchestrator.netprobe import ProbeNode, concurrently, path_mtu, ping, run_in
 from orchestrator.plan import LABEL_RANK, ClusterPlan
@@ -118,12 +122,10 @@ def target_from_plan(plan: ClusterPlan, containers: Mapping[str, Any]) -> Doctor
 
 def target_from_run(client: Any, run_id: str) -> DoctorTarget:
     """The target of run mode, read back from the daemon by the run's label."""
-    try:
+    with docker_errors(f"listing run {run_id}"):
         containers = client.containers.list(all=True, filters=run_filters(run_id),
                                             ignore_removed=True)
         networks = client.networks.list(filters=run_filters(run_id))
-    except (docker.errors.DockerException, OSError) as e:
-        raise translate_error(e, f"listing run {run_id}") from e
     if not containers:
         raise BackendError(
             f"run {run_id} has no containers on this daemon; check the id (`docker ps --filter "
@@ -131,7 +133,7 @@ def target_from_run(client: Any, run_id: str) -> DoctorTarget:
         )
     mtu = None
     if networks:
-        opt = (networks[0].attrs.get("Options") or {}).get("com.docker.network.driver.mtu")
+        opt = (networks[0].attrs.get("Options") or {}).get(MTU_OPTION)
         mtu = int(opt) if opt else 1500  # the bridge driver's default when no option was given
     nodes = []
     for c in sorted(containers, key=lambda c: int(c.labels.get(LABEL_RANK, "0"))):

@@ -11,17 +11,11 @@ Two modes:
 Every build is labelled with a hash of its inputs (:data:`LABEL_INPUTS_HASH`); when the tag
 already carries the hash of the current inputs, :func:`build_image` returns without building.
 
-Run without the main CLI::
-
-    python -m orchestrator.image build [--online] [--tag T] [--base-image B] [--force]
-    python -m orchestrator.image base [--force]
-    python -m orchestrator.image wheelhouse [--dir D] [--force]
-    python -m orchestrator.image hash
+Run it with ``netorch image build`` (scripts/build-image.sh wraps that command).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -37,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import docker
 import docker.errors
-import requests.exceptions
+# From docker.client rather than the package: mypy run from the repo root resolves a bare
+# ``docker`` to the repo's docker/ folder (a namespace package) and loses the SDK's attributes.
+from docker.client import DockerClient
 
-from orchestrator.errors import DaemonUnavailableError, ImageError, NetorchError
+from orchestrator.backends.docker import connect, docker_errors, explanation
+from orchestrator.errors import ImageError
 
 Progress = Callable[[str], None]
 
@@ -119,49 +115,28 @@ def _say(progress: Progress | None, line: str) -> None:
         progress(line)
 
 
-def _daemon_error(e: Exception) -> DaemonUnavailableError:
-    return DaemonUnavailableError(
-        f"no Docker daemon answers ({e}); start one with scripts/system-setup.sh "
-        "or point DOCKER_HOST at a running daemon"
-    )
+def _get_image(client: DockerClient, ref: str) -> Any | None:
+    """The daemon's image ``ref``, or None when it has none (no pull is attempted)."""
+    with docker_errors(f"inspecting image {ref}", fallback=ImageError):
+        try:
+            return client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
 
 
-def image_exists(client: docker.DockerClient, tag: str) -> bool:
+def image_exists(client: DockerClient, tag: str) -> bool:
     """Return True when the daemon has an image named ``tag`` (no pull is attempted)."""
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.APIError as e:
-        raise ImageError(
-            f"could not inspect image {tag!r}: {e.explanation or e}"
-        ) from e
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise _daemon_error(e) from e
-    return True
+    return _get_image(client, tag) is not None
 
 
-def _image_id(client: docker.DockerClient, ref: str) -> str | None:
-    try:
-        return str(client.images.get(ref).id)
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.APIError as e:
-        raise ImageError(
-            f"could not inspect image {ref!r}: {e.explanation or e}"
-        ) from e
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise _daemon_error(e) from e
+def _image_id(client: DockerClient, ref: str) -> str | None:
+    image = _get_image(client, ref)
+    return None if image is None else str(image.id)
 
 
-def _image_labels(client: docker.DockerClient, ref: str) -> Mapping[str, str]:
-    try:
-        image = client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return {}
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise _daemon_error(e) from e
-    labels = image.labels or {}
+def _image_labels(client: DockerClient, ref: str) -> Mapping[str, str]:
+    image = _get_image(client, ref)
+    labels = (image.labels if image is not None else None) or {}
     return {str(k): str(v) for k, v in labels.items()}
 
 
@@ -213,7 +188,7 @@ def _host_apt_sources() -> list[str]:
 
 
 def build_base_rootfs(
-    client: docker.DockerClient,
+    client: DockerClient,
     *,
     tag: str = BASE_ROOTFS_TAG,
     suite: str = BASE_SUITE,
@@ -263,22 +238,13 @@ def build_base_rootfs(
             progress,
             f"importing {tar_path} ({tar_path.stat().st_size >> 20} MiB) as {tag}",
         )
-        try:
+        with docker_errors(f"importing the base rootfs as {tag}", fallback=ImageError):
             client.api.import_image_from_file(
                 str(tar_path),
                 repository=repo,
                 tag=img_tag,
                 changes=list(BASE_IMPORT_CHANGES),
             )
-        except docker.errors.APIError as e:
-            raise ImageError(
-                f"importing the base rootfs as {tag} failed: {e.explanation or e}"
-            ) from e
-        except (
-            docker.errors.DockerException,
-            requests.exceptions.ConnectionError,
-        ) as e:
-            raise _daemon_error(e) from e
     image_id = _image_id(client, tag)
     if image_id is None:
         raise ImageError(f"imported the base rootfs but {tag} is not there afterwards")
@@ -456,20 +422,21 @@ def _write_context(
 
 
 def _remove_stale_image(
-    client: docker.DockerClient, image_id: str, progress: Progress | None
+    client: DockerClient, image_id: str, progress: Progress | None
 ) -> None:
     """Drop the image a rebuild untagged (about 1 GB each), unless something still uses it."""
-    try:
-        client.images.remove(image_id, noprune=False)
-    except docker.errors.APIError as e:
-        # 409: a container or another tag still holds it; keeping it is right then.
-        _say(progress, f"kept previous image {image_id[:19]}: {e.explanation or e}")
-    else:
-        _say(progress, f"removed previous image {image_id[:19]}")
+    with docker_errors(f"removing the previous image {image_id[:19]}"):
+        try:
+            client.images.remove(image_id, noprune=False)
+        except docker.errors.APIError as e:
+            # 409: a container or another tag still holds it; keeping it is right then.
+            _say(progress, f"kept previous image {image_id[:19]}: {explanation(e)}")
+            return
+    _say(progress, f"removed previous image {image_id[:19]}")
 
 
 def build_image(
-    client: docker.DockerClient,
+    client: DockerClient,
     *,
     tag: str = DEFAULT_TAG,
     offline: bool,
@@ -491,10 +458,8 @@ def build_image(
     daemon answers.
     """
     started = time.monotonic()
-    try:
+    with docker_errors(f"building {tag}"):
         client.ping()
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise _daemon_error(e) from e
 
     wheels: list[Path] = []
     if offline:
@@ -545,7 +510,7 @@ def build_image(
         _write_context(
             context, dockerfile=DOCKERFILE, train_dir=TRAIN_DIR, wheels=wheels
         )
-        try:
+        with docker_errors(f"building {tag}", fallback=ImageError):
             stream: Iterable[dict[str, Any]] = client.api.build(
                 fileobj=context,
                 custom_context=True,
@@ -577,13 +542,6 @@ def build_image(
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and "ID" in aux:
                     built_id = str(aux["ID"])
-        except docker.errors.APIError as e:
-            raise ImageError(f"building {tag} failed: {e.explanation or e}") from e
-        except (
-            docker.errors.DockerException,
-            requests.exceptions.ConnectionError,
-        ) as e:
-            raise _daemon_error(e) from e
 
     new_id = _image_id(client, tag)
     if new_id is None or (built_id is not None and built_id != new_id):
@@ -604,110 +562,7 @@ def build_image(
     )
 
 
-def client() -> docker.DockerClient:
-    """A client for the local daemon (``DOCKER_HOST`` honoured) that answered a ping."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise _daemon_error(e) from e
-    return client
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``python -m orchestrator.image`` (until the main CLI wraps it)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.image", description=__doc__.split("\n")[0]
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-q", "--quiet", action="store_true", help="print only the summary line"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    b = sub.add_parser(
-        "build",
-        parents=[common],
-        help="build the training image (no-op when up to date)",
-    )
-    mode = b.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--offline",
-        dest="offline",
-        action="store_true",
-        default=True,
-        help="mmdebstrap base + host wheelhouse (default)",
-    )
-    mode.add_argument(
-        "--online",
-        dest="offline",
-        action="store_false",
-        help=f"base image with torch already in it (default {GPU_BASE_IMAGE})",
-    )
-    b.add_argument("--tag", default=DEFAULT_TAG)
-    b.add_argument("--base-image", default=None)
-    b.add_argument(
-        "--force", action="store_true", help="rebuild without the layer cache"
-    )
-
-    bs = sub.add_parser(
-        "base", parents=[common], help=f"make the offline base image {BASE_ROOTFS_TAG}"
-    )
-    bs.add_argument("--tag", default=BASE_ROOTFS_TAG)
-    bs.add_argument("--force", action="store_true")
-
-    w = sub.add_parser(
-        "wheelhouse", parents=[common], help="download the torch wheelhouse on the host"
-    )
-    w.add_argument("--dir", type=Path, default=WHEELHOUSE_DIR)
-    w.add_argument(
-        "--requirement",
-        dest="requirements",
-        action="append",
-        help=f"repeatable (default: {' '.join(WHEELHOUSE_REQUIREMENTS)})",
-    )
-    w.add_argument("--force", action="store_true")
-
-    args = parser.parse_args(argv)
-    progress: Progress | None = (
-        None if args.quiet else (lambda line: print(f"  {line}", flush=True))
-    )
-    started = time.monotonic()
-    try:
-        if args.command == "build":
-            result = build_image(
-                client(),
-                tag=args.tag,
-                offline=args.offline,
-                base_image=args.base_image,
-                force=args.force,
-                progress=progress,
-            )
-            state = "up to date" if result.up_to_date else "built"
-            print(
-                f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)"
-            )
-        elif args.command == "base":
-            image_id = build_base_rootfs(
-                client(), tag=args.tag, force=args.force, progress=progress
-            )
-            print(f"{args.tag}: {image_id[:19]} ({time.monotonic() - started:.1f} s)")
-        elif args.command == "wheelhouse":
-            wheels = prepare_wheelhouse(
-                args.dir,
-                requirements=args.requirements or WHEELHOUSE_REQUIREMENTS,
-                force=args.force,
-                progress=progress,
-            )
-            size = sum(p.stat().st_size for p in wheels) >> 20
-            print(
-                f"{args.dir}: {len(wheels)} wheels, {size} MiB ({time.monotonic() - started:.1f} s)"
-            )
-    except NetorchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def client() -> DockerClient:
+    """A client for the local daemon (``DOCKER_HOST`` honoured) that answered; see
+    :func:`~orchestrator.backends.docker.connect`."""
+    return connect()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the netorch training image (default: offline, tag netorch:latest); a no-op when the
-# image is up to date. Thin wrapper over orchestrator/image.py; arguments go to its `build`:
-#   scripts/build-image.sh [--online] [--tag TAG] [--base-image IMAGE] [--force]
+# image is up to date. Thin wrapper over `netorch image build`; arguments go to it unchanged:
+#   scripts/build-image.sh [--offline|--online] [--tag TAG] [--base-image IMAGE] [--force] [-q]
 # Python: $NETORCH_PYTHON, else the active virtualenv, else ./.venv, else python3.
 set -euo pipefail
 
@@ -18,4 +18,4 @@ else
     py=python3
 fi
 
-exec "$py" -m orchestrator.image build "$@"
+exec "$py" -m orchestrator.cli image build "$@"

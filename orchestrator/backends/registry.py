@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # Order matters: ``backend = "auto"`` takes the first kind whose probe accepts the host.
 _BUILTIN: dict[str, str] = {
-    "docker": "orchestrator.backends.docker_kind:DOCKER",
+    "docker": "orchestrator.backends.docker.kind:DOCKER",
     "process": "orchestrator.backends.process:PROCESS",
 }
 _registry: dict[str, BackendKind | str] = dict(_BUILTIN)

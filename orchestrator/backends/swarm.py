@@ -14,32 +14,23 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import docker.errors
-import docker.tls
-from docker.client import DockerClient
-
 from orchestrator.backends.base import LineSink, NodeHandle
 from orchestrator.backends.docker import (
-    _TRANSPORT_ERRORS,
-    MAX_POOL_SIZE,
+    DOCKER_ERRORS,
     DockerBackend,
     DockerNode,
     SetupHook,
-    _concurrently,
-    _explanation,
+    concurrently,
+    connect_host,
+    docker_errors,
+    explanation,
     follow_nodes,
     network_create_kwargs,
     remove_by_label,
     run_filters,
     start_containers,
-    translate_error,
 )
-from orchestrator.errors import (
-    BackendError,
-    DaemonUnavailableError,
-    NetorchError,
-    PreflightError,
-)
+from orchestrator.errors import BackendError, NetorchError, PreflightError
 from orchestrator.plan import BackendName, ClusterPlan, HostSpec, NodeSpec
 from orchestrator.settings import HostSettings
 
@@ -53,24 +44,8 @@ SWARM_FIX = (
 )
 
 
-def host_client(host: HostSpec | HostSettings, timeout: int = 60) -> Any:
-    """A Docker client for ``host``'s URL (TLS for tcp:// when paths are given)."""
-    tls: Any = False
-    if host.tls_cert and host.tls_key:
-        tls = docker.tls.TLSConfig(
-            client_cert=(host.tls_cert, host.tls_key), ca_cert=host.tls_ca,
-            verify=bool(host.tls_ca),
-        )
-    try:
-        return DockerClient(
-            base_url=host.url, tls=tls, timeout=timeout, max_pool_size=MAX_POOL_SIZE,
-            use_ssh_client=host.url.startswith("ssh://"),
-        )
-    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-        raise DaemonUnavailableError(
-            f"host {host.name}: no Docker daemon answers at {host.url} ({_explanation(e)}); start "
-            "it or fix hosts.url"
-        ) from e
+# The name callers know for connect_host: a client of one configured host.
+host_client = connect_host
 
 
 def swarm_state(client: Any) -> dict[str, Any]:
@@ -96,7 +71,7 @@ class MultiHostDockerBackend:
 
     @classmethod
     def from_hosts(cls, hosts: tuple[HostSpec, ...] | list[HostSettings]) -> MultiHostDockerBackend:
-        return cls({h.name: host_client(h) for h in hosts})
+        return cls({h.name: connect_host(h) for h in hosts})
 
     def _client(self, plan: ClusterPlan, node: NodeSpec) -> Any:
         host = node.host or plan.hosts[0].name
@@ -116,14 +91,9 @@ class MultiHostDockerBackend:
         states: dict[str, dict[str, Any]] = {}
         for host in plan.hosts:
             client = self.clients[host.name]
-            try:
+            with docker_errors(f"host {host.name}: checking the daemon at {host.url}"):
                 client.ping()
                 states[host.name] = swarm_state(client)
-            except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-                raise DaemonUnavailableError(
-                    f"host {host.name}: no Docker daemon answers at {host.url} "
-                    f"({_explanation(e)}); start it or fix hosts.url"
-                ) from e
         self._check_swarm(plan, states)
         for host in plan.hosts:
             sub = plan_for_host(plan, host.name)
@@ -146,10 +116,8 @@ class MultiHostDockerBackend:
                 f"host {manager} (the first of hosts) is not a swarm manager; the overlay is created "
                 "through it; list a manager first, or promote it (docker node promote)"
             )
-        try:
+        with docker_errors(f"listing the swarm's nodes on {manager}"):
             members = {n.id for n in self._manager(plan).nodes.list()}
-        except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-            raise translate_error(e, f"listing the swarm's nodes on {manager}") from e
         strangers = [n for n, s in states.items() if s.get("NodeID") not in members]
         if strangers:
             raise PreflightError(
@@ -162,12 +130,8 @@ class MultiHostDockerBackend:
     def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
         """Create the overlay through the manager, then every container through its host."""
         manager = self._manager(plan)
-        try:
+        with docker_errors(f"creating overlay {plan.network.name} on {plan.hosts[0].name}", plan):
             network = manager.networks.create(**network_create_kwargs(plan))
-        except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-            raise translate_error(
-                e, f"creating overlay {plan.network.name} on {plan.hosts[0].name}", plan
-            ) from e
         containers = start_containers(
             plan, network.id, lambda node: self._client(plan, node),
             lambda node: f"{node.name} on {node.host}",
@@ -180,7 +144,7 @@ class MultiHostDockerBackend:
 
     def stop(self, plan: ClusterPlan, grace_s: float) -> None:
         """Stop the run's containers on every host at once (errors ignored, as single-host)."""
-        _concurrently(
+        concurrently(
             lambda host: DockerBackend(self.clients[host.name]).stop(plan, grace_s),
             list(plan.hosts),
         )
@@ -229,8 +193,8 @@ def down_hosts(clients: Mapping[str, Any], run_id: str | None, order: list[str])
         except NetorchError as e:
             problems.append(f"host {name}: {e}")
 
-    failures = _concurrently(containers_on, list(order))
-    problems += [f"host {n}: {_explanation(e)}" for n, e in failures]
+    failures = concurrently(containers_on, list(order))
+    problems += [f"host {n}: {explanation(e)}" for n, e in failures]
     manager = order[0]
     try:
         removed.extend(f"{item} on {manager}" for item in remove_by_label(clients[manager], run_id))
@@ -257,7 +221,7 @@ def _await_hosts_forget(clients: Mapping[str, Any], run_id: str | None, hosts: l
             try:
                 if not clients[name].networks.list(filters=run_filters(run_id)):
                     break
-            except (docker.errors.DockerException, *_TRANSPORT_ERRORS):
+            except DOCKER_ERRORS:
                 break  # reported by the next `netorch down`, not worth failing this one
             time.sleep(0.2)
 
@@ -270,24 +234,26 @@ def _await_hosts_forget(clients: Mapping[str, Any], run_id: str | None, hosts: l
 def swarm_init(client: Any, advertise_addr: str, listen_addr: str | None = None) -> str:
     """Make ``client``'s daemon a swarm manager; returns its node id. Idempotent when it already
     manages a swarm."""
-    state = swarm_state(client)
-    if state.get("LocalNodeState") == "active":
-        if state.get("ControlAvailable"):
-            return str(state.get("NodeID"))
-        raise PreflightError(
-            "this daemon is already a swarm worker; run `docker swarm leave` on it first"
-        )
-    try:
-        client.swarm.init(
-            advertise_addr=advertise_addr,
-            listen_addr=listen_addr or f"{advertise_addr}:{SWARM_PORT}",
-        )
-    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-        raise BackendError(
-            f"swarm init with --advertise-addr {advertise_addr} failed ({_explanation(e)}); give "
-            "an address this host holds on the network the other hosts reach"
-        ) from e
-    return str(swarm_state(client).get("NodeID"))
+    with docker_errors(f"swarm init with --advertise-addr {advertise_addr}"):
+        state = swarm_state(client)
+        if state.get("LocalNodeState") == "active":
+            if state.get("ControlAvailable"):
+                return str(state.get("NodeID"))
+            raise PreflightError(
+                "this daemon is already a swarm worker; run `docker swarm leave` on it first"
+            )
+        try:
+            client.swarm.init(
+                advertise_addr=advertise_addr,
+                listen_addr=listen_addr or f"{advertise_addr}:{SWARM_PORT}",
+            )
+        except DOCKER_ERRORS as e:
+            # The daemon answered (swarm_state above): a failure here is about the address.
+            raise BackendError(
+                f"swarm init with --advertise-addr {advertise_addr} failed ({explanation(e)}); "
+                "give an address this host holds on the network the other hosts reach"
+            ) from e
+        return str(swarm_state(client).get("NodeID"))
 
 
 def swarm_join(
@@ -296,29 +262,35 @@ def swarm_join(
     """Join ``worker``'s daemon to ``manager``'s swarm as a worker; returns its node id.
 
     Idempotent when it is already in that swarm."""
-    mstate = swarm_state(manager)
-    if mstate.get("LocalNodeState") != "active" or not mstate.get("ControlAvailable"):
-        raise PreflightError(
-            "the first host is not a swarm manager; run `netorch swarm init --advertise-addr X` first"
-        )
-    wstate = swarm_state(worker)
-    if wstate.get("LocalNodeState") == "active":
-        members = {n.id for n in manager.nodes.list()}
-        if wstate.get("NodeID") in members:
-            return str(wstate.get("NodeID"))
-        raise PreflightError("the host is in another swarm; run `docker swarm leave` on it first")
-    manager.swarm.reload()
-    token = manager.swarm.attrs["JoinTokens"]["Worker"]
-    remote = f"{mstate.get('NodeAddr')}:{SWARM_PORT}"
-    kwargs: dict[str, Any] = {"remote_addrs": [remote], "join_token": token}
-    if advertise_addr:
-        kwargs["advertise_addr"] = advertise_addr
-        kwargs["listen_addr"] = listen_addr or f"{advertise_addr}:{SWARM_PORT}"
-    try:
-        worker.swarm.join(**kwargs)
-    except (docker.errors.DockerException, *_TRANSPORT_ERRORS) as e:
-        raise BackendError(
-            f"swarm join to {remote} failed ({_explanation(e)}); check that the host reaches the "
-            f"manager on TCP {SWARM_PORT} and give --advertise-addr an address it holds"
-        ) from e
-    return str(swarm_state(worker).get("NodeID"))
+    with docker_errors("swarm join"):
+        mstate = swarm_state(manager)
+        if mstate.get("LocalNodeState") != "active" or not mstate.get("ControlAvailable"):
+            raise PreflightError(
+                "the first host is not a swarm manager; run `netorch swarm init --advertise-addr X` "
+                "first"
+            )
+        wstate = swarm_state(worker)
+        if wstate.get("LocalNodeState") == "active":
+            members = {n.id for n in manager.nodes.list()}
+            if wstate.get("NodeID") in members:
+                return str(wstate.get("NodeID"))
+            raise PreflightError(
+                "the host is in another swarm; run `docker swarm leave` on it first"
+            )
+        manager.swarm.reload()
+        token = manager.swarm.attrs["JoinTokens"]["Worker"]
+        remote = f"{mstate.get('NodeAddr')}:{SWARM_PORT}"
+        kwargs: dict[str, Any] = {"remote_addrs": [remote], "join_token": token}
+        if advertise_addr:
+            kwargs["advertise_addr"] = advertise_addr
+            kwargs["listen_addr"] = listen_addr or f"{advertise_addr}:{SWARM_PORT}"
+        try:
+            worker.swarm.join(**kwargs)
+        except DOCKER_ERRORS as e:
+            # Both daemons answered above; a failure (or a time-out) here means the manager is
+            # out of the worker's reach or the address is not the host's own.
+            raise BackendError(
+                f"swarm join to {remote} failed ({explanation(e)}); check that the host reaches "
+                f"the manager on TCP {SWARM_PORT} and give --advertise-addr an address it holds"
+            ) from e
+        return str(swarm_state(worker).get("NodeID"))

@@ -23,13 +23,14 @@ from typing import Any
 
 import yaml
 
+# The option keys are the SDK backend's: one definition, so a rendered file and the docker backend
+# ask the daemon for the same thing.
+from orchestrator.backends.docker.kwargs import BRIDGE_NAME_OPTION, MTU_OPTION
 from orchestrator.errors import PlanError
 from orchestrator.plan import ClusterPlan, GpuSpec, NodeSpec
 
 COMPOSE_FILE_NAME = "docker-compose.yml"
 COMPOSE_VERSION = "2.4"
-MTU_OPTION = "com.docker.network.driver.mtu"
-BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
 def compose_project(plan: ClusterPlan) -> str:

@@ -1,0 +1,319 @@
+"""The single-host Docker backend: one labelled bridge network, one labelled container per node.
+
+Talks to the daemon through the Docker SDK only. Everything it creates carries the run's labels
+(``io.netorch.run=<run_id>``, ``io.netorch.managed=true``) and is found again *by label*, never by
+name, so teardown cannot touch a user's own containers or networks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from orchestrator.backends.base import LineSink, NodeHandle
+from orchestrator.backends.docker.client import (
+    concurrently,
+    connect_settings,
+    is_local,
+    retry,
+)
+from orchestrator.backends.docker.errors import (
+    DOCKER_ERRORS,
+    TRANSPORT_ERRORS,
+    docker_errors,
+    explanation,
+)
+from orchestrator.backends.docker.kwargs import network_create_kwargs, run_filters
+from orchestrator.backends.docker.nodes import (
+    DockerNode,
+    SetupHook,
+    follow_nodes,
+    start_containers,
+)
+from orchestrator.errors import BackendError, NetworkConflictError, PreflightError
+from orchestrator.plan import BackendName, ClusterPlan
+from orchestrator.settings import Settings
+
+PROC_NET_ROUTE = Path("/proc/net/route")
+SYS_CLASS_NET = Path("/sys/class/net")
+
+
+def host_routes(route_table: Path = PROC_NET_ROUTE) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """``(interface, destination)`` of every IPv4 route in ``route_table`` but the default."""
+    try:
+        lines = route_table.read_text().splitlines()
+    except OSError:
+        return []
+    routes = []
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            # /proc/net/route prints addresses as host-order (little-endian) hex.
+            dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+            mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+            net = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0:
+            continue
+        routes.append((fields[0], net))
+    return routes
+
+
+def free_subnet_hint(
+    taken: Iterable[ipaddress.IPv4Network], prefixlen: int, plan_subnet: str
+) -> str | None:
+    """A private subnet of ``prefixlen`` that overlaps nothing in ``taken`` (for error messages)."""
+    taken = list(taken)
+    wanted = ipaddress.IPv4Network(plan_subnet)
+    for parent in ("172.16.0.0/12", "10.0.0.0/8", "192.168.0.0/16"):
+        space = ipaddress.IPv4Network(parent)
+        if prefixlen < space.prefixlen:
+            continue
+        for i, cand in enumerate(space.subnets(new_prefix=prefixlen)):
+            if i > 4096:
+                break
+            if cand != wanted and not any(cand.overlaps(t) for t in taken):
+                return str(cand)
+    return None
+
+
+class DockerBackend:
+    """Applies a plan as one labelled bridge network plus one labelled container per node.
+
+    ``after_start`` runs in the set-up phase of a gated plan (``plan.runtime.start_gate``): every
+    container is up, link emulation is in place, the workload has not started. The sweep probes
+    path MTU and TCP line rate there.
+    """
+
+    name: BackendName = "docker"
+
+    def __init__(
+        self, client: Any, route_table: Path = PROC_NET_ROUTE,
+        after_start: SetupHook | None = None,
+    ) -> None:
+        self.client = client
+        self.route_table = route_table
+        self.after_start = after_start
+        self._nodes: list[DockerNode] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DockerBackend:
+        """Connect to the configured daemon; DaemonUnavailableError with the fix if none answers."""
+        return cls(connect_settings(settings))
+
+    # -- preflight -------------------------------------------------------------------------
+
+    def preflight(self, plan: ClusterPlan) -> None:
+        """Every check that can fail before anything exists: daemon, image, GPUs, clashes."""
+        with docker_errors("checking the Docker daemon", plan):
+            self.client.ping()
+            info = self.client.info()
+            self.client.images.get(plan.runtime.image)
+        self._check_gpus(plan, info)
+        with docker_errors("listing networks and containers", plan):
+            networks = self.client.api.networks()
+            containers = self.client.api.containers(all=True)
+        self._check_network(plan, networks)
+        self._check_names(plan, containers)
+
+    def _check_gpus(self, plan: ClusterPlan, info: dict[str, Any]) -> None:
+        gpu_nodes = [n for n in plan.nodes if n.gpus is not None]
+        if not gpu_nodes:
+            return
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        drivers = {n.gpus.driver for n in gpu_nodes if n.gpus is not None}
+        if "nvidia" in drivers and "nvidia" not in runtimes:
+            raise PreflightError(
+                f"the plan reserves GPUs on {len(gpu_nodes)} node(s) but the Docker daemon has no "
+                f"nvidia runtime (runtimes: {', '.join(runtimes) or 'none'}); install the NVIDIA "
+                "Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker` then "
+                "restart dockerd, or set gpu.per_node = 0 for a CPU run"
+            )
+
+    def _check_network(self, plan: ClusterPlan, networks: list[dict[str, Any]]) -> None:
+        net = plan.network
+        wanted = ipaddress.IPv4Network(net.subnet)
+        taken: list[ipaddress.IPv4Network] = []
+        clash: tuple[str, ipaddress.IPv4Network] | None = None
+        for other in networks:
+            if other.get("Name") == net.name:
+                raise NetworkConflictError(
+                    f"network name {net.name!r} is already taken (id {str(other.get('Id'))[:12]}); "
+                    "remove it (`netorch down --run <id>` if netorch made it) or set network.name"
+                )
+            for cfg in (other.get("IPAM") or {}).get("Config") or []:
+                try:
+                    sub = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False)
+                except ValueError:
+                    continue
+                if not isinstance(sub, ipaddress.IPv4Network):
+                    continue
+                taken.append(sub)
+                if clash is None and sub.overlaps(wanted):
+                    clash = (str(other.get("Name")), sub)
+        routes = host_routes(self.route_table) if is_local(self.client) else []
+        taken.extend(r for _, r in routes)
+        if clash is not None:
+            hint = free_subnet_hint(taken, wanted.prefixlen, net.subnet)
+            raise NetworkConflictError(
+                f"subnet {net.subnet} overlaps Docker network {clash[0]!r} ({clash[1]}); "
+                + (f"use a free subnet, e.g. --subnet {hint}" if hint else "choose a free subnet")
+            )
+        for iface, route in routes:
+            if route.overlaps(wanted):
+                hint = free_subnet_hint(taken, wanted.prefixlen, net.subnet)
+                raise NetworkConflictError(
+                    f"subnet {net.subnet} overlaps the host route {route} on {iface}; containers "
+                    "could not reach those hosts and the bridge would shadow them; "
+                    + (f"use a free subnet, e.g. --subnet {hint}" if hint else "choose a free subnet")
+                )
+        if net.bridge_name and is_local(self.client) and (SYS_CLASS_NET / net.bridge_name).exists():
+            raise NetworkConflictError(
+                f"network.bridge_name {net.bridge_name!r} is already a host interface; pick another "
+                "name or leave it unset"
+            )
+
+    def _check_names(self, plan: ClusterPlan, containers: list[dict[str, Any]]) -> None:
+        existing = {name.lstrip("/") for c in containers for name in c.get("Names") or []}
+        taken = [n.name for n in plan.nodes if n.name in existing]
+        if taken:
+            raise NetworkConflictError(
+                f"container name(s) already taken: {', '.join(taken)}; remove them "
+                "(`netorch down --run <id>` if netorch made them) or change cluster.name"
+            )
+
+    # -- up --------------------------------------------------------------------------------
+
+    def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
+        """Create the network, create every container concurrently, then start them."""
+        with docker_errors(f"creating network {plan.network.name}", plan):
+            network = self.client.networks.create(**network_create_kwargs(plan))
+        containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name)
+        nodes = follow_nodes(plan, containers, sink, self.after_start)
+        self._nodes.extend(nodes)
+        return list(nodes)
+
+    # -- stop / down -----------------------------------------------------------------------
+
+    def _list_containers(self, run_id: str, running_only: bool = False) -> list[Any]:
+        filters: dict[str, Any] = run_filters(run_id)
+        if running_only:
+            filters["status"] = "running"
+        # ignore_removed: list() inspects each hit, and a concurrent down may remove one meanwhile.
+        return list(self.client.containers.list(
+            all=not running_only, filters=filters, ignore_removed=True
+        ))
+
+    def stop(self, plan: ClusterPlan, grace_s: float) -> None:
+        """SIGTERM every running container of the run, SIGKILL after ``grace_s``, concurrently.
+
+        Errors are not raised: stop runs on the failure path, and down() force-removes anyway.
+        """
+        try:
+            running = self._list_containers(plan.run_id, running_only=True)
+        except DOCKER_ERRORS:
+            return
+        timeout = max(0, int(grace_s + 0.999))
+
+        def stop_one(container: Any) -> None:
+            try:
+                container.stop(timeout=timeout)
+            except DOCKER_ERRORS:
+                pass  # already gone, or stopping anyway
+
+        concurrently(stop_one, running)
+
+    def down(self, plan: ClusterPlan) -> None:
+        """Force-remove the run's containers, then its network, found by label. Idempotent."""
+        try:
+            remove_by_label(self.client, plan.run_id)
+        finally:
+            # Removal ends every log stream and wait; give the threads a moment to notice.
+            deadline = time.monotonic() + 2.0
+            for dn in self._nodes:
+                dn.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._nodes = []  # a gang restart brings the same plan up again on this backend
+
+    # -- inspection helpers (tests, doctor) ------------------------------------------------
+
+    def inspect(self, plan: ClusterPlan) -> dict[str, Any]:
+        """The daemon's view of the run: network attrs and each container's attrs, by node name."""
+        nets = self.client.networks.list(filters=run_filters(plan.run_id))
+        return {
+            "network": nets[0].attrs if nets else None,
+            "containers": {c.name: c.attrs for c in self._list_containers(plan.run_id)},
+        }
+
+
+def _still_attached(e: BaseException) -> bool:
+    """Network removal races the endpoint detach of just-removed containers; that is transient."""
+    if isinstance(e, docker.errors.NotFound):
+        return False
+    if isinstance(e, docker.errors.APIError):
+        low = explanation(e).lower()
+        return "active endpoints" in low or "in progress" in low or e.status_code in (409, 500)
+    return isinstance(e, TRANSPORT_ERRORS)
+
+
+def _remove_container(container: Any) -> None:
+    try:
+        retry(
+            lambda: container.remove(force=True, v=True),
+            retry_on=lambda e: isinstance(e, docker.errors.APIError)
+            and not isinstance(e, docker.errors.NotFound)
+            and "in progress" in explanation(e).lower(),
+            seconds=10,
+        )
+    except docker.errors.NotFound:
+        pass  # removed meanwhile: that is the goal
+
+
+def remove_by_label(
+    client: Any, run_id: str | None, with_networks: bool = True
+) -> list[str]:
+    """Force-remove netorch's containers, then networks, of one run (``None``: of every run).
+
+    Only resources labelled ``io.netorch.managed=true`` (and the run id) are touched. Returns
+    ``"container NAME"`` / ``"network NAME"`` for each thing removed; raises BackendError naming
+    what could not be removed. ``with_networks=False`` leaves networks alone (a swarm worker, whose
+    overlay only the manager may remove).
+    """
+    filters = run_filters(run_id)
+    what = f"run {run_id}" if run_id else "every netorch run"
+    with docker_errors(f"listing containers of {what}"):
+        # ignore_removed: list() inspects each hit, and a concurrent down may remove one meanwhile.
+        containers = list(client.containers.list(all=True, filters=filters, ignore_removed=True))
+    failures = concurrently(_remove_container, containers)
+    removed = [f"container {c.name}" for c in containers if c not in {f[0] for f in failures}]
+    with docker_errors(f"listing networks of {what}"):
+        networks = list(client.networks.list(filters=filters)) if with_networks else []
+    net_failures: list[tuple[Any, BaseException]] = []
+    for net in networks:
+        try:
+            retry(net.remove, retry_on=_still_attached, seconds=10)
+            removed.append(f"network {net.name}")
+        except docker.errors.NotFound:
+            removed.append(f"network {net.name}")
+        except DOCKER_ERRORS as e:
+            net_failures.append((net, e))
+    if failures or net_failures:
+        left = [f"container {c.name}: {explanation(e)}" for c, e in failures]
+        left += [f"network {n.name}: {explanation(e)}" for n, e in net_failures]
+        raise BackendError(
+            f"could not remove everything of {what}: " + "; ".join(left)
+            + f"; retry with `netorch down {'--run ' + run_id if run_id else '--all'}`"
+        )
+    return removed
+
+
+def down_all(client: Any, run_id: str | None) -> list[str]:
+    """``netorch down``: remove netorch-managed resources of ``run_id``, or of every run (None)."""
+    return remove_by_label(client, run_id)

@@ -1,0 +1,147 @@
+"""Plan -> Docker SDK arguments: pure functions, checked field by field without a daemon.
+
+``network_create_kwargs`` and ``container_create_kwargs`` are the whole contract between a plan
+and ``client.networks.create`` / ``client.containers.create``; the compose renderer shares the
+option keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import docker.types
+
+from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, ClusterPlan, GpuSpec, NodeSpec, RuntimeSpec
+
+MTU_OPTION = "com.docker.network.driver.mtu"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+# The start gate (plan.runtime.start_gate): the container's command waits for this file, which
+# the backend creates (docker exec) once its set-up phase -- tc, probes -- has run in every node.
+GATE_FILE = "/tmp/.netorch-go"
+# A gate nobody opens (the host side died) must not leave a container waiting forever.
+GATE_TIMEOUT_S = 900
+
+
+def gate_command(runtime: RuntimeSpec, command: tuple[str, ...]) -> list[str]:
+    """``command`` behind the start gate: wait for :data:`GATE_FILE`, then exec it.
+
+    Capabilities in ``runtime.cap_add`` (NET_ADMIN for tc) stay in the *container's* bounding set
+    for its whole life -- Docker has no way to grant them to ``docker exec`` alone (a privileged
+    exec fails with "unable to apply caps" on engine 20.10) -- so the gate removes them from the
+    workload's bounding set with setpriv: torchrun and every rank run without them, while the
+    set-up execs (which get the container's set) still have them.
+    """
+    drop = ",".join(f"-{cap.lower()}" for cap in runtime.cap_add)
+    limit = GATE_TIMEOUT_S * 10
+    script = (
+        f'i=0; while [ ! -e {GATE_FILE} ]; do i=$((i+1)); '
+        f'if [ "$i" -gt {limit} ]; then echo "netorch: the start gate never opened" >&2; '
+        'exit 125; fi; sleep 0.1; done; '
+    )
+    if drop:
+        script += (
+            f'if command -v setpriv >/dev/null; then exec setpriv --bounding-set {drop} '
+            f'--inh-caps {drop} -- "$@"; fi; '
+            'echo "netorch: setpriv is missing: the workload keeps ' + drop.replace("-", "")
+            + '" >&2; '
+        )
+    script += 'exec "$@"'
+    return ["sh", "-c", script, "netorch-gate", *command]
+
+
+def run_filters(run_id: str | None) -> dict[str, list[str]]:
+    """SDK list filters selecting netorch's own resources (of one run, or of every run)."""
+    labels = [f"{LABEL_MANAGED}=true"]
+    if run_id is not None:
+        labels.append(f"{LABEL_RUN}={run_id}")
+    return {"label": labels}
+
+
+def network_create_kwargs(plan: ClusterPlan) -> dict[str, Any]:
+    """Keyword arguments of ``client.networks.create`` for the plan's network."""
+    net = plan.network
+    options: dict[str, str] = {}
+    if net.mtu is not None:
+        options[MTU_OPTION] = str(net.mtu)
+    if net.bridge_name:
+        options[BRIDGE_NAME_OPTION] = net.bridge_name
+    pool = docker.types.IPAMPool(subnet=net.subnet, gateway=net.gateway, iprange=net.ip_range)
+    extra: dict[str, Any] = {}
+    if net.driver == "overlay":
+        # Attachable: standalone containers (fixed IPs, GPUs) may join, which services cannot.
+        extra["attachable"] = True
+    return {
+        **extra,
+        "name": net.name,
+        "driver": net.driver,
+        "ipam": docker.types.IPAMConfig(driver="default", pool_configs=[pool]),
+        "options": options,
+        "internal": net.internal,
+        "labels": dict(net.labels),
+        # Without it engine 20.10 lets two networks share a name, and a later start fails with
+        # "network ... not found".
+        "check_duplicate": True,
+    }
+
+
+def device_requests(gpus: GpuSpec | None) -> list[docker.types.DeviceRequest]:
+    """The ``--gpus`` equivalent of a node's reservation (empty for a CPU node)."""
+    if gpus is None:
+        return []
+    request: dict[str, Any] = {
+        "driver": gpus.driver,
+        # One capability set, all of whose entries must hold (docker's AND semantics).
+        "capabilities": [list(gpus.capabilities)],
+    }
+    if gpus.device_ids:
+        request["device_ids"] = list(gpus.device_ids)
+    else:
+        request["count"] = gpus.count
+    return [docker.types.DeviceRequest(**request)]
+
+
+def container_create_kwargs(
+    plan: ClusterPlan, node: NodeSpec, network_id: str, api_version: str
+) -> dict[str, Any]:
+    """Keyword arguments of ``client.containers.create`` for one node.
+
+    ``network_id`` is both the ``network=`` value and the ``networking_config`` key: the SDK
+    silently drops the fixed IP when the two differ.
+    """
+    rt = plan.runtime
+    endpoint = docker.types.EndpointConfig(
+        api_version, aliases=list(node.aliases), ipv4_address=node.ip
+    )
+    command = gate_command(rt, node.command) if rt.start_gate else list(node.command)
+    kwargs: dict[str, Any] = {
+        "image": rt.image,
+        "command": command,
+        "name": node.name,
+        "hostname": node.hostname,
+        "environment": node.env_dict,
+        "labels": node.labels_dict,
+        # tini as PID 1 forwards SIGTERM; a PID-1 python ignores it and every stop takes the grace.
+        "init": rt.init,
+        "shm_size": rt.shm_size,
+        "network": network_id,
+        "networking_config": {network_id: endpoint},
+        "stop_signal": "SIGTERM",
+        "detach": True,
+    }
+    if rt.ipc_mode:
+        kwargs["ipc_mode"] = rt.ipc_mode
+    if rt.cap_add:
+        kwargs["cap_add"] = list(rt.cap_add)
+    if rt.memlock is not None:
+        # Only when asked: the daemon's hard cap may be low (8 MiB here), and -1 then fails at start.
+        kwargs["ulimits"] = [docker.types.Ulimit(name="memlock", soft=rt.memlock, hard=rt.memlock)]
+    if node.mounts:
+        # Checkpoints must outlive the container: a host directory, bound where train/ writes.
+        kwargs["volumes"] = {
+            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in node.mounts
+        }
+    requests_ = device_requests(node.gpus)
+    if requests_:
+        kwargs["device_requests"] = requests_
+    return kwargs
