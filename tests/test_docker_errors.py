@@ -28,17 +28,10 @@ from orchestrator.errors import (
 from orchestrator.plan import ClusterPlan, build_plan
 from orchestrator.settings import load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-e220"
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_") or key.startswith("DOCKER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make_plan() -> ClusterPlan:

@@ -37,18 +37,11 @@ from orchestrator.errors import (
 from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, ClusterPlan, GpuSpec, build_plan
 from orchestrator.settings import load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-beef"
 API = "1.41"
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make_plan(**overrides: Any) -> ClusterPlan:

@@ -17,19 +17,12 @@ from orchestrator.plan import HostSpec, build_plan
 from orchestrator.report import build_report
 from orchestrator.settings import Settings, load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-abcd"
 TWO = [{"name": "a", "url": "unix:///var/run/docker.sock"},
        {"name": "b", "url": "tcp://10.0.0.2:2376", "tls_cert": "c.pem", "tls_key": "k.pem"}]
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make(**overrides: Any) -> Settings:

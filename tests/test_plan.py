@@ -21,18 +21,11 @@ from orchestrator.plan import (
 )
 from orchestrator.settings import Settings, load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-abcd"
 DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make(**overrides: Any) -> Settings:

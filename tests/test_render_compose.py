@@ -33,19 +33,13 @@ from train.results import decode_result_lines
 
 from docker_fixtures import require_docker
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "compose" / COMPOSE_FILE_NAME
 EXAMPLE_RUN_ID = "example"
 RUN = "20261128-120000-abcd"
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # No NETORCH_* from the caller's shell, and no configs/default.toml from the cwd.
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make_plan(run_id: str = RUN, **overrides: Any) -> ClusterPlan:

@@ -38,19 +38,14 @@ from orchestrator.render.k8s import (
 )
 from orchestrator.settings import load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-abcd"
 JOB = f"netorch-{RUN}"
 # The validator's default Kubernetes version (its newest bundled schemas), as its CLI uses.
 K8S_VERSION = latest_version()
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def make_plan(run_id: str = RUN, **overrides: Any) -> ClusterPlan:

@@ -14,12 +14,10 @@ from orchestrator.plan import build_plan
 from orchestrator.report import avg_busbw, build_report, format_size, results_table, write_report
 from orchestrator.settings import load_settings
 
+pytestmark = pytest.mark.usefixtures("isolated")
+
 RUN = "20261128-120000-abcd"
 
-
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
 
 
 def row(size: int, in_place: bool, busbw: float = 1.0, wrong: int | None = 0) -> dict[str, Any]:

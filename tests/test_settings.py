@@ -10,15 +10,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.settings import load_settings, overrides_from_pairs, parse_set_option, parse_size
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # No NETORCH_* from the caller's shell, and no configs/default.toml from the cwd.
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -30,14 +30,7 @@ from train.results import decode_progress, encode_progress
 RUN = "20261128-000000-beef"
 
 
-@pytest.fixture(autouse=True)
-def _no_netorch_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("NETORCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no configs/default.toml; output resolves under tmp
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def test_train_plan_process(tmp_path: Path) -> None:

@@ -137,10 +137,15 @@ def container_create_kwargs(
         # Only when asked: the daemon's hard cap may be low (8 MiB here), and -1 then fails at start.
         kwargs["ulimits"] = [docker.types.Ulimit(name="memlock", soft=rt.memlock, hard=rt.memlock)]
     if node.mounts:
-        # Checkpoints must outlive the container: a host directory, bound where train/ writes.
-        kwargs["volumes"] = {
-            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in node.mounts
-        }
+        # Mount objects, not the ``volumes`` dict: that one is keyed by source, so one host
+        # directory could not appear at two targets, and it cannot say bind vs named volume.
+        kwargs["mounts"] = [
+            docker.types.Mount(target=m.target, source=m.source, type=m.kind,
+                               read_only=m.read_only)
+            for m in node.mounts
+        ]
+    if plan.workdir is not None:
+        kwargs["working_dir"] = plan.workdir
     requests_ = device_requests(node.gpus)
     if requests_:
         kwargs["device_requests"] = requests_
