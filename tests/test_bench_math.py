@@ -17,26 +17,25 @@ from train import bench
 from train.bench import (
     DTYPES,
     EXACT_INT_LIMIT,
-    OPS,
+    IMPLS,
     BufferShape,
     buffer_shape,
-    bus_factor,
     check_is_exact,
     expected_bound,
     expected_output,
     fill_kind,
     fill_values,
+    op_impl,
     parse_config,
-    parse_size,
     sentinel_value,
-    size_sweep,
     variants,
 )
+from train.contract import OP_NAMES, OPS, REDUCE_OP_NAMES, op_spec
 from train.env import default_route_ifname, interface_ipv4, interface_mtu, rank_info, resolve_ifname
 from train.results import RESULT_MARKER, decode_result_lines, encode_result
 
 REPO = Path(__file__).resolve().parents[1]
-REDUCE_OPS = ("sum", "prod", "max", "min")
+REDUCE_OPS = REDUCE_OP_NAMES
 
 
 # --------------------------------------------------------------------------- busbw, sizes
@@ -57,55 +56,33 @@ REDUCE_OPS = ("sum", "prod", "max", "min")
         ("all_gather", 1, 0.0),
         ("reduce_scatter", 1, 0.0),
         ("all_to_all", 1, 0.0),
+        ("reduce", 1, 1.0),
+        ("reduce", 8, 1.0),
+        ("sendrecv", 2, 1.0),
+        ("sendrecv", 7, 1.0),
     ],
 )
 def test_bus_factor_matches_nccl_tests(op: str, n: int, factor: float) -> None:
-    assert bus_factor(op, n) == factor
+    assert op_spec(op).bus_factor(n) == factor
 
 
 def test_bus_factor_rejects_unknown_op_and_empty_world() -> None:
     with pytest.raises(ValueError):
-        bus_factor("reduce", 2)
+        op_spec("allreduce")
     with pytest.raises(ValueError):
-        bus_factor("all_reduce", 0)
+        op_spec("all_reduce").bus_factor(0)
+
+
+def test_every_registered_op_has_one_implementation_and_back() -> None:
+    assert list(IMPLS) == list(OP_NAMES)
+    for name, impl in IMPLS.items():
+        assert impl.name == name and impl.spec is OPS[name]
+    with pytest.raises(ValueError, match="sendrecv"):
+        op_impl("send_recv")
 
 
 def test_algbw_is_bytes_per_second_over_1e9() -> None:
     assert bench.algbw_gbps(2_000_000_000, 2.0) == 1.0
-
-
-@pytest.mark.parametrize(
-    ("lo", "hi", "f", "expected"),
-    [
-        (8, 8, 2, [8]),
-        (4096, 262144, 4, [4096, 16384, 65536, 262144]),
-        (1000, 9999, 3, [1000, 3000, 9000]),
-        (1 << 20, (1 << 20) * 5, 2, [1 << 20, 2 << 20, 4 << 20]),
-    ],
-)
-def test_size_sweep(lo: int, hi: int, f: int, expected: list[int]) -> None:
-    assert size_sweep(lo, hi, f) == expected
-
-
-@pytest.mark.parametrize(("lo", "hi", "f"), [(0, 8, 2), (16, 8, 2), (8, 64, 1)])
-def test_size_sweep_rejects_bad_ranges(lo: int, hi: int, f: int) -> None:
-    with pytest.raises(ValueError):
-        size_sweep(lo, hi, f)
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [("4096", 4096), ("4K", 4096), ("4k", 4096), ("4KiB", 4096), ("64M", 64 << 20), ("1G", 1 << 30),
-     (" 8 ", 8)],
-)
-def test_parse_size(text: str, value: int) -> None:
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "-1", "4X", "1.5M", "M"])
-def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_size(text)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +94,8 @@ def test_parse_size_rejects(text: str) -> None:
         ("reduce_scatter", 4096, 2, 3, 2046, 682),
         ("all_to_all", 4096, 4, 4, 1024, 256),
         ("all_gather", 4, 4, 2, 0, 0),
+        ("reduce", 4098, 4, 3, 1024, 1024),
+        ("sendrecv", 4098, 2, 3, 2049, 2049),
     ],
 )
 def test_buffer_shape_rounds_like_nccl_tests(
@@ -133,6 +112,10 @@ def test_variants_per_in_place_mode() -> None:
     assert variants("broadcast", "off") == ()
     assert variants("all_to_all", "both") == (False,)
     assert variants("all_to_all", "on") == ()
+    assert variants("reduce", "both") == (True,)
+    assert variants("reduce", "off") == ()
+    assert variants("sendrecv", "both") == (False,)
+    assert variants("sendrecv", "on") == ()
 
 
 # --------------------------------------------------------------------------- result channel
@@ -215,7 +198,7 @@ def _simulate(op: str, reduce_op: str, rank: int, n: int, shape: BufferShape, dt
     if reverse:
         ins = ins[::-1]
     c = shape.chunk
-    if op == "all_reduce":
+    if op in ("all_reduce", "reduce"):  # reduce: what the root holds
         return _reduce_in_dtype(ins, reduce_op)
     if op == "reduce_scatter":
         return _reduce_in_dtype([t[rank * c:(rank + 1) * c] for t in ins], reduce_op)
@@ -224,16 +207,19 @@ def _simulate(op: str, reduce_op: str, rank: int, n: int, shape: BufferShape, dt
         return torch.cat(order)
     if op == "all_to_all":
         return torch.cat([t[rank * c:(rank + 1) * c] for t in order])
+    if op == "sendrecv":
+        return order[(rank - 1) % n]  # received from the previous rank of the ring
+    assert op == "broadcast"
     return order[0]  # broadcast from root 0
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", OP_NAMES)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 8, 64])
 def test_expected_equals_in_dtype_simulation_exactly(dtype_name: str, op: str, n: int) -> None:
     dtype = DTYPES[dtype_name]
     shape = buffer_shape(op, 12 * n * dtype.itemsize, dtype.itemsize, n)
-    reduce_ops = REDUCE_OPS if op in ("all_reduce", "reduce_scatter") else ("sum",)
+    reduce_ops = REDUCE_OPS if op_spec(op).reducing else ("sum",)
     for reduce_op in reduce_ops:
         assert check_is_exact(op, dtype_name, reduce_op, n)
         for rank in sorted({0, n - 1, n // 2}):
@@ -242,6 +228,53 @@ def test_expected_equals_in_dtype_simulation_exactly(dtype_name: str, op: str, n
                 got = _simulate(op, reduce_op, rank, n, shape, dtype, reverse)
                 assert torch.equal(got, expected), (op, dtype_name, reduce_op, n, rank)
             assert not (expected == sentinel_value(dtype_name)).any()
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_reduce_and_sendrecv_expected_exact_for_every_world_size(dtype_name: str) -> None:
+    """reduce (every reduction; the root's output) and sendrecv (every rank), n = 1..64."""
+    dtype = DTYPES[dtype_name]
+    for n in range(1, 65):
+        for op, reduce_ops, ranks in (
+            ("reduce", REDUCE_OPS, [OPS["reduce"].root]),
+            ("sendrecv", ("sum",), sorted({0, 1 % n, n // 2, n - 1})),
+        ):
+            shape = buffer_shape(op, 24 * dtype.itemsize, dtype.itemsize, n)
+            for reduce_op in reduce_ops:
+                if not check_is_exact(op, dtype_name, reduce_op, n):
+                    continue  # the run reports wrong = null here, rather than miscount
+                for rank in ranks:
+                    assert rank is not None
+                    expected = expected_output(op, reduce_op, rank, n, shape).to(dtype)
+                    assert not (expected == sentinel_value(dtype_name)).any()
+                    for reverse in (False, True):
+                        got = _simulate(op, reduce_op, rank, n, shape, dtype, reverse)
+                        assert torch.equal(got, expected), (op, dtype_name, reduce_op, n, rank)
+    # Every dtype is exact for both ops up to 64 ranks (int8 sums reach 64 <= 127).
+    assert all(check_is_exact(op, dtype_name, r, 64) for op in ("reduce", "sendrecv")
+               for r in REDUCE_OPS)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7])
+def test_reduce_and_sendrecv_checks_catch_faults(n: int) -> None:
+    shape = buffer_shape("sendrecv", 500 * 4, 4, n)
+    want = [expected_output("sendrecv", "sum", r, n, shape) for r in range(n)]
+    own = [_inputs("sendrecv", "sum", r, n, shape).to(torch.float64) for r in range(n)]
+    for r in range(n):
+        assert not torch.equal(want[r], own[r])  # nothing received: the rank keeps its own data
+        if n > 2:  # the ring run backwards: received from rank+1 instead of rank-1
+            assert not torch.equal(want[r], own[(r + 1) % n])
+    for reduce_op in REDUCE_OPS:
+        root_want = expected_output("reduce", reduce_op, 0, n, shape)
+        ins = [_inputs("reduce", reduce_op, r, n, shape) for r in range(n)]
+        assert not torch.equal(root_want, ins[0].to(torch.float64)), reduce_op  # no reduction
+        left_out = _reduce_in_dtype(ins[:-1], reduce_op).to(torch.float64)
+        assert not torch.equal(root_want, left_out), reduce_op  # the last rank left out
+    # Only the root's output is specified after a reduce; every rank fills its input.
+    impl = op_impl("reduce")
+    assert [impl.checks_output(r) for r in range(n)] == [r == 0 for r in range(n)]
+    assert all(impl.fills_input(r) for r in range(n))
+    assert all(op_impl("sendrecv").checks_output(r) for r in range(n))
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 6, 9])
@@ -277,7 +310,7 @@ def test_check_catches_typical_faults(n: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 64), op=st.sampled_from(OPS), reduce_op=st.sampled_from(REDUCE_OPS))
+@given(n=st.integers(1, 64), op=st.sampled_from(OP_NAMES), reduce_op=st.sampled_from(REDUCE_OPS))
 def test_expected_bound_is_the_true_maximum(n: int, op: str, reduce_op: str) -> None:
     shape = buffer_shape(op, 4 * n * 200, 4, n)
     peak = max(
@@ -312,7 +345,7 @@ def test_parse_config_reads_every_flag() -> None:
     assert (cfg.warmup, cfg.iters, cfg.check, cfg.in_place) == (0, 3, False, "off")
     assert cfg.dtypes == ("float32", "bfloat16")
     assert (cfg.dist_backend, cfg.reduce_op, cfg.timeout_s, cfg.run_id) == ("gloo", "max", 30, "abc")
-    assert parse_config(["--ops", "all"]).ops == OPS
+    assert parse_config(["--ops", "all"]).ops == OP_NAMES
 
 
 @pytest.mark.parametrize(
@@ -411,7 +444,7 @@ def test_rank_info_from_torchrun_env() -> None:
 # --------------------------------------------------------------------------- buffers and blocks
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", OP_NAMES)
 def test_expected_output_in_blocks_equals_whole(op: str) -> None:
     for n in (1, 3, 4):
         shape = buffer_shape(op, 4 * n * 1000, 4, n)
@@ -422,7 +455,7 @@ def test_expected_output_in_blocks_equals_whole(op: str) -> None:
             assert torch.equal(whole, torch.cat(parts)), (op, n, rank)
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", OP_NAMES)
 def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "CHECK_BLOCK_ELEMS", 7)  # exercise the block-wise fill
     n, rank = 4, 1
@@ -433,6 +466,7 @@ def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatc
         kind = fill_kind(op, "sum")
         want_in = fill_values(kind, rank, n, torch.arange(case.input.numel())).to(torch.bfloat16)
         if op == "broadcast":  # rank 1 is not the root: its buffer only receives
+            assert not op_impl(op).fills_input(rank)
             want_in = torch.full_like(want_in, sentinel_value("bfloat16"))
         assert torch.equal(case.input, want_in)
         assert case.output.numel() == (shape.chunk if op == "reduce_scatter" else shape.count)
@@ -444,6 +478,6 @@ def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatc
             )
         else:
             assert (case.output == sentinel_value("bfloat16")).all()
-    for missing in {False, True} - set(bench.OP_FORMS[op]):
+    for missing in {False, True} - set(op_spec(op).forms):
         with pytest.raises(ValueError):
             bench.Case(op, "float32", shape, missing, "sum", comm)

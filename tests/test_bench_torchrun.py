@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from train.bench import OPS, buffer_shape, bus_factor, size_sweep, variants
+from train.bench import buffer_shape, variants
+from train.contract import OP_NAMES, OPS, size_sweep
 from train.results import RESULT_MARKER, decode_result_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,21 +63,21 @@ def _assert_sweep(doc: dict[str, Any], n: int, ops: tuple[str, ...], dtypes: lis
         assert r["wrong"] == 0, r
         t = r["time_us"]
         assert 0 < t["min"] <= t["avg"] <= t["max"], r
-        assert r["busbw_gbps"] == r["algbw_gbps"] * bus_factor(r["op"], n), r
+        assert r["busbw_gbps"] == r["algbw_gbps"] * OPS[r["op"]].bus_factor(n), r
         assert r["algbw_gbps"] == pytest.approx(r["size_bytes"] / (t["avg"] * 1e-6) / 1e9, rel=1e-9)
-        assert r["redop"] == ("sum" if r["op"] in ("all_reduce", "reduce_scatter") else None)
+        assert r["redop"] == ("sum" if OPS[r["op"]].reducing else None)
     assert doc["wrong_total"] == 0
 
 
 @pytest.mark.slow
 def test_two_ranks_all_ops_float32_checked() -> None:
-    proc, doc = _run(2, ["--ops", ",".join(OPS), "--min-bytes", "4096", "--max-bytes", "262144",
+    proc, doc = _run(2, ["--ops", ",".join(OP_NAMES), "--min-bytes", "4096", "--max-bytes", "262144",
                          "--step-factor", "4", "--warmup", "1", "--iters", "3", "--dtype",
                          "float32", "--check", "1", "--in-place", "both", "--dist-backend", "gloo",
                          "--run-id", "it-2"])
-    assert doc["run_id"] == "it-2" and doc["skipped"] == []  # gloo runs all five ops on float32
-    _assert_sweep(doc, 2, OPS, ["float32"], size_sweep(4096, 262144, 4))
-    assert doc["settings"]["ops"] == list(OPS) and doc["settings"]["check"] is True
+    assert doc["run_id"] == "it-2" and doc["skipped"] == []  # gloo runs every op on float32
+    _assert_sweep(doc, 2, OP_NAMES, ["float32"], size_sweep(4096, 262144, 4))
+    assert doc["settings"]["ops"] == list(OP_NAMES) and doc["settings"]["check"] is True
     assert "# Out of bounds values : 0 OK" in proc.stdout
     assert "#  Rank  1 Group  0" in proc.stdout
     assert proc.stdout.index("# Avg bus bandwidth") < proc.stdout.index(RESULT_MARKER)
@@ -86,14 +87,14 @@ def test_two_ranks_all_ops_float32_checked() -> None:
 def test_four_ranks_all_ops_checked() -> None:
     _, doc = _run(4, ["--ops", "all", "--min-bytes", "4K", "--max-bytes", "64K", "--step-factor",
                       "4", "--warmup", "1", "--iters", "2", "--dtype", "float32", "--check", "1"])
-    _assert_sweep(doc, 4, OPS, ["float32"], size_sweep(4096, 65536, 4))
+    _assert_sweep(doc, 4, OP_NAMES, ["float32"], size_sweep(4096, 65536, 4))
 
 
 @pytest.mark.slow
 def test_three_ranks_round_sizes_down_to_world_multiples() -> None:
     _, doc = _run(3, ["--ops", "all", "--min-bytes", "4K", "--max-bytes", "16K", "--step-factor",
                       "4", "--warmup", "0", "--iters", "2", "--dtype", "float32", "--check", "1"])
-    _assert_sweep(doc, 3, OPS, ["float32"], [4096, 16384])
+    _assert_sweep(doc, 3, OP_NAMES, ["float32"], [4096, 16384])
     gather = [r for r in doc["results"] if r["op"] == "all_gather" and r["size_bytes"] < 4096]
     assert gather and all(r["count"] == 1023 for r in gather)
 
@@ -104,7 +105,7 @@ def test_every_dtype_every_op_checked_or_skipped_with_reason() -> None:
     _, doc = _run(2, ["--ops", "all", "--min-bytes", "64K", "--max-bytes", "64K", "--warmup", "0",
                       "--iters", "1", "--dtype", ",".join(dtypes), "--check", "1"])
     assert all(s["reason"] for s in doc["skipped"])
-    _assert_sweep(doc, 2, OPS, dtypes, [65536])
+    _assert_sweep(doc, 2, OP_NAMES, dtypes, [65536])
 
 
 @pytest.mark.slow
@@ -120,10 +121,52 @@ def test_other_reductions_checked(reduce_op: str) -> None:
 def test_out_of_place_only_lists_ops_without_that_form_as_skipped() -> None:
     _, doc = _run(2, ["--ops", "all", "--min-bytes", "8K", "--max-bytes", "8K", "--warmup", "0",
                       "--iters", "1", "--in-place", "off", "--check", "0"])
-    assert {s["op"] for s in doc["skipped"]} == {"all_reduce", "broadcast"}
+    in_place_only = {"all_reduce", "broadcast", "reduce"}
+    assert {op for op, spec in OPS.items() if False not in spec.forms} == in_place_only
+    assert {s["op"] for s in doc["skipped"]} == in_place_only
     assert all(r["in_place"] is False and r["wrong"] is None for r in doc["results"])
-    assert {r["op"] for r in doc["results"]} == {"all_gather", "reduce_scatter", "all_to_all"}
+    assert {r["op"] for r in doc["results"]} == set(OP_NAMES) - in_place_only
     assert doc["wrong_total"] is None
+
+
+@pytest.mark.slow
+def test_three_ranks_reduce_and_sendrecv_checked() -> None:
+    """The ops added through the registry: exact on 3 ranks, busbw == algbw, nccl-tests columns."""
+    ops = ("reduce", "sendrecv")
+    dtypes = ["float32", "int8", "bfloat16"]
+    proc, doc = _run(3, ["--ops", ",".join(ops), "--min-bytes", "4K", "--max-bytes", "1M",
+                         "--step-factor", "16", "--warmup", "1", "--iters", "2", "--dtype",
+                         ",".join(dtypes), "--dist-backend", "gloo"])
+    assert doc["skipped"] == []
+    _assert_sweep(doc, 3, ops, dtypes, size_sweep(4096, 1 << 20, 16))
+    rows = doc["results"]
+    assert {r["op"] for r in rows} == set(ops)
+    assert all(r["busbw_gbps"] == r["algbw_gbps"] and r["wrong"] == 0 for r in rows)
+    assert all(r["in_place"] is (r["op"] == "reduce") for r in rows)  # reduce in-place only
+    table = [t for t in (line.split() for line in proc.stdout.splitlines()) if t[:1] == ["4096"]]
+    assert len(table) == len(ops) * len(dtypes)
+    assert {(t[3], t[4]) for t in table} == {("sum", "0"), ("none", "-1")}  # redop, root columns
+    assert "# Note: sendrecv:" in proc.stdout and "# Note: reduce:" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduce_op", ["max", "prod"])
+def test_three_ranks_reduce_other_reductions(reduce_op: str) -> None:
+    _, doc = _run(3, ["--ops", "reduce", "--min-bytes", "16K", "--max-bytes", "16K", "--warmup",
+                      "0", "--iters", "1", "--dtype", "float32,int32", "--reduce-op", reduce_op])
+    rows = doc["results"]
+    assert rows and all(r["wrong"] == 0 and r["redop"] == reduce_op for r in rows)
+
+
+@pytest.mark.slow
+def test_one_rank_skips_sendrecv_with_a_reason() -> None:
+    _, doc = _run(1, ["--ops", "reduce,sendrecv", "--min-bytes", "4K", "--max-bytes", "4K",
+                      "--warmup", "0", "--iters", "1"])
+    assert doc["skipped"] == [{"op": "sendrecv", "dtype": "float32",
+                               "reason": "sendrecv needs at least 2 ranks, this run has 1; "
+                               "run with more ranks"}]
+    assert [(r["op"], r["wrong"], r["busbw_gbps"] == r["algbw_gbps"]) for r in doc["results"]] == [
+        ("reduce", 0, True)]
 
 
 def test_bad_flag_exits_nonzero_without_a_result() -> None:

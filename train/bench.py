@@ -5,13 +5,17 @@ per-rank time is elapsed / iters and the ranks' times are reduced to min / avg /
 (``-a`` default), bandwidths derive from the rank-averaged time::
 
     algbw_gbps = size_bytes / avg_time_s / 1e9
-    busbw_gbps = algbw_gbps * bus_factor(op, world_size)
+    busbw_gbps = algbw_gbps * OPS[op].bus_factor(world_size)
 
 with ``size_bytes`` the full buffer nccl-tests prints (all_gather: the output; reduce_scatter: the
 input; all_to_all: the whole send buffer), rounded down to a multiple of world_size elements where
 the op splits the buffer. With ``--check 1`` one more op per variant runs on deterministic data and is
 compared exactly with an expectation computed independently in float64; ``wrong`` is the number of
 mismatched elements summed over ranks.
+
+What an op is (forms, bus factor, chunking, root, reduction, minimum ranks) is registered once in
+train/contract.py (torch-free, shared with the host). How it runs in torch (its buffers, its call,
+the output it must leave) is one :class:`OpImpl` subclass per op below, in ``IMPLS``.
 
 Timing: gloo/CPU ops are blocking, so ``barrier; perf_counter; iters x op; barrier; perf_counter``.
 The closing barrier is inside the timed span on purpose: it makes a rank's time cover the op until
@@ -23,12 +27,17 @@ In-place/out-of-place, where torch differs from NCCL's API (decided here, report
   * all_reduce: torch has only the in-place form. An "out-of-place" row would have to time an extra
     copy (``out.copy_(inp); all_reduce(out)``) and so under-report the collective; no such row is
     made. With ``--in-place off`` all_reduce is listed under ``skipped`` with that reason.
-  * broadcast: in-place only in torch (``src`` sends its buffer into everyone's same buffer).
+  * broadcast, reduce: in-place only in torch (the root's buffer is sent / receives the result).
   * all_gather / reduce_scatter: both forms. In-place uses NCCL's convention: all_gather's input is
     this rank's slice of the output; reduce_scatter's output is this rank's slice of the input.
   * all_to_all: out-of-place only. NCCL has no in-place all-to-all: torch's NCCL path would issue
     grouped send/recv on one buffer, a data race, so an in-place row could be wrong on GPUs even
     where gloo happens to copy first.
+  * sendrecv: out-of-place only: each rank sends its buffer to rank+1 while receiving rank-1's
+    into another (one ``batch_isend_irecv``). It needs 2 ranks; on 1 it is skipped with a reason.
+
+reduce's check counts the root's output only: after a reduce the other ranks' buffers are
+unspecified (as in nccl-tests).
 
 An (op, dtype) the backend rejects becomes a ``skipped`` entry with the backend's message: it is never
 replaced by a different op, which would report another collective's bandwidth under this name.
@@ -39,49 +48,35 @@ Rank 0 prints a nccl-tests-like table, then the result line (see train/results.p
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
-import re
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal, cast
+from typing import Any, ClassVar, Final, Literal
 
 import torch
 import torch.distributed as dist
 
+from train.contract import (
+    DTYPE_NAMES,
+    NCCL_TYPE_NAMES,
+    OPS,
+    BenchArgs,
+    InPlaceMode,
+    OpSpec,
+    op_spec,
+    size_sweep,
+)
 from train.env import rank_info
 from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
 
-OpName = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"]
-InPlaceMode = Literal["both", "on", "off"]
 FillKind = Literal["sum", "mark_high", "mark_low", "move"]
 
-OPS: Final[tuple[str, ...]] = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
-DTYPES: Final[dict[str, torch.dtype]] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int32": torch.int32,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "int64": torch.int64,
-}
-# The names nccl-tests prints in its "type" column.
-NCCL_TYPE_NAMES: Final[dict[str, str]] = {
-    "float32": "float",
-    "float16": "half",
-    "bfloat16": "bfloat16",
-    "float64": "double",
-    "int32": "int32",
-    "int8": "int8",
-    "uint8": "uint8",
-    "int64": "int64",
-}
+# The contract's names are torch's attribute names.
+DTYPES: Final[dict[str, torch.dtype]] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 REDUCE_OPS: Final[dict[str, Any]] = {
     "sum": dist.ReduceOp.SUM,
     "prod": dist.ReduceOp.PRODUCT,
@@ -99,82 +94,14 @@ EXACT_INT_LIMIT: Final[dict[str, int]] = {
     "uint8": 2**8 - 1,
     "int64": 2**63 - 1,
 }
-REDUCING_OPS: Final = frozenset({"all_reduce", "reduce_scatter"})
-# Ops whose buffer is split into world_size equal chunks; their size rounds down to a multiple.
-CHUNKED_OPS: Final = frozenset({"all_gather", "reduce_scatter", "all_to_all"})
-# The in_place flags torch offers for each op (see the module docstring for why).
-OP_FORMS: Final[dict[str, tuple[bool, ...]]] = {
-    "all_reduce": (True,),
-    "all_gather": (False, True),
-    "reduce_scatter": (False, True),
-    "broadcast": (True,),
-    "all_to_all": (False,),
-}
-FORM_REASONS: Final[dict[str, str]] = {
-    "all_reduce": "torch has no out-of-place all_reduce (timing a copy + all_reduce would "
-    "under-report); in-place rows only",
-    "broadcast": "torch broadcast is in-place only; in-place rows only",
-    "all_to_all": "no in-place all_to_all (NCCL has none; one buffer for send and recv races); "
-    "out-of-place rows only",
-}
-BROADCAST_ROOT: Final = 0
 # Elements per block when filling inputs and checking outputs (bounds temporary memory).
 CHECK_BLOCK_ELEMS: Final = 1 << 24
 # The "move" fill: values 0..MOVE_MODULUS-1 that identify (source rank, index) for non-reducing ops.
 MOVE_MODULUS: Final = 97
 MOVE_RANK_STRIDE: Final = 31
 
-_SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS: Final[dict[str, int]] = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
 
 # --------------------------------------------------------------------------- pure math
-
-
-def parse_size(text: str) -> int:
-    """Parse a byte count: ``4096``, ``4K``, ``4KiB``, ``64M``, ``1G`` (binary units, as nccl-tests).
-
-    Raises ValueError for anything else, including negative numbers.
-    """
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use bytes, optionally with K, M, G or T)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def size_sweep(min_bytes: int, max_bytes: int, step_factor: int) -> list[int]:
-    """Return ``min, min*f, min*f**2, ...`` up to and including ``max`` (nccl-tests ``-b -e -f``).
-
-    Requires ``1 <= min_bytes <= max_bytes`` and ``step_factor >= 2``.
-    """
-    if min_bytes < 1 or max_bytes < min_bytes:
-        raise ValueError(f"need 1 <= min_bytes <= max_bytes, got {min_bytes} and {max_bytes}")
-    if step_factor < 2:
-        raise ValueError(f"step_factor must be >= 2, got {step_factor}")
-    sizes = []
-    size = min_bytes
-    while size <= max_bytes:
-        sizes.append(size)
-        size *= step_factor
-    return sizes
-
-
-def bus_factor(op: str, world_size: int) -> float:
-    """Return nccl-tests' busbw/algbw factor for ``op`` over ``world_size`` ranks.
-
-    all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n; broadcast 1. With one rank
-    the n-dependent factors are 0, as nccl-tests prints.
-    """
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    n = world_size
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    if op == "broadcast":
-        return 1.0
-    raise ValueError(f"unknown op {op!r}")
 
 
 def algbw_gbps(size_bytes: int, time_s: float) -> float:
@@ -200,7 +127,7 @@ def buffer_shape(op: str, size_bytes: int, elem_size: int, world_size: int) -> B
     ops that split their buffer (nccl-tests' getCollByteCount). May be 0 when the size is too small.
     """
     elems = size_bytes // elem_size
-    if op in CHUNKED_OPS:
+    if op_spec(op).chunked:
         chunk = elems // world_size
         return BufferShape(count=chunk * world_size, chunk=chunk)
     return BufferShape(count=elems, chunk=elems)
@@ -209,12 +136,12 @@ def buffer_shape(op: str, size_bytes: int, elem_size: int, world_size: int) -> B
 def variants(op: str, in_place: InPlaceMode) -> tuple[bool, ...]:
     """Return the in_place flags to measure for ``op`` under ``--in-place``, out-of-place first."""
     wanted = {"both": (False, True), "on": (True,), "off": (False,)}[in_place]
-    return tuple(flag for flag in wanted if flag in OP_FORMS[op])
+    return tuple(flag for flag in wanted if flag in op_spec(op).forms)
 
 
 def fill_kind(op: str, reduce_op: str) -> FillKind:
     """Return which deterministic pattern (see :func:`fill_values`) feeds ``op`` with ``reduce_op``."""
-    if op not in REDUCING_OPS:
+    if not op_spec(op).reducing:
         return "move"
     if reduce_op == "sum":
         return "sum"
@@ -260,7 +187,7 @@ def fill_values(
       holds 2 (high) or 0 (low), every other rank 1. At most one rank is marked per element, so a
       product is 1 or 2 for any n and never overflows, and max / min vary with the index (with
       ``sum``'s values, the max over many ranks is 2 everywhere and a shift would go unseen).
-    * ``move`` (gather, broadcast, all-to-all): ``(31 * rank + h) % 97`` in 0..96, different for
+    * ``move`` (the non-reducing ops): ``(31 * rank + h) % 97`` in 0..96, different for
       different source ranks at the same index, so data from the wrong rank shows.
     """
     h = mix_index(index)
@@ -289,6 +216,15 @@ def _reduce_f64(a: torch.Tensor, b: torch.Tensor, reduce_op: str) -> torch.Tenso
     raise ValueError(f"unknown reduce op {reduce_op!r}")
 
 
+
+def reduced_f64(kind: FillKind, reduce_op: str, world_size: int, index: torch.Tensor) -> torch.Tensor:
+    """Return, in float64, the reduction over every rank of its pattern at ``index``."""
+    acc = fill_values(kind, 0, world_size, index).to(torch.float64)
+    for src in range(1, world_size):
+        acc = _reduce_f64(acc, fill_values(kind, src, world_size, index).to(torch.float64), reduce_op)
+    return acc
+
+
 def expected_output(
     op: str,
     reduce_op: str,
@@ -301,36 +237,18 @@ def expected_output(
 ) -> torch.Tensor:
     """Return, in float64, what ``op`` must leave at output positions ``[start, stop)`` of this rank.
 
-    Computed from :func:`fill_values` by index arithmetic, independently of any collective:
-    all_reduce reduces every rank's element p; reduce_scatter reduces element ``rank * chunk + p``;
-    all_gather's p comes from rank ``p // chunk`` at ``p % chunk``; all_to_all's from rank
-    ``p // chunk`` at ``rank * chunk + p % chunk``; broadcast's is the root's p. The same for
-    in-place and out-of-place. ``stop`` defaults to the output length; a block keeps the memory of
-    a check over a multi-GiB buffer bounded.
+    Computed from :func:`fill_values` by index arithmetic (each op's :meth:`OpImpl.expected`),
+    independently of any collective; the same for in-place and out-of-place. ``stop`` defaults to
+    the output length; a block keeps the memory of a check over a multi-GiB buffer bounded. For
+    reduce it is the root's result whatever ``rank`` (only the root's output is checked).
     """
-    kind = fill_kind(op, reduce_op)
-    n, chunk = world_size, shape.chunk
-    out_len = chunk if op == "reduce_scatter" else shape.count
+    impl = op_impl(op)
+    out_len = impl.output_length(shape)
     stop = out_len if stop is None else min(stop, out_len)
     pos = torch.arange(start, stop, dtype=torch.int64, device=device)
+    return impl.expected(fill_kind(op, reduce_op), reduce_op, rank, world_size, shape, pos)
 
-    if op in REDUCING_OPS:
-        index = pos if op == "all_reduce" else pos + rank * chunk
-        acc = fill_values(kind, 0, n, index).to(torch.float64)
-        for src in range(1, n):
-            acc = _reduce_f64(acc, fill_values(kind, src, n, index).to(torch.float64), reduce_op)
-        return acc
-    if op == "broadcast":
-        return fill_values(kind, BROADCAST_ROOT, n, pos).to(torch.float64)
-    if chunk == 0:
-        return pos.to(torch.float64)  # empty
-    src_rank = torch.div(pos, chunk, rounding_mode="floor")
-    offset = pos - src_rank * chunk
-    if op == "all_gather":
-        return fill_values(kind, src_rank, n, offset).to(torch.float64)
-    if op == "all_to_all":
-        return fill_values(kind, src_rank, n, offset + rank * chunk).to(torch.float64)
-    raise ValueError(f"unknown op {op!r}")
+
 
 
 def expected_bound(op: str, reduce_op: str, world_size: int) -> int:
@@ -353,7 +271,6 @@ def check_is_exact(op: str, dtype_name: str, reduce_op: str, world_size: int) ->
     ``wrong: null`` rather than count rounding as errors.
     """
     return expected_bound(op, reduce_op, world_size) <= EXACT_INT_LIMIT[dtype_name]
-
 
 # --------------------------------------------------------------------------- collectives
 
@@ -390,6 +307,266 @@ _reduce_scatter_single: Callable[..., Any] = getattr(dist, "reduce_scatter_singl
 )
 
 
+# --------------------------------------------------------------------------- one class per op
+
+
+class OpImpl(ABC):
+    """How one op of ``train.contract.OPS`` runs in torch: its buffers, its call, its result.
+
+    Subclasses set ``name`` (the registry key) and override what differs from the defaults: one
+    buffer of ``count`` elements for in-place (input is output), two otherwise; every rank fills
+    its input and has its output checked. ``expected`` must be computed from :func:`fill_values`
+    by index arithmetic alone, never by running a collective.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    def spec(self) -> OpSpec:
+        """The op's registry entry."""
+        return OPS[self.name]
+
+    def buffers(
+        self, shape: BufferShape, rank: int, in_place: bool, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (input, output) for one case; in-place forms share memory as NCCL's do."""
+        if in_place:
+            buf = torch.empty(shape.count, dtype=dtype, device=device)
+            return buf, buf
+        return (torch.empty(shape.count, dtype=dtype, device=device),
+                torch.empty(shape.count, dtype=dtype, device=device))
+
+    @abstractmethod
+    def call(self, case: Case) -> Callable[[], None]:
+        """Return the zero-argument function that runs the op once on ``case``'s buffers."""
+
+    def output_length(self, shape: BufferShape) -> int:
+        """Elements of the output buffer (what ``expected`` describes)."""
+        return shape.count
+
+    def fills_input(self, rank: int) -> bool:
+        """Whether ``rank``'s input holds data (False: a receive-only buffer keeps the sentinel)."""
+        return True
+
+    def checks_output(self, rank: int) -> bool:
+        """Whether ``rank``'s output is specified after the op (and so counted by the check)."""
+        return True
+
+    @abstractmethod
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Return, in float64, what the op leaves at output positions ``pos`` of ``rank``."""
+
+
+def _source_and_offset(pos: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a buffer of world_size chunks: the chunk (= source rank) of each position, and the
+    offset inside it."""
+    src_rank = torch.div(pos, chunk, rounding_mode="floor")
+    return src_rank, pos - src_rank * chunk
+
+
+class AllReduce(OpImpl):
+    """``all_reduce(buf)``: every element p is the reduction of every rank's p."""
+
+    name = "all_reduce"
+
+    def call(self, case: Case) -> Callable[[], None]:
+        buf, red = case.input, case.red
+        return lambda: dist.all_reduce(buf, op=red)
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return reduced_f64(kind, reduce_op, world_size, pos)
+
+
+class AllGather(OpImpl):
+    """``all_gather(out, in)``: out's p comes from rank ``p // chunk`` at ``p % chunk``.
+
+    In-place (NCCL's convention): the input is this rank's slice of the output.
+    """
+
+    name = "all_gather"
+
+    def buffers(
+        self, shape: BufferShape, rank: int, in_place: bool, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty(shape.count, dtype=dtype, device=device)
+        if in_place:
+            return out[rank * shape.chunk : (rank + 1) * shape.chunk], out
+        return torch.empty(shape.chunk, dtype=dtype, device=device), out
+
+    def call(self, case: Case) -> Callable[[], None]:
+        inp, out = case.input, case.output
+        return lambda: _all_gather_single(out, inp)
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        if shape.chunk == 0:
+            return pos.to(torch.float64)  # empty
+        src_rank, offset = _source_and_offset(pos, shape.chunk)
+        return fill_values(kind, src_rank, world_size, offset).to(torch.float64)
+
+
+class ReduceScatter(OpImpl):
+    """``reduce_scatter(out, in)``: out's p is the reduction of every rank's ``rank * chunk + p``.
+
+    In-place (NCCL's convention): the output is this rank's slice of the input.
+    """
+
+    name = "reduce_scatter"
+
+    def buffers(
+        self, shape: BufferShape, rank: int, in_place: bool, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inp = torch.empty(shape.count, dtype=dtype, device=device)
+        if in_place:
+            return inp, inp[rank * shape.chunk : (rank + 1) * shape.chunk]
+        return inp, torch.empty(shape.chunk, dtype=dtype, device=device)
+
+    def call(self, case: Case) -> Callable[[], None]:
+        inp, out, red = case.input, case.output, case.red
+        return lambda: _reduce_scatter_single(out, inp, op=red)
+
+    def output_length(self, shape: BufferShape) -> int:
+        return shape.chunk
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return reduced_f64(kind, reduce_op, world_size, pos + rank * shape.chunk)
+
+
+class Broadcast(OpImpl):
+    """``broadcast(buf, src=root)``: every rank's p is the root's p."""
+
+    name = "broadcast"
+
+    def call(self, case: Case) -> Callable[[], None]:
+        buf, root = case.input, self.root
+        return lambda: dist.broadcast(buf, src=root)
+
+    @property
+    def root(self) -> int:
+        """The sending rank."""
+        assert self.spec.root is not None
+        return self.spec.root
+
+    def fills_input(self, rank: int) -> bool:
+        return rank == self.root  # a non-root's buffer only receives: the sentinel shows a miss
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return fill_values(kind, self.root, world_size, pos).to(torch.float64)
+
+
+class AllToAll(OpImpl):
+    """``all_to_all_single(out, in)``: out's p comes from rank ``p // chunk`` at
+    ``rank * chunk + p % chunk``."""
+
+    name = "all_to_all"
+
+    def call(self, case: Case) -> Callable[[], None]:
+        inp, out = case.input, case.output
+        return lambda: dist.all_to_all_single(out, inp)
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        if shape.chunk == 0:
+            return pos.to(torch.float64)  # empty
+        src_rank, offset = _source_and_offset(pos, shape.chunk)
+        return fill_values(kind, src_rank, world_size, offset + rank * shape.chunk).to(torch.float64)
+
+
+class Reduce(OpImpl):
+    """``reduce(buf, dst=root)``: the root's p is the reduction of every rank's p.
+
+    The other ranks' buffers are unspecified afterwards (torch and NCCL may use them as scratch),
+    so only the root's output is checked, as nccl-tests does.
+    """
+
+    name = "reduce"
+
+    @property
+    def root(self) -> int:
+        """The receiving rank."""
+        assert self.spec.root is not None
+        return self.spec.root
+
+    def call(self, case: Case) -> Callable[[], None]:
+        buf, red, root = case.input, case.red, self.root
+        return lambda: dist.reduce(buf, dst=root, op=red)
+
+    def checks_output(self, rank: int) -> bool:
+        return rank == self.root
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return reduced_f64(kind, reduce_op, world_size, pos)
+
+
+class SendRecv(OpImpl):
+    """Rank r sends its input to ``(r+1) % n`` and receives ``(r-1) % n``'s into its output.
+
+    One ``batch_isend_irecv`` per op: on NCCL the pair is one group (no deadlock whatever the
+    order), on gloo two tagged point-to-point transfers. ``wait()`` blocks the host on gloo and
+    orders the current CUDA stream after the transfer on NCCL, so CUDA-event timing holds.
+    """
+
+    name = "sendrecv"
+
+    def call(self, case: Case) -> Callable[[], None]:
+        rank, n = case.comm.rank, case.comm.world_size
+        inp, out = case.input, case.output
+        # P2POp resolves the process group when built, so build the pair at the first run (a
+        # Case may exist without a group, as in the unit tests), then reuse it for every op.
+        pair: list[dist.P2POp] = []
+
+        def run() -> None:
+            if not pair:
+                pair.append(dist.P2POp(dist.isend, inp, (rank + 1) % n))
+                pair.append(dist.P2POp(dist.irecv, out, (rank - 1) % n))
+            for work in dist.batch_isend_irecv(pair):
+                work.wait()
+
+        return run
+
+    def expected(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return fill_values(kind, (rank - 1) % world_size, world_size, pos).to(torch.float64)
+
+
+IMPLS: Final[dict[str, OpImpl]] = {
+    impl.name: impl
+    for impl in (AllReduce(), AllGather(), ReduceScatter(), Broadcast(), AllToAll(), Reduce(),
+                 SendRecv())
+}
+if list(IMPLS) != list(OPS):  # the registry and the implementations must name the same ops
+    raise RuntimeError(
+        f"train.contract.OPS {list(OPS)} and train.bench.IMPLS {list(IMPLS)} differ; "
+        "register each op in both, in the same order"
+    )
+
+
+def op_impl(name: str) -> OpImpl:
+    """Return the implementation of the registered op ``name`` (ValueError naming the known ops)."""
+    return IMPLS[op_spec(name).name]
+
+
 class Case:
     """The buffers and the single collective call of one (op, dtype, size, in_place) case.
 
@@ -406,62 +583,32 @@ class Case:
         reduce_op: str,
         comm: Comm,
     ) -> None:
-        if in_place not in OP_FORMS[op]:
+        self.impl = op_impl(op)
+        if in_place not in self.impl.spec.forms:
             raise ValueError(f"{op} has no {'in-place' if in_place else 'out-of-place'} form")
         self.op, self.dtype_name, self.shape = op, dtype_name, shape
         self.in_place, self.reduce_op, self.comm = in_place, reduce_op, comm
-        dtype, device = DTYPES[dtype_name], comm.device
-        count, chunk, rank = shape.count, shape.chunk, comm.rank
-        mine = slice(rank * chunk, (rank + 1) * chunk)
-        self._red = REDUCE_OPS[reduce_op]
-        # In-place views follow NCCL: all_gather's input is this rank's slice of the output,
-        # reduce_scatter's output is this rank's slice of the input.
-        self.input: torch.Tensor
-        self.output: torch.Tensor
-        if op in ("all_reduce", "broadcast"):
-            self.input = self.output = torch.empty(count, dtype=dtype, device=device)
-        elif op == "all_gather":
-            self.output = torch.empty(count, dtype=dtype, device=device)
-            self.input = (
-                self.output[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
-            )
-        elif op == "reduce_scatter":
-            self.input = torch.empty(count, dtype=dtype, device=device)
-            self.output = (
-                self.input[mine] if in_place else torch.empty(chunk, dtype=dtype, device=device)
-            )
-        elif op == "all_to_all":
-            self.input = torch.empty(count, dtype=dtype, device=device)
-            self.output = torch.empty(count, dtype=dtype, device=device)
-        else:
-            raise ValueError(f"unknown op {op!r}")
-        self.run: Callable[[], None] = self._bind()
+        self.red = REDUCE_OPS[reduce_op]
+        self.input, self.output = self.impl.buffers(
+            shape, comm.rank, in_place, DTYPES[dtype_name], comm.device
+        )
+        self.run: Callable[[], None] = self.impl.call(self)
         self.reset()
-
-    def _bind(self) -> Callable[[], None]:
-        op, inp, out, red = self.op, self.input, self.output, self._red
-        if op == "all_reduce":
-            return lambda: dist.all_reduce(inp, op=red)
-        if op == "all_gather":
-            return lambda: _all_gather_single(out, inp)
-        if op == "reduce_scatter":
-            return lambda: _reduce_scatter_single(out, inp, op=red)
-        if op == "broadcast":
-            return lambda: dist.broadcast(inp, src=BROADCAST_ROOT)
-        return lambda: dist.all_to_all_single(out, inp)
 
     def reset(self) -> None:
         """Write the sentinel over the output side, then this rank's pattern into the input."""
         kind = fill_kind(self.op, self.reduce_op)
         rank, n, device = self.comm.rank, self.comm.world_size, self.comm.device
         self.output.fill_(sentinel_value(self.dtype_name))
-        if self.op == "broadcast" and rank != BROADCAST_ROOT:
-            return  # a non-root's buffer is receive-only: the sentinel shows an unwritten element
+        if not self.impl.fills_input(rank):
+            return
         # In blocks: the int64 temporaries of one pass over a multi-GiB buffer would not fit.
         for start in range(0, self.input.numel(), CHECK_BLOCK_ELEMS):
             block = self.input[start : start + CHECK_BLOCK_ELEMS]
             index = torch.arange(start, start + block.numel(), dtype=torch.int64, device=device)
             block.copy_(fill_values(kind, rank, n, index))
+
+
 
 
 def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm) -> float:
@@ -516,10 +663,10 @@ def make_row(case: Case, t_min: float, t_avg: float, t_max: float) -> ResultRow:
         "size_bytes": size_bytes,
         "count": case.shape.count,
         "in_place": case.in_place,
-        "redop": case.reduce_op if case.op in REDUCING_OPS else None,
+        "redop": case.reduce_op if case.impl.spec.reducing else None,
         "time_us": TimeUs(min=t_min * 1e6, avg=t_avg * 1e6, max=t_max * 1e6),
         "algbw_gbps": algbw,
-        "busbw_gbps": algbw * bus_factor(case.op, case.comm.world_size),
+        "busbw_gbps": algbw * case.impl.spec.bus_factor(case.comm.world_size),
         "wrong": None,
     }
 
@@ -534,7 +681,8 @@ def count_wrong(case: Case) -> int | None:
     """Re-fill ``case``, run one op, return mismatches summed over ranks (None: not exact-checkable).
 
     A collective: all ranks must call. The decision to skip is the same on every rank because it
-    depends on (op, dtype, reduce_op, world_size) only.
+    depends on (op, dtype, reduce_op, world_size) only. A rank whose output the op leaves
+    unspecified (reduce's non-roots) runs the op and contributes 0.
     """
     comm = case.comm
     if not check_is_exact(case.op, case.dtype_name, case.reduce_op, comm.world_size):
@@ -546,6 +694,8 @@ def count_wrong(case: Case) -> int | None:
     dtype = DTYPES[case.dtype_name]
     out = case.output.detach()
     local = 0
+    if not case.impl.checks_output(comm.rank):
+        return sum_over_ranks(local, comm)
     for start in range(0, out.numel(), CHECK_BLOCK_ELEMS):
         got = out[start : start + CHECK_BLOCK_ELEMS]
         expected = expected_output(
@@ -582,42 +732,8 @@ def probe_support(op: str, dtype_name: str, in_place: bool, reduce_op: str, comm
 # --------------------------------------------------------------------------- the sweep
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """The parsed command line (see ``build_parser`` for each flag's meaning)."""
-
-    ops: tuple[str, ...]
-    min_bytes: int
-    max_bytes: int
-    step_factor: int
-    warmup: int
-    iters: int
-    dtypes: tuple[str, ...]
-    check: bool
-    in_place: InPlaceMode
-    dist_backend: str
-    reduce_op: str
-    timeout_s: int
-    run_id: str | None
-
-    def settings(self) -> dict[str, Any]:
-        """Return the ``settings`` object of the result document."""
-        return {
-            "ops": list(self.ops),
-            "min_bytes": self.min_bytes,
-            "max_bytes": self.max_bytes,
-            "step_factor": self.step_factor,
-            "warmup": self.warmup,
-            "iters": self.iters,
-            "dtypes": list(self.dtypes),
-            "check": self.check,
-            "in_place": self.in_place,
-            "reduce_op": self.reduce_op,
-        }
-
-
 def run_sweep(
-    cfg: BenchConfig, comm: Comm
+    cfg: BenchArgs, comm: Comm
 ) -> tuple[list[ResultRow], list[SkippedEntry], list[str]]:
     """Measure every (op, dtype, size, variant) of ``cfg``; return (rows, skipped, notes).
 
@@ -628,13 +744,17 @@ def run_sweep(
     notes: list[str] = []
     sizes = size_sweep(cfg.min_bytes, cfg.max_bytes, cfg.step_factor)
     for op in cfg.ops:
+        spec = op_spec(op)
+        too_few = spec.world_size_problem(comm.world_size)
+        if too_few is not None:
+            skipped += [{"op": op, "dtype": d, "reason": too_few} for d in cfg.dtypes]
+            continue
         forms = variants(op, cfg.in_place)
-        if op in FORM_REASONS and len(forms) < (2 if cfg.in_place == "both" else 1):
-            if forms:
-                notes.append(f"{op}: {FORM_REASONS[op]}")
+        if spec.form_reason and forms and len(forms) < (2 if cfg.in_place == "both" else 1):
+            notes.append(f"{op}: {spec.form_reason}")
         for dtype_name in cfg.dtypes:
             if not forms:
-                skipped.append({"op": op, "dtype": dtype_name, "reason": FORM_REASONS[op]})
+                skipped.append({"op": op, "dtype": dtype_name, "reason": spec.form_reason or ""})
                 continue
             supported = []
             for in_place in forms:
@@ -740,8 +860,9 @@ def format_table(doc: dict[str, Any]) -> str:
                   f"{'':>27}in-place", header, units]
         busbws = []
         for (size_bytes, count), pair in by_size.items():
-            redop = s["reduce_op"] if op in REDUCING_OPS else "none"
-            root = BROADCAST_ROOT if op == "broadcast" else -1
+            spec = op_spec(op)
+            redop = s["reduce_op"] if spec.reducing else "none"
+            root = spec.root_column
             lines.append(
                 f"{size_bytes:>12} {count:>12} {NCCL_TYPE_NAMES.get(dtype_name, dtype_name):>8} "
                 f"{redop:>6} {root:>5}  {_variant_cells(pair.get(False))}  "
@@ -769,74 +890,9 @@ def format_table(doc: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def _comma_list(allowed: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
-        if items == ("all",) and what == "op":
-            return tuple(allowed)
-        bad = [x for x in items if x not in allowed]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {', '.join(bad) or '(none given)'}; choose from {', '.join(allowed)}"
-            )
-        return items
-
-    return parse
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from e
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the CLI parser; flag names are a contract with the orchestrator."""
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--ops", type=_comma_list(OPS, "op"), default=OPS, help="comma list or 'all'")
-    p.add_argument("--min-bytes", type=_int_at_least(1), default=2**20, help="e.g. 1024, 4K, 1M")
-    p.add_argument("--max-bytes", type=_int_at_least(1), default=64 * 2**20)
-    p.add_argument("--step-factor", type=_int_at_least(2), default=2)
-    p.add_argument("--warmup", type=_int_at_least(0), default=5)
-    p.add_argument("--iters", type=_int_at_least(1), default=20)
-    p.add_argument("--dtype", type=_comma_list(tuple(DTYPES), "dtype"), default=("float32",))
-    p.add_argument("--check", type=int, choices=(0, 1), default=1)
-    p.add_argument("--in-place", choices=("both", "on", "off"), default="both")
-    p.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto")
-    p.add_argument("--reduce-op", choices=tuple(REDUCE_OPS), default="sum")
-    p.add_argument("--timeout-s", type=_int_at_least(1), default=300)
-    p.add_argument("--run-id", default=None)
-    return p
-
-
-def parse_config(argv: Sequence[str] | None = None) -> BenchConfig:
-    """Parse ``argv`` (default: sys.argv) into a BenchConfig; exits 2 on a bad flag."""
-    p = build_parser()
-    a = p.parse_args(argv)
-    if a.max_bytes < a.min_bytes:
-        p.error(f"--max-bytes {a.max_bytes} is below --min-bytes {a.min_bytes}")
-    return BenchConfig(
-        ops=a.ops,
-        min_bytes=a.min_bytes,
-        max_bytes=a.max_bytes,
-        step_factor=a.step_factor,
-        warmup=a.warmup,
-        iters=a.iters,
-        dtypes=a.dtype,
-        check=bool(a.check),
-        in_place=cast(InPlaceMode, a.in_place),
-        dist_backend=a.dist_backend,
-        reduce_op=a.reduce_op,
-        timeout_s=a.timeout_s,
-        run_id=a.run_id,
-    )
+def parse_config(argv: Sequence[str] | None = None) -> BenchArgs:
+    """Parse ``argv`` (default: sys.argv[1:]) into :class:`BenchArgs`; exits 2 on a bad flag."""
+    return BenchArgs.from_argv(sys.argv[1:] if argv is None else argv)
 
 
 def resolve_backend(requested: str) -> str:

@@ -36,7 +36,6 @@ and ends with one ``@@NETORCH_RESULT@@`` line of kind "train" (see train/results
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import math
@@ -46,7 +45,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train.checkpoint import latest_valid, prune, write_atomic
+from train.contract import TrainArgs
 from train.env import rank_info
 from train.results import SCHEMA_VERSION, encode_progress, encode_result
 from train.telemetry import Telemetry, warn
@@ -66,32 +65,9 @@ TEACHER_HIDDEN = 16
 CHECKPOINT_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class JobConfig:
-    """The parsed command line (see ``build_parser`` for each flag's meaning)."""
-
-    steps: int
-    batch_size: int
-    width: int
-    depth: int
-    bucket_cap_mb: float
-    checkpoint_every: int
-    keep_checkpoints: int
-    seed: int
-    lr: float
-    progress_every: int
-    dist_backend: str
-    timeout_s: int
-    run_id: str | None
-    metrics_hold_s: float
-    metrics_hold_scrapes: int
-
-    def settings(self) -> dict[str, Any]:
-        """The ``settings`` object of the result document (what determines the weights)."""
-        keys = ("steps", "batch_size", "width", "depth", "bucket_cap_mb", "checkpoint_every",
-                "seed", "lr")
-        data = asdict(self)
-        return {k: data[k] for k in keys}
+# The job's config is the contract's TrainArgs (one parser, one argv round trip with the host);
+# the old name stays for callers such as benchmarks/train_metrics_overhead.py.
+JobConfig = TrainArgs
 
 
 # --------------------------------------------------------------------------- model and data
@@ -439,58 +415,12 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def _positive(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} is not positive")
-        return value
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The job's flags (the plan passes every one; defaults suit a quick manual run)."""
-    p = argparse.ArgumentParser(prog="python -m train.job", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=_positive(int), default=200, help="optimizer steps in total")
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="samples per rank per step")
-    p.add_argument("--width", type=_positive(int), default=256, help="hidden units per layer")
-    p.add_argument("--depth", type=_positive(int), default=3, help="hidden layers")
-    p.add_argument("--bucket-cap-mb", type=_positive(float), default=25.0,
-                   help="DDP gradient bucket size (MiB)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (0: off)")
-    p.add_argument("--keep-checkpoints", type=_positive(int), default=3, help="checkpoints kept")
-    p.add_argument("--seed", type=int, default=0, help="seed of model, teacher and data")
-    p.add_argument("--lr", type=_positive(float), default=0.05, help="SGD learning rate")
-    p.add_argument("--progress-every", type=_positive(int), default=20, help="progress line period")
-    p.add_argument("--dist-backend", choices=("auto", "gloo", "nccl"), default="auto")
-    p.add_argument("--timeout-s", type=_positive(int), default=300, help="process-group timeout")
-    p.add_argument("--run-id", default=None)
-    p.add_argument("--metrics-hold-s", type=float, default=0.0,
-                   help="after training, keep /metrics open up to this long")
-    p.add_argument("--metrics-hold-scrapes", type=int, default=2,
-                   help="... or until this many more scrapes happened")
-    return p
-
-
-def parse_config(argv: Sequence[str] | None = None) -> JobConfig:
-    """Parse ``argv`` into a :class:`JobConfig`."""
-    a = build_parser().parse_args(argv)
-    return JobConfig(
-        steps=a.steps, batch_size=a.batch_size, width=a.width, depth=a.depth,
-        bucket_cap_mb=a.bucket_cap_mb, checkpoint_every=a.checkpoint_every,
-        keep_checkpoints=a.keep_checkpoints, seed=a.seed, lr=a.lr,
-        progress_every=a.progress_every, dist_backend=a.dist_backend, timeout_s=a.timeout_s,
-        run_id=a.run_id, metrics_hold_s=a.metrics_hold_s,
-        metrics_hold_scrapes=a.metrics_hold_scrapes,
-    )
+# --------------------------------------------------------------------------- entry point
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job as one rank of a torchrun job; return the exit code (0: finished)."""
-    cfg = parse_config(argv)
+    cfg = TrainArgs.from_argv(sys.argv[1:] if argv is None else argv)
     backend = cfg.dist_backend
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
