@@ -71,7 +71,7 @@ def main() -> int:
     a = ap.parse_args()
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = JobConfig(steps=0, batch_size=a.batch_size, width=a.width, depth=3, bucket_cap_mb=25.0,
+    cfg = JobConfig(steps=a.steps, batch_size=a.batch_size, width=a.width, depth=3, bucket_cap_mb=25.0,
                     checkpoint_every=0, keep_checkpoints=1, seed=0, lr=0.05, progress_every=1,
                     dist_backend="gloo", timeout_s=120, run_id=None, metrics_hold_s=0,
                     metrics_hold_scrapes=0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import PlanError
+from train.contract import BenchArgs, TrainArgs, workload_argv
 from orchestrator.settings import (
     BenchSettings,
     LinkSettings,
@@ -35,8 +36,6 @@ LABEL_MANAGED = "io.netorch.managed"
 # A registered backend's name (orchestrator.backends.registry): process, docker, or a plug-in's.
 BackendName = str
 WORKLOADS = ("bench", "train")
-# The in-node module each workload runs (``python -m ...`` under torchrun).
-WORKLOAD_MODULES = {"bench": "train.bench", "train": "train.job"}
 # Where the master's checkpoint directory appears inside its container (a bind mount).
 CONTAINER_CHECKPOINT_DIR = "/netorch/checkpoints"
 MAX_DOCKER_NAME = 63
@@ -330,45 +329,26 @@ class WorkloadSpec:
     placeholders: bool = False
 
 
-def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> tuple[str, ...]:
-    """The ``python -m train.bench`` flags equal to ``bench`` (nccl-tests meanings)."""
-    return (
-        "--ops", ",".join(bench.ops),
-        "--min-bytes", str(bench.min_bytes),
-        "--max-bytes", str(bench.max_bytes),
-        "--step-factor", str(bench.step_factor),
-        "--warmup", str(bench.warmup),
-        "--iters", str(bench.iters),
-        "--dtype", ",".join(bench.dtype),
-        "--check", "1" if bench.check else "0",
-        "--in-place", bench.in_place,
-        "--reduce-op", bench.reduce_op,
-        "--dist-backend", dist_backend,
-        "--timeout-s", str(timeout_s),
-        "--run-id", run_id,
+def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> BenchArgs:
+    """The workload contract's ``python -m train.bench`` config equal to ``bench``."""
+    return BenchArgs(
+        ops=tuple(bench.ops), min_bytes=bench.min_bytes, max_bytes=bench.max_bytes,
+        step_factor=bench.step_factor, warmup=bench.warmup, iters=bench.iters,
+        dtypes=tuple(bench.dtype), check=bench.check, in_place=bench.in_place,
+        reduce_op=bench.reduce_op, dist_backend=dist_backend, timeout_s=timeout_s, run_id=run_id,
     )
 
 
 def train_args(
     train: TrainSettings, metrics: MetricsSettings, dist_backend: str, timeout_s: int, run_id: str
-) -> tuple[str, ...]:
-    """The ``python -m train.job`` flags equal to ``train`` (and the metrics hold)."""
-    return (
-        "--steps", str(train.steps),
-        "--batch-size", str(train.batch_size),
-        "--width", str(train.width),
-        "--depth", str(train.depth),
-        "--bucket-cap-mb", repr(train.bucket_cap_mb),
-        "--checkpoint-every", str(train.checkpoint_every),
-        "--keep-checkpoints", str(train.keep_checkpoints),
-        "--seed", str(train.seed),
-        "--lr", repr(train.lr),
-        "--progress-every", str(train.progress_every),
-        "--dist-backend", dist_backend,
-        "--timeout-s", str(timeout_s),
-        "--run-id", run_id,
-        "--metrics-hold-s", repr(metrics.hold_s),
-        "--metrics-hold-scrapes", str(metrics.hold_scrapes),
+) -> TrainArgs:
+    """The workload contract's ``python -m train.job`` config equal to ``train`` (+ metrics)."""
+    return TrainArgs(
+        steps=train.steps, batch_size=train.batch_size, width=train.width, depth=train.depth,
+        bucket_cap_mb=train.bucket_cap_mb, checkpoint_every=train.checkpoint_every,
+        keep_checkpoints=train.keep_checkpoints, seed=train.seed, lr=train.lr,
+        progress_every=train.progress_every, dist_backend=dist_backend, timeout_s=timeout_s,
+        run_id=run_id, metrics_hold_s=metrics.hold_s, metrics_hold_scrapes=metrics.hold_scrapes,
     )
 
 
@@ -385,7 +365,7 @@ def bench_workload(settings: Settings, run_id: str) -> WorkloadSpec:
     """netorch's collective benchmark (``python -m train.bench``)."""
     c = settings.cluster
     args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
-    return WorkloadSpec(kind="bench", target=("-m", WORKLOAD_MODULES["bench"], *args))
+    return WorkloadSpec(kind="bench", target=workload_argv(args))
 
 
 def train_workload(settings: Settings, run_id: str) -> WorkloadSpec:
@@ -394,7 +374,7 @@ def train_workload(settings: Settings, run_id: str) -> WorkloadSpec:
     args = train_args(settings.train, settings.metrics, c.dist_backend, c.timeout_s, run_id)
     return WorkloadSpec(
         kind="train",
-        target=("-m", WORKLOAD_MODULES["train"], *args),
+        target=workload_argv(args),
         checkpoint=CheckpointSpec(checkpoint_dir(settings, run_id), CONTAINER_CHECKPOINT_DIR,
                                   master_only=True),
         metrics=settings.metrics.enabled,

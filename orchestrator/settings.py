@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,11 +33,13 @@ from pydantic_settings import (
 )
 
 from orchestrator.errors import ConfigError
+from train.contract import DTYPE_NAMES, OP_NAMES, parse_size
 
 DEFAULT_CONFIG = Path("configs/default.toml")
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int32", "int64", "int8", "uint8")
+# What an op or a dtype is lives in the workload contract (train/contract.py), the one place.
+OPS = OP_NAMES
+DTYPES = DTYPE_NAMES
 MTU_MIN, MTU_MAX = 576, 9216
 
 # Prefixes a user may inject through [env]; anything else is most likely a typo.
@@ -50,33 +53,10 @@ PLAN_OWNED_ENV = frozenset({
     "NPROC_PER_NODE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
 })
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DOCKER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _MEM_RE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 # A message that already starts with "section.field: " names its field itself.
 _NAMES_FIELD = re.compile(r"^[a-z_]+(\.[a-z_]+)*: ")
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``1048576``, ``"4K"``, ``"1M"``, ``"64MiB"``, ``"1G"``.
-
-    Suffixes are binary multiples whether written K, KB or KiB, as nccl-tests reads them.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size; write bytes or a size like 1M, 64MiB, 1G")
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"{value} is not a positive size; write bytes or a size like 1M")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            number, unit, _ = m.groups()
-            size = int(number) * _SIZE_UNITS[unit.lower()]
-            if size >= 1:
-                return size
-    raise ValueError(f"{value!r} is not a size; write bytes or a size like 1M, 64MiB, 1G")
 
 
 def _shell_words(value: object) -> object:
@@ -99,8 +79,27 @@ def _comma_list(value: object) -> object:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
-Op = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"]
-DType = Literal["float32", "float16", "bfloat16", "float64", "int32", "int64", "int8", "uint8"]
+
+
+def _known(names: tuple[str, ...], what: str) -> Any:
+    """A validator accepting only ``names`` (the contract's), with the list in the message."""
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"{value!r} is not allowed; {what} is one of {', '.join(names)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _all_ops(value: object) -> object:
+    """``all`` (alone) means every op of the contract, as for ``python -m train.bench``."""
+    items = _comma_list(value)
+    return list(OP_NAMES) if items == ["all"] else items
+
+
+Op = Annotated[str, _known(OP_NAMES, "an op")]
+DType = Annotated[str, _known(DTYPE_NAMES, "a dtype")]
 
 
 class _Section(BaseModel):
@@ -394,8 +393,8 @@ class PlacementSettings(_Section):
 class BenchSettings(_Section):
     """The collective sweep, with nccl-tests' meaning for every knob."""
 
-    ops: Annotated[list[Op], BeforeValidator(_comma_list)] = Field(
-        default_factory=lambda: list[Op](["all_reduce"]), description="collectives to measure"
+    ops: Annotated[list[Op], BeforeValidator(_all_ops)] = Field(
+        default_factory=lambda: ["all_reduce"], description="collectives to measure (or all)"
     )
     min_bytes: Size = Field(1 << 20, description="smallest size (nccl-tests -b)")
     max_bytes: Size = Field(64 << 20, description="largest size (nccl-tests -e)")
@@ -403,7 +402,7 @@ class BenchSettings(_Section):
     warmup: int = Field(5, ge=0, le=10_000, description="untimed iterations (nccl-tests -w)")
     iters: int = Field(20, ge=1, le=100_000, description="timed iterations (nccl-tests -n)")
     dtype: Annotated[list[DType], BeforeValidator(_comma_list)] = Field(
-        default_factory=lambda: list[DType](["float32"]), description="data types (nccl-tests -d)"
+        default_factory=lambda: ["float32"], description="data types (nccl-tests -d)"
     )
     check: bool = Field(True, description="exact correctness check after timing (nccl-tests -c)")
     in_place: Literal["both", "on", "off"] = Field(

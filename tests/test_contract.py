@@ -305,18 +305,22 @@ def test_argv_is_flag_value_pairs_with_the_historical_flag_names() -> None:
     assert "--seed=-3" in TrainArgs(seed=-3).to_argv()
 
 
-def test_the_hosts_current_argv_parses() -> None:
-    """What orchestrator/plan.py sends today is read back as the same values."""
-    from orchestrator.plan import bench_args, train_args
+def test_the_hosts_argv_parses_back_to_the_settings() -> None:
+    """What orchestrator/plan.py puts in a node's command is read back as the settings' values."""
+    from orchestrator.plan import build_plan
     from orchestrator.settings import load_settings
 
     s = load_settings(overrides={"bench": {"ops": ["all_reduce", "broadcast"], "min_bytes": "4K",
                                            "check": False, "iters": 7},
-                                 "train": {"steps": 9, "lr": 0.3}})
-    b = BenchArgs.from_argv(bench_args(s.bench, "gloo", 30, "run-1"))
+                                 "train": {"steps": 9, "lr": 0.3},
+                                 "cluster": {"dist_backend": "gloo", "timeout_s": 30}})
+    cmd = build_plan(s, "run-1", "process").master.command
+    start = cmd.index("train.bench") + 1
+    b = BenchArgs.from_argv(cmd[start:])
     assert b == BenchArgs(ops=("all_reduce", "broadcast"), min_bytes=4096, check=False, iters=7,
                           dist_backend="gloo", timeout_s=30, run_id="run-1")
-    t = TrainArgs.from_argv(train_args(s.train, s.metrics, "gloo", 30, "run-2"))
+    cmd = build_plan(s, "run-2", "process", "train").master.command
+    t = TrainArgs.from_argv(cmd[cmd.index("train.job") + 1:])
     assert (t.steps, t.lr, t.run_id, t.dist_backend) == (9, 0.3, "run-2", "gloo")
 
 

@@ -16,7 +16,7 @@ def resolve_backend(settings: Settings) -> tuple[str, str]:
     host (docker when a daemon answers and the image is there), else the process backend."""
     if settings.backend != "auto":
         return settings.backend, f"--backend {settings.backend}"
-    reasons = []
+    reasons: list[str] = []
     for name in backend_names():
         problem = backend_kind(name).probe(settings)
         if problem is None:
