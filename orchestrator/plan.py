@@ -430,10 +430,14 @@ def node_short_name(rank: int) -> str:
 
 
 def launcher_command(settings: Settings, rank: int, master_addr: str) -> tuple[str, ...]:
-    """The in-node launcher and its flags for node ``rank`` (torchrun's flag names)."""
+    """The in-node launcher and its flags for node ``rank`` (torchrun's flag names, which
+    ``python -m train.launch`` takes too)."""
     c = settings.cluster
+    # -P keeps the working directory off sys.path, so a user's own train.py cannot shadow the
+    # launcher's package (train/launch.py forgets the package again before the rank's target).
+    launcher = ("python", "-P", "-m", "train.launch") if c.launcher == "netorch" else ("torchrun",)
     return (
-        "torchrun",
+        *launcher,
         "--nnodes", str(c.nodes),
         "--nproc-per-node", str(c.procs_per_node),
         "--node-rank", str(rank),

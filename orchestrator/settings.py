@@ -116,6 +116,9 @@ class ClusterSettings(_Section):
         "auto", description="torch.distributed backend; auto = nccl with CUDA, else gloo"
     )
     image: str = Field("netorch:latest", description="training image for container backends")
+    launcher: Literal["netorch", "torchrun"] = Field(
+        "netorch", description="in-node launcher: netorch (imports torch once, forks the ranks) "
+        "or torchrun (its agent imports torch, then every rank again)")
     master_port: int = Field(29500, ge=1024, le=65535, description="c10d rendezvous port")
     omp_num_threads: int = Field(1, ge=1, le=256, description="OMP_NUM_THREADS per rank")
     timeout_s: int = Field(300, ge=10, le=7200, description="process-group timeout per collective")

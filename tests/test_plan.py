@@ -106,16 +106,23 @@ def test_default_ib_disable() -> None:
     assert build_plan(make(), RUN, "docker").nodes[0].env_dict["NCCL_IB_DISABLE"] == "1"
 
 
-def test_command_is_torchrun_with_bench_flags() -> None:
+LAUNCH_FLAGS = ["--nnodes", "2", "--nproc-per-node", "2", "--node-rank", "1",
+                "--master-addr", "172.28.0.2", "--master-port", "29500", "--max-restarts", "0"]
+
+
+def test_torchrun_launcher_takes_the_same_flags() -> None:
+    s = make(cluster={"nodes": 2, "procs_per_node": 2, "launcher": "torchrun"})
+    cmd = list(build_plan(s, RUN, "docker").nodes[1].command)
+    assert cmd[:15] == ["torchrun", *LAUNCH_FLAGS, "-m", "train.bench"]
+
+
+def test_command_is_the_netorch_launcher_with_bench_flags() -> None:
     s = make(cluster={"nodes": 2, "procs_per_node": 2},
              bench={"ops": ["all_reduce", "broadcast"], "min_bytes": "4K", "max_bytes": "1M",
                     "dtype": ["float32", "bfloat16"], "check": False, "iters": 7})
     node = build_plan(s, RUN, "docker").nodes[1]
     cmd = list(node.command)
-    assert cmd[:14] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", "1",
-                        "--master-addr", "172.28.0.2", "--master-port", "29500",
-                        "--max-restarts", "0", "-m"]
-    assert cmd[14] == "train.bench"
+    assert cmd[:18] == ["python", "-P", "-m", "train.launch", *LAUNCH_FLAGS, "-m", "train.bench"]
 
     def flag(name: str) -> str:
         return cmd[cmd.index(name) + 1]

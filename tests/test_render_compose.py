@@ -225,7 +225,7 @@ def compose_env(docker_client: Any) -> Any:
     try:
         docker_client.images.get("netorch:latest")
     except docker.errors.ImageNotFound:
-        require_docker("image netorch:latest is missing; build it with python -m orchestrator.image build")
+        require_docker("image netorch:latest is missing; build it with netorch image build")
     return docker_client
 
 

@@ -148,7 +148,7 @@ def test_command_flags_equal_plan_except_rank_and_addr() -> None:
         expected[expected.index("--node-rank") + 1] = "$(NODE_RANK)"
         expected[expected.index("--master-addr") + 1] = "$(MASTER_ADDR)"
         assert args == expected
-    assert args[0] == "torchrun"
+    assert args[:4] == ["python", "-P", "-m", "train.launch"]
     assert args[args.index("--nnodes") + 1] == "3"
     assert args[args.index("--nproc-per-node") + 1] == "2"
     assert args[args.index("--master-port") + 1] == "29600"

@@ -41,7 +41,7 @@ def test_train_plan_process(tmp_path: Path) -> None:
     assert plan == build_plan(s, RUN, "process", workload="train")  # pure
     master, worker = plan.nodes
     cmd = master.command
-    assert cmd[cmd.index("-m") + 1] == "train.job"
+    assert cmd[cmd.index("-m", cmd.index("--max-restarts")) + 1] == "train.job"
     assert cmd[cmd.index("--steps") + 1] == "7" and cmd[cmd.index("--seed") + 1] == "3"
     ckpt = str(tmp_path / "runs" / RUN / "checkpoints")
     assert checkpoint_dir(s, RUN) == ckpt

@@ -199,17 +199,31 @@ def _exit_code(code: object) -> int:
     return 1
 
 
+def _forget_own_package() -> None:
+    """Drop netorch's ``train`` package from ``sys.modules`` before the target runs.
+
+    The launcher is started as ``python -P -m train.launch`` (``-P``: the working directory is not
+    put on ``sys.path``, so a user's own ``train.py`` there cannot shadow this package). Once
+    forked, a rank no longer needs it, and a user's module or script named ``train`` must import
+    *their* code, not ours; netorch's own workloads simply import it again (torch stays loaded).
+    """
+    for name in [m for m in sys.modules if m == "train" or m.startswith("train.")]:
+        del sys.modules[name]
+
+
 def _run_python(spec: LaunchSpec) -> int:
     """Run the target as ``python [-m] TARGET ARGS`` would, in this process; return its exit status."""
     sys.argv = [spec.target, *spec.args]  # run_module(alter_sys=True) replaces argv[0] by the file
     sys.stdout, sys.stderr = _line_buffered(sys.stdout), _line_buffered(sys.stderr)
     if "numpy" in sys.modules:  # forked ranks would otherwise share numpy's global random state
         sys.modules["numpy"].random.seed()
+    _forget_own_package()
     try:
         if spec.module:
+            sys.path.insert(0, os.getcwd())  # as `python -m MODULE` puts the working directory
             runpy.run_module(spec.target, run_name="__main__", alter_sys=True)
         else:
-            sys.path[0] = os.path.dirname(os.path.abspath(spec.target))  # as `python SCRIPT` sets it
+            sys.path.insert(0, os.path.dirname(os.path.abspath(spec.target)))  # as `python SCRIPT`
             runpy.run_path(spec.target, run_name="__main__")
         return 0
     except SystemExit as e:
