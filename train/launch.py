@@ -132,7 +132,7 @@ def parse_args(argv: Sequence[str]) -> LaunchSpec:
 def worker_env(spec: LaunchSpec, local_rank: int, base: Mapping[str, str]) -> dict[str, str]:
     """Return the full environment of ``local_rank``: ``base`` plus torchrun's worker variables.
 
-    ``base`` is the launcher's environment after :func:`main` set OMP_NUM_THREADS's default.
+    ``base`` is the launcher's environment after :func:`run` set OMP_NUM_THREADS's default.
     """
     env = {k: v for k, v in base.items() if k not in AGENT_ONLY}
     world_size = spec.nnodes * spec.nproc_per_node
@@ -361,9 +361,14 @@ class _Node:
         return failure or 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Launch this node's ranks and supervise them; return the launcher's exit code."""
-    spec = parse_args(sys.argv[1:] if argv is None else argv)
+def run(spec: LaunchSpec) -> int:
+    """Fork ``spec``'s ranks from this process, supervise them, and return the launcher's exit code.
+
+    What :func:`main` does once the command line is parsed; ``train.agent``'s job child calls it too.
+    The calling process becomes the ranks' supervisor: it installs the forwarding handlers for
+    FORWARDED and reaps *any* child (``waitpid(-1)``), so call it in a process that exists for this
+    one launch. It imports torch unless the target is ``--no-python`` (a no-op when already loaded).
+    """
     if "OMP_NUM_THREADS" not in os.environ and spec.nproc_per_node > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # torchrun's default; before torch loads OpenMP
     if not spec.no_python:
@@ -378,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = _Node(spec)
     node.start()
     return node.supervise()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Launch this node's ranks and supervise them; return the launcher's exit code."""
+    return run(parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
