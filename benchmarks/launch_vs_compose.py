@@ -1,58 +1,78 @@
-"""Wall time of one job end to end: ``netorch bench --backend docker`` vs ``docker-compose up``.
+"""Cold wall time of one 4-node job: ``netorch bench --backend docker`` vs a hand-written compose file.
 
-Both run the same plan (4 nodes x 1 rank, all_reduce, small sweep) built from the same settings:
-netorch through its CLI (a subprocess, so its own start-up counts), compose from netorch's own
-rendered file (rendered before the clock starts, as a committed file would be) timed over
-``up --abort-on-container-exit --exit-code-from master`` + ``logs master`` + ``down -v``.
-Pairs alternate which side goes first, so drift (page cache, other load) hits both.
+The baseline is what a user writes by hand from the seed guide's distributed-training recipe:
+``benchmarks/seed_compose/docker-compose.yml`` (4 services on a fixed-subnet bridge, same image
+``netorch:latest``) running ``benchmarks/seed_compose/allreduce.py`` (a plain torch.distributed
+script: env://, gloo, 1 MiB float32 all_reduce, 3 warmup + 10 timed iterations). Not netorch's own
+rendered compose file: that carries netorch's in-node costs and would hide them.
 
-Where the time goes comes from the daemon's own event stream (network create, container
-create/start/die/destroy, network destroy) for each run, relative to the moment the command was
-launched.
+One run alternates, for ``--pairs N`` pairs, these sides (the order reversed in every other pair so
+drift from other load hits each side in each position):
 
-    python benchmarks/launch_vs_compose.py [--pairs 3] [--nodes 4] [--append benchmarks/RESULTS.md]
+- netorch: ``netorch bench --backend docker --nodes 4 --ops all_reduce -B 1M -E 1M -w 3 -i 10
+  --no-check -q -o TMP`` as a subprocess, whole command timed (``-o`` only keeps reports out of the
+  repository's ``runs/``);
+- compose: ``docker-compose -p UNIQUE -f .../docker-compose.yml up --abort-on-container-exit
+  --exit-code-from master`` then ``down -v``, both timed (the hand-written flow needs both); the
+  time of ``up`` alone is reported too;
+- torchrun (``--with-torchrun``): the netorch command with ``--set cluster.launcher=torchrun``,
+  which shows what the in-node launcher saves.
+
+A run fails when its command exits non-zero, times out or leaves a container or network behind;
+a failed run is listed and left out of the medians, and the script then exits 1. Where the time
+goes comes from the daemon's event stream (network create, container start/die, network destroy)
+relative to the launch of the command.
+
+    python benchmarks/launch_vs_compose.py [--pairs 3] [--with-torchrun] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import secrets
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from orchestrator.plan import build_plan  # noqa: E402
-from orchestrator.render.compose import compose_project, service_name, write_compose  # noqa: E402
-from orchestrator.settings import load_settings  # noqa: E402
-from train.results import decode_result_lines  # noqa: E402
-
-NETORCH_SUBNET = "10.206.0.0/24"
-COMPOSE_SUBNET = "10.207.0.0/24"
+COMPOSE_FILE = REPO / "benchmarks" / "seed_compose" / "docker-compose.yml"
+COMPOSE_SERVICES = ("master", "worker-1", "worker-2", "worker-3")
+NETORCH_ARGS = ("bench", "--backend", "docker", "--nodes", "4", "--ops", "all_reduce",
+                "-B", "1M", "-E", "1M", "-w", "3", "-i", "10", "--no-check", "-q")
+TORCHRUN_ARGS = ("--set", "cluster.launcher=torchrun")
+LABEL_NETORCH_RUN = "io.netorch.run"  # orchestrator.plan.LABEL_RUN; not imported: this script is a user
+LABEL_COMPOSE_PROJECT = "com.docker.compose.project"
+RUN_ID = re.compile(r"\b(\d{8}-\d{6}-[0-9a-f]{4})\b")
+SIDES = ("netorch", "compose", "torchrun")
+JOB = "job (in containers)"
 
 
 @dataclass
 class Run:
-    """One timed run of one side."""
+    """One timed run of one side; ``wall_s`` is the whole flow (compose: up + down)."""
 
     side: str
+    pair: int
+    position: int
     run_id: str
     wall_s: float
     ok: bool
+    up_s: float | None = None
+    down_s: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -61,218 +81,264 @@ def _netorch_bin() -> str:
     here = Path(sys.executable).parent / "netorch"
     found = str(here) if here.exists() else shutil.which("netorch")
     if not found:
-        raise SystemExit("netorch is not installed in this environment (pip install -e .)")
+        raise SystemExit("netorch is not installed in this environment; run `pip install -e .`")
     return found
 
 
-def _bench_flags(args: argparse.Namespace) -> list[str]:
-    return ["-n", str(args.nodes), "--ops", "all_reduce", "-B", args.min_bytes, "-E", args.max_bytes,
-            "-w", str(args.warmup), "-i", str(args.iters)]
+def _run(cmd: list[str], timeout: float) -> tuple[int, str, bool]:
+    """(exit code, stdout+stderr, timed out). On timeout SIGINT first, so netorch tears down."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out, False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        return proc.returncode, out, True
 
 
-def _overrides(args: argparse.Namespace, subnet: str) -> dict[str, Any]:
-    return {"cluster": {"nodes": args.nodes}, "network": {"subnet": subnet},
-            "bench": {"ops": ["all_reduce"], "min_bytes": args.min_bytes,
-                      "max_bytes": args.max_bytes, "warmup": args.warmup, "iters": args.iters}}
-
-
-def _events(client: Any, run_id: str, since: float, until: float) -> list[tuple[float, str, str]]:
-    """(time, type, action) of the daemon events whose resource name carries ``run_id``."""
+def _events(client: Any, key: str, since: float, until: float) -> list[tuple[float, str, str]]:
+    """(time, type, action) of the daemon's container/network events whose name carries ``key``."""
     out = []
     for ev in client.events(since=dt.datetime.fromtimestamp(since - 1, dt.timezone.utc),
                             until=dt.datetime.fromtimestamp(until + 1, dt.timezone.utc),
                             decode=True, filters={"type": ["container", "network"]}):
         name = ev.get("Actor", {}).get("Attributes", {}).get("name", "")
-        if run_id in name:
-            out.append((ev["timeNano"] / 1e9, ev["Type"], ev["Action"] + ":" + name))
+        if key in name:
+            out.append((ev["timeNano"] / 1e9, ev["Type"], ev["Action"]))
     return sorted(out)
 
 
 def _phases(events: list[tuple[float, str, str]], t0: float, t_end: float) -> dict[str, float]:
     """Split a run at daemon events: before the first, create+start, job, teardown, after."""
-    def first(kind: str, action: str) -> float | None:
-        ts = [t for t, k, a in events if k == kind and a.split(":")[0] == action]
-        return min(ts) if ts else None
+    def times(kind: str, action: str) -> list[float]:
+        return [t for t, k, a in events if k == kind and a == action]
 
-    def last(kind: str, action: str) -> float | None:
-        ts = [t for t, k, a in events if k == kind and a.split(":")[0] == action]
-        return max(ts) if ts else None
-
-    net_create = first("network", "create")
-    last_start = last("container", "start")
-    first_die = first("container", "die")
-    last_gone = last("network", "destroy") or last("container", "destroy")
-    if None in (net_create, last_start, first_die, last_gone):
+    creates, starts, dies = times("network", "create"), times("container", "start"), times("container", "die")
+    gone = times("network", "destroy") or times("container", "destroy")
+    if not (creates and starts and dies and gone):
         return {}
-    assert net_create and last_start and first_die and last_gone
     return {
-        "before daemon": net_create - t0,
-        "create+start": last_start - net_create,
-        "job (in containers)": first_die - last_start,
-        "teardown": last_gone - first_die,
-        "after daemon": t_end - last_gone,
+        "before daemon": min(creates) - t0,
+        "create+start": max(starts) - min(creates),
+        JOB: min(dies) - max(starts),
+        "teardown": max(gone) - min(dies),
+        "after daemon": t_end - max(gone),
     }
 
 
-def run_netorch(args: argparse.Namespace, client: Any, out: Path) -> Run:
-    cmd = [_netorch_bin(), "bench", "--backend", "docker", "-q", *_bench_flags(args),
-           "--subnet", NETORCH_SUBNET, "-o", str(out)]
+def _leftovers(client: Any, label: str, value: str) -> list[str]:
+    """Containers and networks still carrying ``label=value`` (a clean run leaves none)."""
+    flt = {"label": f"{label}={value}"}
+    return ([f"container {c.name}" for c in client.containers.list(all=True, filters=flt)]
+            + [f"network {n.name}" for n in client.networks.list(filters=flt)])
+
+
+def run_netorch(side: str, client: Any, out: Path, timeout: float) -> Run:
+    """Time one ``netorch bench`` (with the torchrun launcher for side ``torchrun``)."""
+    cmd = [_netorch_bin(), *NETORCH_ARGS, "-o", str(out)]
+    if side == "torchrun":
+        cmd += TORCHRUN_ARGS
     t0 = time.time()
-    env = {**os.environ, "COLUMNS": "400"}  # no wrapped lines in rich's output
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout,
-                          env=env)
+    rc, text, timed_out = _run(cmd, timeout)
     t1 = time.time()
-    text = proc.stdout + proc.stderr
-    m = re.search(r"(\d{8}-\d{6}-[0-9a-f]{4})/report\.json", text)
+    m = RUN_ID.search(text)
     run_id = m.group(1) if m else "?"
-    ok = proc.returncode == 0 and "wrong: 0" in text
-    note = "" if ok else f"rc={proc.returncode}: {text[-400:]!r}"
+    notes = []
+    if timed_out:
+        notes.append(f"timed out after {timeout:.0f} s")
+    if rc != 0:
+        notes.append(f"exit {rc}: {text[-600:]!r}")
+    if m:
+        left = _leftovers(client, LABEL_NETORCH_RUN, run_id)
+        if left:
+            notes.append("left behind: " + ", ".join(left))
+            subprocess.run([_netorch_bin(), "down", "--run", run_id], capture_output=True)
+    elif rc == 0:
+        notes.append(f"no run id in the output: {text[-600:]!r}")
     phases = _phases(_events(client, run_id, t0, t1), t0, t1) if m else {}
-    el = re.search(r"elapsed: ([0-9.]+) s", text)
-    if el:
-        phases["netorch 'elapsed'"] = float(el.group(1))
-    return Run("netorch", run_id, t1 - t0, ok, phases, note)
+    return Run(side, 0, 0, run_id, t1 - t0, not notes, phases=phases, note="; ".join(notes))
 
 
-def run_compose(args: argparse.Namespace, client: Any, out: Path) -> Run:
-    run_id = "bc-" + secrets.token_hex(4)
-    plan = build_plan(load_settings(REPO / "configs" / "default.toml",
-                                    _overrides(args, COMPOSE_SUBNET)), run_id, "docker")
-    file = write_compose(plan, out / run_id)
-    base = ["docker-compose", "-p", compose_project(plan), "-f", str(file)]
-    master = service_name(plan.master)
+def run_compose(side: str, client: Any, out: Path, timeout: float) -> Run:
+    """Time ``docker-compose up`` + ``down -v`` of the hand-written file; down always runs."""
+    project = "lvc" + secrets.token_hex(4)
+    base = ["docker-compose", "-p", project, "-f", str(COMPOSE_FILE)]
+    notes = []
     t0 = time.time()
-    up = subprocess.run([*base, "up", "--abort-on-container-exit", "--exit-code-from", master],
-                        capture_output=True, text=True, timeout=args.timeout)
-    t_up = time.time()
-    logs = subprocess.run([*base, "logs", "--no-color", master], capture_output=True, text=True,
-                          timeout=120)
-    t_logs = time.time()
-    down = subprocess.run([*base, "down", "-v"], capture_output=True, text=True, timeout=300)
-    t1 = time.time()
-    doc = decode_result_lines(logs.stdout.splitlines())
-    ok = up.returncode == 0 and down.returncode == 0 and doc is not None and doc["wrong_total"] == 0
-    note = "" if ok else f"up rc={up.returncode} down rc={down.returncode}: {up.stderr[-400:]!r}"
-    phases = _phases(_events(client, run_id, t0, t1), t0, t1)
-    phases.update({"compose up": t_up - t0, "compose logs": t_logs - t_up, "compose down": t1 - t_logs})
-    return Run("compose", run_id, t1 - t0, ok, phases, note)
+    t_up = t1 = t0
+    try:
+        rc, text, timed_out = _run([*base, "up", "--abort-on-container-exit", "--exit-code-from",
+                                    "master"], timeout)
+        t_up = time.time()
+        if timed_out:
+            notes.append(f"up timed out after {timeout:.0f} s")
+        # --exit-code-from master: rc is the master's exit code (137 = killed at the stop timeout).
+        if rc != 0:
+            notes.append(f"up exit {rc}: {text[-600:]!r}")
+        elif "us/iter" not in text:
+            notes.append(f"master printed no time: {text[-600:]!r}")
+    finally:
+        down_rc, down_text, _ = _run([*base, "down", "-v"], 300)
+        t1 = time.time()
+    if down_rc != 0:
+        notes.append(f"down exit {down_rc}: {down_text[-400:]!r}")
+    left = _leftovers(client, LABEL_COMPOSE_PROJECT, project)
+    if left:
+        notes.append("left behind: " + ", ".join(left))
+    phases = _phases(_events(client, project, t0, t1), t0, t1)
+    return Run(side, 0, 0, project, t1 - t0, not notes, up_s=t_up - t0, down_s=t1 - t_up,
+               phases=phases, note="; ".join(notes))
 
 
-def cli_startup(runs: int = 3) -> float:
-    """Median wall time of ``netorch --help`` (interpreter + imports + Typer)."""
-    times = []
-    for _ in range(runs):
-        t0 = time.time()
-        subprocess.run([_netorch_bin(), "--help"], capture_output=True, check=True)
-        times.append(time.time() - t0)
-    return statistics.median(times)
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
-def compose_startup(runs: int = 3) -> float:
-    """Median wall time of ``docker-compose version``."""
-    times = []
-    for _ in range(runs):
-        t0 = time.time()
-        subprocess.run(["docker-compose", "version"], capture_output=True, check=True)
-        times.append(time.time() - t0)
-    return statistics.median(times)
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
-JOB = "job (in containers)"
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
-def _overhead(run: Run) -> str:
-    return f"{run.wall_s - run.phases[JOB]:.2f}" if JOB in run.phases else "-"
+def summarize(runs: list[Run], sides: tuple[str, ...]) -> dict[str, Any]:
+    """Medians per side over the runs that passed, and per-pair ratios against compose."""
+    ok = [r for r in runs if r.ok]
+    med: dict[str, float | None] = {s: _median([r.wall_s for r in ok if r.side == s]) for s in sides}
+    med["compose up only"] = _median([r.up_s for r in ok if r.side == "compose" and r.up_s is not None])
+    pairs = sorted({r.pair for r in runs})
+    ratios: dict[str, list[float]] = {}
+    for s in sides:
+        if s == "compose":
+            continue
+        for against, attr in (("compose", "wall_s"), ("compose up only", "up_s")):
+            per_pair = []
+            for p in pairs:
+                a = [r for r in ok if r.pair == p and r.side == s]
+                b = [r for r in ok if r.pair == p and r.side == "compose"]
+                if a and b and getattr(b[0], attr):
+                    per_pair.append(a[0].wall_s / getattr(b[0], attr))
+            ratios[f"{s}/{against}"] = per_pair
+    if "torchrun" in sides:
+        ratios["netorch/torchrun"] = [
+            a.wall_s / b.wall_s for p in pairs
+            for a in ok if a.pair == p and a.side == "netorch"
+            for b in ok if b.pair == p and b.side == "torchrun"]
+    phase_keys: list[str] = []
+    for r in ok:
+        phase_keys += [k for k in r.phases if k not in phase_keys]
+    phases = {k: {s: _median([r.phases[k] for r in ok if r.side == s and k in r.phases])
+                  for s in sides} for k in phase_keys}
+    return {
+        "median_wall_s": med,
+        "median_paired_ratio": {k: _median(v) for k, v in ratios.items()},
+        "paired_ratios": ratios,
+        "ratio_of_medians": {f"{s}/compose": _ratio(med[s], med["compose"])
+                             for s in sides if s != "compose"},
+        "median_phases_s": phases,
+        "failed": [asdict(r) for r in runs if not r.ok],
+    }
 
 
-def report(runs: list[Run], args: argparse.Namespace, startup: tuple[float, float]) -> str:
-    lines = []
-    lines.append("| pair | netorch s | compose s | netorch/compose | netorch overhead s | "
-                 "compose overhead s | ok |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---|")
-    pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs) - 1, 2)]
-    for i, (a, b) in enumerate(pairs, 1):
-        n, c = (a, b) if a.side == "netorch" else (b, a)
-        first = a.side
-        lines.append(f"| {i} ({first} first) | {n.wall_s:.2f} | {c.wall_s:.2f} | "
-                     f"{n.wall_s / c.wall_s:.2f} | {_overhead(n)} | {_overhead(c)} | "
-                     f"{n.ok and c.ok} |")
-    nets = [r.wall_s for r in runs if r.side == "netorch"]
-    comps = [r.wall_s for r in runs if r.side == "compose"]
-    mn, mc = statistics.median(nets), statistics.median(comps)
-    on = [r.wall_s - r.phases[JOB] for r in runs if r.side == "netorch" and JOB in r.phases]
-    oc = [r.wall_s - r.phases[JOB] for r in runs if r.side == "compose" and JOB in r.phases]
-    med_o = (f"**{statistics.median(on):.2f}** | **{statistics.median(oc):.2f}**"
-             if on and oc else "- | -")
-    lines.append(f"| **median** | **{mn:.2f}** | **{mc:.2f}** | **{mn / mc:.2f}** | {med_o} | |")
+def report(runs: list[Run], sides: tuple[str, ...], summary: dict[str, Any]) -> str:
+    """Markdown: one row per pair, the medians, the ratios and the phase split."""
+    head = ["pair (order)", *(f"{s} s" for s in sides), "compose up only s",
+            *(f"{s}/compose" for s in sides if s != "compose")]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for p in sorted({r.pair for r in runs}):
+        in_pair = sorted((r for r in runs if r.pair == p), key=lambda r: r.position)
+        by_side = {r.side: r for r in in_pair}
+        c = by_side.get("compose")
+
+        def cell(r: Run | None) -> str:
+            return "-" if r is None else (f"{r.wall_s:.2f}" if r.ok else f"FAILED ({r.wall_s:.2f})")
+
+        row = [f"{p} ({', '.join(r.side for r in in_pair)})", *(cell(by_side.get(s)) for s in sides),
+               _fmt(c.up_s) if c else "-"]
+        for s in sides:
+            if s == "compose":
+                continue
+            r = by_side.get(s)
+            row.append(f"{r.wall_s / c.wall_s:.2f}" if r and c and r.ok and c.ok else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    med, pr = summary["median_wall_s"], summary["median_paired_ratio"]
+    lines.append("| **median** | " + " | ".join(f"**{_fmt(med[s])}**" for s in sides)
+                 + f" | **{_fmt(med['compose up only'])}** | "
+                 + " | ".join(f"**{_fmt(pr[f'{s}/compose'])}**" for s in sides if s != "compose")
+                 + " |")
     lines.append("")
-    lines.append("overhead = wall time minus the job phase (last container start to first exit), "
-                 "i.e. what the launcher itself costs; the job phase is the same work on both sides "
-                 "but swings with host load.")
+    lines.append("Ratios are medians of the per-pair ratios; ratio of the medians: "
+                 + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["ratio_of_medians"].items())
+                 + "; against `up` alone: "
+                 + ", ".join(f"{s}/compose-up {_fmt(pr[f'{s}/compose up only'])}"
+                             for s in sides if s != "compose")
+                 + (f"; netorch/torchrun launcher {_fmt(pr['netorch/torchrun'])}"
+                    if "netorch/torchrun" in pr else "") + ".")
     lines.append("")
-    lines.append(f"Start-up alone (median of 3): `netorch --help` {startup[0]:.2f} s, "
-                 f"`docker-compose version` {startup[1]:.2f} s.")
+    lines.append("Median phases (s), from the daemon's events relative to the command's launch "
+                 "(job = last container start to first container exit):")
     lines.append("")
-    keys: list[str] = []
+    lines.append("| phase | " + " | ".join(sides) + " |")
+    lines.append("|---" + "|---:" * len(sides) + "|")
+    for k, vals in summary["median_phases_s"].items():
+        lines.append(f"| {k} | " + " | ".join(_fmt(vals[s]) for s in sides) + " |")
     for r in runs:
-        keys += [k for k in r.phases if k not in keys]
-    lines.append("Median phase times (s), from daemon events relative to the command's launch:")
-    lines.append("")
-    lines.append("| phase | netorch | compose |")
-    lines.append("|---|---:|---:|")
-    for k in keys:
-        vals = {side: [r.phases[k] for r in runs if r.side == side and k in r.phases]
-                for side in ("netorch", "compose")}
-        cell = {s: (f"{statistics.median(v):.2f}" if v else "-") for s, v in vals.items()}
-        lines.append(f"| {k} | {cell['netorch']} | {cell['compose']} |")
-    bad = [r for r in runs if not r.ok]
-    for r in bad:
-        lines.append(f"\nFAILED {r.side} {r.run_id}: {r.note}")
+        if not r.ok:
+            lines.append(f"\nFAILED pair {r.pair} {r.side} {r.run_id}: {r.note}")
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--min-bytes", default="64K")
-    p.add_argument("--max-bytes", default="1M")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=600)
-    p.add_argument("--append", type=Path, help="append the results as a markdown section to FILE")
+    p.add_argument("--pairs", type=int, default=3, help="pairs (rounds of every side); default 3")
+    p.add_argument("--with-torchrun", action="store_true",
+                   help="also time netorch with --set cluster.launcher=torchrun")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per command before it fails")
+    p.add_argument("--json", type=Path, help="write the runs and figures as JSON to FILE")
     args = p.parse_args()
     if shutil.which("docker-compose") is None:
-        raise SystemExit("docker-compose is not installed")
+        raise SystemExit("docker-compose is not installed; apt-get install docker-compose")
     client = docker.from_env()
-    load_before = os.getloadavg()[0]
-    startup = (cli_startup(), compose_startup())
+    sides = SIDES if args.with_torchrun else SIDES[:2]
+    runners = {"netorch": run_netorch, "torchrun": run_netorch, "compose": run_compose}
+    load = [os.getloadavg()[0]]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="netorch-bench-") as tmp:
-        out = Path(tmp)
-        for i in range(args.pairs):
-            order = (run_netorch, run_compose) if i % 2 == 0 else (run_compose, run_netorch)
-            for fn in order:
-                r = fn(args, client, out)
+    with tempfile.TemporaryDirectory(prefix="netorch-lvc-") as tmp:
+        for pair in range(1, args.pairs + 1):
+            order = sides if pair % 2 else tuple(reversed(sides))
+            for pos, side in enumerate(order):
+                r = runners[side](side, client, Path(tmp), args.timeout)
+                r.pair, r.position = pair, pos
                 runs.append(r)
-                print(f"pair {i + 1}: {r.side:8s} {r.wall_s:6.2f} s ok={r.ok} run={r.run_id} "
-                      + " ".join(f"{k}={v:.2f}" for k, v in r.phases.items()), flush=True)
-    table = report(runs, args, startup)
-    table += (f"\n\nHost 1-min load average: {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end "
-              f"({os.cpu_count()} cores; the job phase stretches with it).")
+                extra = f" (up {r.up_s:.2f}, down {r.down_s:.2f})" if r.up_s is not None else ""
+                print(f"pair {pair} #{pos + 1} {side:8s} {r.wall_s:6.2f} s{extra} "
+                      f"{'ok' if r.ok else 'FAILED'} {r.run_id} "
+                      + " ".join(f"[{k} {v:.2f}]" for k, v in r.phases.items())
+                      + (f" {r.note}" if r.note else ""), flush=True)
+    load.append(os.getloadavg()[0])
+    summary = summarize(runs, sides)
+    table = report(runs, sides, summary)
+    table += (f"\n\nHost: {os.cpu_count()} cores, 1-min load average {load[0]:.1f} at start, "
+              f"{load[1]:.1f} at end.")
     print()
     print(table)
-    if args.append:
-        cmd = "python " + " ".join(shlex.quote(a) for a in
-                                   [str(Path(sys.argv[0]).relative_to(REPO) if Path(sys.argv[0]).is_absolute() else sys.argv[0]), *sys.argv[1:]])
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = (f"\n## launch_vs_compose: netorch bench --backend docker vs docker-compose up ({when})\n\n"
-                   f"Command: `{cmd}` (host: {os.cpu_count()} cores; {args.nodes} nodes x 1 rank, "
-                   f"all_reduce {args.min_bytes}..{args.max_bytes}, warmup {args.warmup}, "
-                   f"iters {args.iters}; target netorch <= 0.6 x compose)\n\n{table}\n")
-        with args.append.open("a", encoding="utf-8") as fh:
-            fh.write(section)
+    if args.json:
+        doc = {"started": started, "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
+               "netorch_command": shlex.join(["netorch", *NETORCH_ARGS]),
+               "compose_file": str(COMPOSE_FILE.relative_to(REPO)),
+               "cores": os.cpu_count(), "load_average": load, "sides": list(sides),
+               "runs": [asdict(r) for r in runs], **summary}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return 0 if all(r.ok for r in runs) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

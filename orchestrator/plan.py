@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import PlanError
-from train.contract import BenchArgs, TrainArgs, workload_argv
-from orchestrator.settings import (
-    BenchSettings,
-    LinkSettings,
-    MetricsSettings,
-    Settings,
-    TrainSettings,
-    parse_rate_bits,
-)
+# Re-exported: a plan is read together with its workload.
+from orchestrator.workloads import CONTAINER_CHECKPOINT_DIR as CONTAINER_CHECKPOINT_DIR
+from orchestrator.workloads import WORKLOADS as WORKLOADS
+from orchestrator.workloads import CheckpointSpec as CheckpointSpec
+from orchestrator.workloads import WorkloadSpec as WorkloadSpec
+from orchestrator.workloads import checkpoint_dir as checkpoint_dir
+from orchestrator.workloads import workload_for as workload_for
+from orchestrator.settings import LinkSettings, Settings, parse_rate_bits
 
 LABEL_RUN = "io.netorch.run"
 LABEL_ROLE = "io.netorch.role"
@@ -35,9 +34,6 @@ LABEL_MANAGED = "io.netorch.managed"
 
 # A registered backend's name (orchestrator.backends.registry): process, docker, or a plug-in's.
 BackendName = str
-WORKLOADS = ("bench", "train")
-# Where the master's checkpoint directory appears inside its container (a bind mount).
-CONTAINER_CHECKPOINT_DIR = "/netorch/checkpoints"
 MAX_DOCKER_NAME = 63
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
 
@@ -57,8 +53,6 @@ def new_run_id() -> str:
 # Docker names a container's interface on its first network eth0, whatever NCCL/gloo are told to
 # use; link emulation shapes that interface.
 CONTAINER_IFNAME = "eth0"
-# tbf queue bound: how long a packet may wait for tokens before it is dropped.
-TBF_LATENCY = "50ms"
 
 
 @dataclass(frozen=True)
@@ -85,35 +79,6 @@ def link_spec(link: LinkSettings) -> LinkSpec | None:
     if not link.enabled:
         return None
     return LinkSpec(rate=link.rate, delay=link.delay, jitter=link.jitter, loss=link.loss)
-
-
-def tc_commands(link: LinkSpec, ifname: str = CONTAINER_IFNAME) -> tuple[tuple[str, ...], ...]:
-    """The tc invocations (argv) that make ``ifname`` behave like ``link``, in order.
-
-    tbf's burst must hold at least one GSO super-packet (64 KiB on veth) or tbf splits every
-    packet in software; 4 ms worth of tokens is above that from ~130 Mbit/s up and keeps the
-    long-run rate exact (bursts only shift when bytes leave, not how many leave per second).
-    """
-    commands: list[tuple[str, ...]] = []
-    parent: tuple[str, ...] = ("root", "handle", "1:")
-    if link.delay or link.loss:
-        netem: list[str] = ["tc", "qdisc", "add", "dev", ifname, "root", "handle", "1:", "netem"]
-        if link.delay:
-            netem += ["delay", link.delay]
-            if link.jitter:
-                netem.append(link.jitter)
-        if link.loss:
-            netem += ["loss", link.loss]
-        commands.append(tuple(netem))
-        parent = ("parent", "1:1", "handle", "10:")
-    bits = link.rate_bits
-    if bits:
-        burst = max(64 * 1024 * 2, bits // 8 // 250)
-        commands.append((
-            "tc", "qdisc", "add", "dev", ifname, *parent, "tbf", "rate", f"{bits}bit",
-            "burst", str(burst), "latency", TBF_LATENCY,
-        ))
-    return tuple(commands)
 
 
 @dataclass(frozen=True)
@@ -289,105 +254,6 @@ def _plain(value: Any) -> Any:
         return value.value
     return value
 
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """A host directory of checkpoints and where nodes see it.
-
-    On a fabric with ``in_node_paths`` it is bind-mounted at ``in_node_dir`` (on the master only
-    when ``master_only``: netorch's train job reads and writes checkpoints on rank 0 alone); on
-    the process backend nodes use ``host_dir`` itself. ``NETORCH_CHECKPOINT_DIR`` tells the job.
-    """
-
-    host_dir: str
-    in_node_dir: str
-    master_only: bool
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    """What every node runs, independent of the backend: the launcher's target and its needs.
-
-    ``target`` follows the launcher (``-m MODULE ARGS`` / ``SCRIPT.py ARGS`` / ``--no-python
-    CMD ARGS``). ``emits_result``: rank 0 prints a result line the session must collect (netorch's
-    own workloads). ``mounts`` go on every node; ``workdir`` is the nodes' working directory,
-    bind-mounted from ``workdir_source`` when set. ``image`` overrides ``cluster.image``.
-    ``placeholders``: ``{node_rank}``-style fields in ``target`` are filled in per node.
-    """
-
-    kind: str
-    target: tuple[str, ...]
-    emits_result: bool = True
-    env: tuple[tuple[str, str], ...] = ()
-    mounts: tuple[MountSpec, ...] = ()
-    checkpoint: CheckpointSpec | None = None
-    workdir: str | None = None
-    workdir_source: str | None = None
-    workdir_read_only: bool = True
-    image: str | None = None
-    metrics: bool = False
-    placeholders: bool = False
-
-
-def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> BenchArgs:
-    """The workload contract's ``python -m train.bench`` config equal to ``bench``."""
-    return BenchArgs(
-        ops=tuple(bench.ops), min_bytes=bench.min_bytes, max_bytes=bench.max_bytes,
-        step_factor=bench.step_factor, warmup=bench.warmup, iters=bench.iters,
-        dtypes=tuple(bench.dtype), check=bench.check, in_place=bench.in_place,
-        reduce_op=bench.reduce_op, dist_backend=dist_backend, timeout_s=timeout_s, run_id=run_id,
-    )
-
-
-def train_args(
-    train: TrainSettings, metrics: MetricsSettings, dist_backend: str, timeout_s: int, run_id: str
-) -> TrainArgs:
-    """The workload contract's ``python -m train.job`` config equal to ``train`` (+ metrics)."""
-    return TrainArgs(
-        steps=train.steps, batch_size=train.batch_size, width=train.width, depth=train.depth,
-        bucket_cap_mb=train.bucket_cap_mb, checkpoint_every=train.checkpoint_every,
-        keep_checkpoints=train.keep_checkpoints, seed=train.seed, lr=train.lr,
-        progress_every=train.progress_every, dist_backend=dist_backend, timeout_s=timeout_s,
-        run_id=run_id, metrics_hold_s=metrics.hold_s, metrics_hold_scrapes=metrics.hold_scrapes,
-    )
-
-
-def checkpoint_dir(settings: Settings, run_id: str) -> str:
-    """The host directory of a run's checkpoints: ``<output>/<run_id>/checkpoints``, absolute.
-
-    Absolute because process-backend nodes run in the project root and Docker binds need it; it
-    is resolved against the current directory, like every other relative path the user gives.
-    """
-    return os.path.abspath(os.path.join(settings.output, run_id, "checkpoints"))
-
-
-def bench_workload(settings: Settings, run_id: str) -> WorkloadSpec:
-    """netorch's collective benchmark (``python -m train.bench``)."""
-    c = settings.cluster
-    args = bench_args(settings.bench, c.dist_backend, c.timeout_s, run_id)
-    return WorkloadSpec(kind="bench", target=workload_argv(args))
-
-
-def train_workload(settings: Settings, run_id: str) -> WorkloadSpec:
-    """netorch's DDP training job (``python -m train.job``): checkpoints on rank 0, metrics."""
-    c = settings.cluster
-    args = train_args(settings.train, settings.metrics, c.dist_backend, c.timeout_s, run_id)
-    return WorkloadSpec(
-        kind="train",
-        target=workload_argv(args),
-        checkpoint=CheckpointSpec(checkpoint_dir(settings, run_id), CONTAINER_CHECKPOINT_DIR,
-                                  master_only=True),
-        metrics=settings.metrics.enabled,
-    )
-
-
-def workload_for(name: str, settings: Settings, run_id: str) -> WorkloadSpec:
-    """The built-in workload called ``name`` (bench, train)."""
-    if name == "bench":
-        return bench_workload(settings, run_id)
-    if name == "train":
-        return train_workload(settings, run_id)
-    raise PlanError(f"workload {name!r} is unknown; use one of {', '.join(WORKLOADS)}")
 
 def with_restart(plan: ClusterPlan, restart: int) -> ClusterPlan:
     """``plan`` for gang restart number ``restart`` (1, 2, ...): every node's env says which.

@@ -11,7 +11,8 @@ from orchestrator.backends.docker import GATE_FILE, container_create_kwargs, gat
 from orchestrator.doctor import _sections, sleeping_plan
 from orchestrator.errors import ConfigError
 from orchestrator.netprobe import ProbeNode, _parse_tcp, path_mtu
-from orchestrator.plan import LinkSpec, build_plan, tc_commands, with_start_gate
+from orchestrator.backends.docker.linkem import tc_commands
+from orchestrator.plan import LinkSpec, build_plan, with_start_gate
 from orchestrator.settings import load_settings
 from orchestrator.sweep import aggregate, large_sizes, recommend, ring_pairs, sweep_order, verdicts
 

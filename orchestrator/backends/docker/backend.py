@@ -27,6 +27,7 @@ from orchestrator.backends.docker.errors import (
     TRANSPORT_ERRORS,
     docker_errors,
     explanation,
+    translate_error,
 )
 from orchestrator.backends.docker.kwargs import network_create_kwargs, run_filters
 from orchestrator.backends.docker.nodes import (
@@ -36,7 +37,7 @@ from orchestrator.backends.docker.nodes import (
     start_containers,
 )
 from orchestrator.errors import BackendError, NetworkConflictError, PreflightError
-from orchestrator.plan import BackendName, ClusterPlan
+from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, BackendName, ClusterPlan
 from orchestrator.settings import Settings
 
 PROC_NET_ROUTE = Path("/proc/net/route")
@@ -116,8 +117,9 @@ class DockerBackend:
         with docker_errors("checking the Docker daemon", plan):
             self.client.ping()
             info = self.client.info()
-            self.client.images.get(plan.runtime.image)
+            image = self.client.images.get(plan.runtime.image)
         self._check_gpus(plan, info)
+        check_image_runtime(self.client, plan, image)
         with docker_errors("listing networks and containers", plan):
             networks = self.client.api.networks()
             containers = self.client.api.containers(all=True)
@@ -317,3 +319,73 @@ def remove_by_label(
 def down_all(client: Any, run_id: str | None) -> list[str]:
     """``netorch down``: remove netorch-managed resources of ``run_id``, or of every run (None)."""
     return remove_by_label(client, run_id)
+
+
+# What a node's image must hold, checked in a throw-away container (no network, removed after):
+# the launcher's interpreter, torch, and netorch's in-node launcher when the plan uses it.
+_RUNTIME_CHECK = (
+    "import importlib.util as u, shutil\n"
+    "def has(name):\n"
+    "    try:\n"
+    "        return u.find_spec(name) is not None\n"
+    "    except ImportError:\n"
+    "        return False\n"
+    "missing = [n for n in ('torch', 'train.launch') if not has(n)]\n"
+    "missing += [] if shutil.which('torchrun') else ['torchrun']\n"
+    "print('NETORCH_MISSING=' + ','.join(missing))\n"
+)
+
+
+def check_image_runtime(client: Any, plan: ClusterPlan, image: Any) -> None:
+    """Refuse, before anything exists, an image that cannot run the plan's launcher.
+
+    Images netorch built (and images built FROM them, which inherit the label) are trusted. Any
+    other image -- a user's own for ``netorch run --image`` -- is asked in a throw-away container
+    whether ``python`` runs and has torch (and ``train.launch`` for the netorch launcher, or
+    ``torchrun`` for torchrun's). Nothing is pulled.
+    """
+    from orchestrator.image import LABEL_INPUTS_HASH
+
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    if LABEL_INPUTS_HASH in labels:
+        return
+    name = plan.runtime.image
+    launcher = plan.master.command[0]
+    interpreter = "python" if launcher == "python" else "python3"
+    try:
+        output = client.containers.run(
+            name, [interpreter, "-c", _RUNTIME_CHECK], remove=True, network_disabled=True,
+            stdout=True, stderr=True, labels={LABEL_MANAGED: "true", LABEL_RUN: plan.run_id},
+        )
+    except docker.errors.ContainerError as e:
+        raise PreflightError(
+            f"image {name}: `{interpreter}` did not run in it (exit {e.exit_status}); netorch "
+            "runs jobs with the image's Python: use an image with Python and torch (e.g. one "
+            "built FROM netorch:latest)"
+        ) from None
+    except docker.errors.APIError as e:
+        if "executable file not found" in explanation(e) or "no such file" in explanation(e):
+            raise PreflightError(
+                f"image {name} has no `{interpreter}` on its PATH; use an image with Python and "
+                "torch (e.g. one built FROM netorch:latest)"
+            ) from None
+        raise translate_error(e, f"checking image {name}", plan) from e
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+    line = next((x for x in text.splitlines() if x.startswith("NETORCH_MISSING=")), None)
+    if line is None:
+        raise PreflightError(f"image {name}: the runtime check printed nothing usable: "
+                             f"{text.strip()[-200:]!r}")
+    missing = {m for m in line.split("=", 1)[1].split(",") if m}
+    if "torch" in missing:
+        raise PreflightError(
+            f"image {name} has no torch (`import torch` fails in its {interpreter}); install "
+            "torch in the image, or build it FROM netorch:latest"
+        )
+    if launcher == "python" and "train.launch" in missing:
+        raise PreflightError(
+            f"image {name} lacks netorch's in-node launcher (train.launch); build it FROM "
+            "netorch:latest, or run with --set cluster.launcher=torchrun"
+        )
+    if launcher == "torchrun" and "torchrun" in missing:
+        raise PreflightError(f"image {name} has torch but no `torchrun` on its PATH; put it there "
+                             "or use the netorch launcher (cluster.launcher = netorch)")

@@ -25,7 +25,8 @@ from orchestrator.backends.docker.errors import (
 )
 from orchestrator.backends.docker.kwargs import GATE_FILE, container_create_kwargs
 from orchestrator.errors import BackendError
-from orchestrator.plan import ClusterPlan, NodeSpec, tc_commands
+from orchestrator.backends.docker.linkem import tc_commands
+from orchestrator.plan import ClusterPlan, NodeSpec
 
 # Wait requests are bounded so a waiter notices a vanished daemon instead of hanging forever.
 WAIT_POLL_S = 30
