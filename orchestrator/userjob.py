@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Final, Literal
 
 from orchestrator.errors import ConfigError
+from orchestrator.plan import MountSpec
+from orchestrator.settings import Settings
+from orchestrator.workloads import CheckpointSpec, WorkloadSpec
 
 MountKind = Literal["bind", "volume"]
 CommandKind = Literal["python-module", "python-script", "exec"]
@@ -290,3 +293,90 @@ def classify_command(argv: Sequence[str]) -> CommandKind:
     """``"python-module"``, ``"python-script"`` or ``"exec"``; see :func:`parse_command`."""
     return parse_command(argv).kind
 
+
+
+# --------------------------------------------------------------------------------------------
+# netorch run: settings -> the workload every node runs
+# --------------------------------------------------------------------------------------------
+
+#: Where the user's code (``--workdir``) and checkpoints (``--checkpoint-dir``) appear in nodes.
+WORKSPACE_DIR = "/workspace"
+CHECKPOINTS_DIR = "/checkpoints"
+
+#: Variables the plan or the launcher sets on every rank; ``--env`` may not set them.
+OWNED_ENV: frozenset[str] = frozenset({
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "NNODES",
+    "NPROC_PER_NODE", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE",
+    "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE",
+    "NETORCH_RUN_ID", "NETORCH_NODE_NAME", "NETORCH_RESTART_COUNT", "NETORCH_PLANNED_IP",
+    "NETORCH_IFNAME", "NETORCH_CHECKPOINT_DIR",
+})
+
+
+def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> WorkloadSpec:
+    """The user's job from ``[run]`` (the ``netorch run`` flags): command, mounts, env.
+
+    ``base_dir`` resolves relative host paths (the user's current directory). With
+    ``in_node_paths`` (containers) the workdir is mounted at /workspace (read-only unless
+    ``run.workdir_writable``) and the checkpoint directory at /checkpoints on every node; on
+    the process backend nodes run on this host, so the workdir is their working directory and
+    ``{checkpoint_dir}`` / ``NETORCH_CHECKPOINT_DIR`` name the host directory itself.
+    Raises ConfigError (one line: flag, value, fix) before anything exists.
+    """
+    run = settings.run
+    command = parse_command(run.command)
+    if command.kind == "python-module":
+        target: tuple[str, ...] = ("-m", command.target, *command.args)
+    elif command.kind == "python-script":
+        target = (command.target, *command.args)
+    else:
+        target = ("--no-python", *command.argv)
+    workdir_source = None
+    if run.workdir is not None:
+        workdir_source = _existing_dir("--workdir", run.workdir, base_dir)
+    checkpoint = None
+    if run.checkpoint_dir is not None:
+        host = Path(run.checkpoint_dir).expanduser()
+        host = host if host.is_absolute() else base_dir / host
+        host.mkdir(parents=True, exist_ok=True)
+        checkpoint = CheckpointSpec(str(host.resolve()), CHECKPOINTS_DIR, master_only=False)
+    mounts = tuple(parse_mount(text, base_dir) for text in run.mounts)
+    if mounts and not in_node_paths:
+        raise ConfigError(
+            f"--mount {mounts[0].spec!r}: the {settings.backend} backend runs nodes on this "
+            "host's own filesystem and mounts nothing; pass the host path to your script "
+            "instead, or use --backend docker"
+        )
+    owned = {"/dev/shm": "the plan's shared memory (docker.shm_size)"}
+    if checkpoint is not None:
+        owned[CHECKPOINTS_DIR] = "--checkpoint-dir"
+    if workdir_source is not None:
+        owned[WORKSPACE_DIR] = "--workdir"
+    check_mounts(mounts, owned)
+    env = parse_env([f"{k}={v}" for k, v in run.env.items()], OWNED_ENV)
+    return WorkloadSpec(
+        kind="run",
+        target=target,
+        emits_result=False,
+        env=tuple(env.items()),
+        mounts=tuple(MountSpec(m.source, m.target, m.read_only, m.kind) for m in mounts),
+        checkpoint=checkpoint,
+        workdir=(WORKSPACE_DIR if in_node_paths else workdir_source) if workdir_source else None,
+        workdir_source=workdir_source if in_node_paths else None,
+        workdir_read_only=not run.workdir_writable,
+        image=run.image,
+        placeholders=True,
+    )
+
+
+def _existing_dir(flag: str, text: str, base_dir: Path) -> str:
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_dir():
+        raise ConfigError(f"{flag} {text}: no such directory ({path}); give the folder with "
+                          "your code")
+    if ":" in str(path.resolve()):
+        raise ConfigError(f"{flag} {text}: the path contains ':', which Docker cannot mount; "
+                          "use a path without ':' (a symlink to it works)")
+    return str(path.resolve())

@@ -262,6 +262,14 @@ class FakeCollection:
         return list(self.listed)
 
 
+class FakeImage:
+    """An image; netorch's own builds carry the inputs-hash label (a user's image does not)."""
+
+    def __init__(self, netorch_built: bool = True) -> None:
+        labels = {"io.netorch.inputs-hash": "abc"} if netorch_built else {}
+        self.attrs: dict[str, Any] = {"Config": {"Labels": labels}}
+
+
 class FakeImages:
     def __init__(self, present: bool) -> None:
         self.present = present
@@ -269,7 +277,7 @@ class FakeImages:
     def get(self, name: str) -> object:
         if not self.present:
             raise docker.errors.ImageNotFound(f"No such image: {name}")
-        return object()
+        return FakeImage()
 
 
 class FakeAPI:
@@ -454,3 +462,62 @@ def test_cli_down_needs_exactly_one_scope(tmp_path: Path) -> None:
                               env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "200"})
         assert proc.returncode == 2
         assert "exactly one of --run ID or --all" in proc.stderr
+
+
+# ---- a user's image: what the runtime check finds in it ---------------------------------------
+
+
+class _RunningImage:
+    """``containers.run`` of the runtime check: prints what it finds, or fails like Docker."""
+
+    def __init__(self, output: str = "", error: BaseException | None = None) -> None:
+        self.output, self.error = output, error
+        self.calls: list[dict[str, Any]] = []
+
+    def run(self, image: str, command: list[str], **kwargs: Any) -> bytes:
+        self.calls.append({"image": image, "command": command, **kwargs})
+        if self.error is not None:
+            raise self.error
+        return self.output.encode()
+
+
+def _check(output: str = "", error: BaseException | None = None, **cluster: Any) -> _RunningImage:
+    from orchestrator.backends.docker.backend import check_image_runtime
+
+    plan = make_plan(cluster={"image": "user/img:1", **cluster})
+    client = type("C", (), {})()
+    client.containers = _RunningImage(output, error)
+    check_image_runtime(client, plan, FakeImage(netorch_built=False))
+    return client.containers
+
+
+def test_user_image_with_torch_and_launcher_passes_without_network() -> None:
+    ran = _check("NETORCH_MISSING=\n")
+    (call,) = ran.calls
+    assert call["image"] == "user/img:1" and call["command"][0] == "python"
+    assert call["network_disabled"] is True and call["remove"] is True
+
+
+def test_netorch_built_images_are_not_run() -> None:
+    from orchestrator.backends.docker.backend import check_image_runtime
+
+    client = type("C", (), {})()
+    client.containers = _RunningImage(error=AssertionError("must not run"))
+    check_image_runtime(client, make_plan(), FakeImage(netorch_built=True))
+
+
+@pytest.mark.parametrize("output, launcher, message", [
+    ("NETORCH_MISSING=torch,train.launch", "netorch", "user/img:1 has no torch"),
+    ("NETORCH_MISSING=train.launch", "netorch", "lacks netorch's in-node launcher.*cluster.launcher=torchrun"),
+    ("NETORCH_MISSING=torchrun,train.launch", "torchrun", "no `torchrun` on its PATH"),
+    ("something else", "netorch", "printed nothing usable"),
+])
+def test_user_image_without_what_the_launcher_needs_is_refused(output: str, launcher: str, message: str) -> None:
+    with pytest.raises(PreflightError, match=message):
+        _check(output, launcher=launcher)
+
+
+def test_user_image_without_python_is_refused() -> None:
+    error = docker.errors.APIError("start failed", explanation='exec: "python": executable file not found in $PATH')
+    with pytest.raises(PreflightError, match="has no `python` on its PATH"):
+        _check(error=error)
