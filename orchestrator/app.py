@@ -17,6 +17,7 @@ Layers (each imports only those below it)::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,16 @@ def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> Do
         return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, client))
 
 
+def render_workload(settings: Settings, base_dir: Path | None = None) -> str | WorkloadSpec:
+    """What a render writes: the user's job when ``run.command`` is set (``render ... --
+    COMMAND``), else the benchmark. Containers see mounts, so the docker fabric's rules apply."""
+    if not settings.run.command:
+        return "bench"
+    from orchestrator.userjob import run_workload
+
+    return run_workload(settings, base_dir or Path.cwd(), in_node_paths=True)
+
+
 def render_compose(settings: Settings, out_dir: Path, run_id: str | None = None,
                    workload: str | WorkloadSpec = "bench") -> Path:
     """``netorch render compose``: the docker plan as OUT/docker-compose.yml. Starts nothing."""
@@ -293,14 +304,15 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     out_dir = settings.output / plan.run_id
     if hooks.on_start is not None:
         hooks.on_start(plan)
+    started = time.monotonic()
     try:
         outcome = run_with_restarts(
             backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
             max_restarts=settings.run.max_restarts, echo=hooks.echo, on_tick=hooks.on_tick,
             on_restart=hooks.on_restart)
     except RankFailedError as e:
-        report = build_run_report(plan, 0.0, e.node_exits, e.restarts, e.failures,
-                                  e.diagnosis().splitlines()[0], out_dir / "logs")
+        report = build_run_report(plan, time.monotonic() - started, e.node_exits, e.restarts,
+                                  e.failures, str(e), out_dir / "logs")
         write_run_report(report, out_dir)
         raise
     exits = {node: ex.reason() for node, ex in outcome.exits}

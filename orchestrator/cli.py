@@ -486,30 +486,61 @@ def down(
     console.print(f"{len(removed)} resource(s) of {escape(scope)} removed")
 
 
-@command(render_app, _exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS, name="compose")
+RenderCommandArg = Annotated[Optional[list[str]], typer.Argument(
+    metavar="[-- COMMAND [ARGS]...]", show_default=False,
+    help="render YOUR job (as netorch run would start it) instead of the benchmark")]
+RENDER_FLAGS = (_exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS,
+                _exclude(RUN_FLAGS, "max_restarts"))
+
+
+def _render_request(request: SettingsRequest, command_: list[str] | None,
+                    env: list[str] | None) -> tuple[Any, Any]:
+    from orchestrator.userjob import OWNED_ENV, parse_env
+
+    variables = parse_env(env or [], OWNED_ENV)
+    extra: dict[str, Any] = {"run.command": list(command_)} if command_ else {}
+    if variables:
+        extra["run.env"] = variables
+    settings = request.load(extra)
+    return settings, usecases.render_workload(settings)
+
+
+@command(render_app, *RENDER_FLAGS, name="compose",
+         context_settings={"allow_interspersed_args": False})
 def render_compose_cmd(
     request: SettingsRequest,
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for docker-compose.yml")],
+    command_: RenderCommandArg = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="NAME=VALUE for the job")] = None,
     run_id: RunIdOpt = None,
 ) -> None:
-    """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing."""
-    settings = request.load()
-    path = _writable(out_dir, lambda: usecases.render_compose(settings, out_dir, run_id))
+    """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing.
+
+    With `-- COMMAND`, the file runs your job (image, command, mounts, env) instead of the
+    benchmark."""
+    settings, work = _render_request(request, command_, env)
+    path = _writable(out_dir, lambda: usecases.render_compose(settings, out_dir, run_id, work))
     console.print(str(path))
 
 
-@command(render_app, _exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS, name="k8s")
+@command(render_app, *RENDER_FLAGS, name="k8s",
+         context_settings={"allow_interspersed_args": False})
 def render_k8s_cmd(
     request: SettingsRequest,
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for netorch-<run_id>.yaml")],
+    command_: RenderCommandArg = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="NAME=VALUE for the job")] = None,
     flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,
 ) -> None:
-    """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing."""
-    settings = request.load()
+    """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing.
+
+    With `-- COMMAND`, the objects run your job; --mount host paths become hostPath volumes and
+    named volumes PersistentVolumeClaims of that name."""
+    settings, work = _render_request(request, command_, env)
     paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
-                                                           run_id))
+                                                           run_id, work))
     for path in paths:
         console.print(str(path))
 

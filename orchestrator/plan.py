@@ -407,8 +407,10 @@ def build_plan(
                 aliases=(short, name) if fabric.aliases else (),
                 gpus=_gpu_spec(settings, rank),
                 env=tuple(env.items()),
-                command=(*launcher_command(settings, rank, master_addr), *target),
-                labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank))),
+                command=(*launcher_command(settings, rank, master_addr), *target)
+                if work.launcher else target,
+                labels=(*run_labels, (LABEL_ROLE, role.value), (LABEL_RANK, str(rank)),
+                        *work.labels),
                 mounts=_node_mounts(work, fabric, rank),
                 host=fabric.placement[rank],
             )

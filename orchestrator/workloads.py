@@ -62,6 +62,9 @@ class WorkloadSpec:
     image: str | None = None
     metrics: bool = False
     placeholders: bool = False
+    # False: ``target`` is the whole command (a warm node's agent), not the launcher's target.
+    launcher: bool = True
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: str) -> BenchArgs:

@@ -4,7 +4,15 @@ The file means what the plan means: the same network (name, subnet, gateway, ip_
 bridge name, ``internal``), the same containers (names, hostnames, fixed IPs, aliases, env in
 order, command, labels, shm, ipc, memlock, init, stop grace period, GPU reservations). Because
 the labels are the plan's, ``netorch down --run <id>`` also cleans up what ``docker-compose up``
-created.
+created. A user's job (``netorch render compose ... -- COMMAND``) keeps its image, working
+directory and mounts: binds and named volumes in compose's long syntax (``type``, ``source``,
+``target``, ``read_only``), which takes any path as it is, ``:`` included, where the short
+``SRC:DST:ro`` string would split it.
+
+Named volumes are declared ``external`` under their own name, as ``docker run -v name:/x`` would
+use them: without ``external`` compose counts the volume as the project's and ``down -v`` deletes
+it, the user's data with it. The price: compose does not create a missing volume (``docker run``
+does), so ``up`` stops with compose's own "create the volume manually" message.
 
 File format: ``version: "2.4"``. docker-compose 1.27+ (1.29 here) reads every 2.x and 3.x file with
 one merged schema (the Compose Specification), so both would honour every key used here,
@@ -27,7 +35,7 @@ import yaml
 # ask the daemon for the same thing.
 from orchestrator.backends.docker.kwargs import BRIDGE_NAME_OPTION, MTU_OPTION
 from orchestrator.errors import PlanError
-from orchestrator.plan import ClusterPlan, GpuSpec, NodeSpec
+from orchestrator.plan import ClusterPlan, GpuSpec, MountSpec, NodeSpec
 
 COMPOSE_FILE_NAME = "docker-compose.yml"
 COMPOSE_VERSION = "2.4"
@@ -91,6 +99,23 @@ def _gpu_devices(gpus: GpuSpec) -> list[dict[str, Any]]:
     return [device]
 
 
+def _mount(mount: MountSpec) -> dict[str, Any]:
+    """One mount in compose's long syntax (file format 2.3+; compose 1.29 reads it in 2.4)."""
+    return {
+        "type": mount.kind,
+        "source": _esc(mount.source),
+        "target": _esc(mount.target),
+        "read_only": mount.read_only,
+    }
+
+
+def _volumes(plan: ClusterPlan) -> dict[str, Any]:
+    """The top-level ``volumes:``: every named volume a node mounts, external, under its name."""
+    names = dict.fromkeys(m.source for node in plan.nodes for m in node.mounts
+                          if m.kind == "volume")
+    return {name: {"name": name, "external": True} for name in names}
+
+
 def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
     rt = plan.runtime
     svc: dict[str, Any] = {
@@ -107,15 +132,15 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
     svc["stop_grace_period"] = f"{rt.stop_timeout_s}s"
     svc["restart"] = "no"  # a rank that dies must fail the run, not rejoin a broken group
     svc["environment"] = _pairs(node.env)
+    if plan.workdir is not None:
+        svc["working_dir"] = _esc(plan.workdir)
     svc["command"] = [_esc(arg) for arg in node.command]
     svc["labels"] = _pairs(node.labels)
     svc["networks"] = {
         plan.network.name: {"ipv4_address": node.ip, "aliases": list(node.aliases)},
     }
     if node.mounts:
-        svc["volumes"] = [
-            f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in node.mounts
-        ]
+        svc["volumes"] = [_mount(m) for m in node.mounts]
     if node.gpus is not None:
         svc["deploy"] = {"resources": {"reservations": {"devices": _gpu_devices(node.gpus)}}}
     return svc
@@ -126,40 +151,61 @@ def render_compose(plan: ClusterPlan) -> dict[str, Any]:
 
     Pure: no I/O, same plan -> equal dict, keys in a fixed order. Services are keyed by node
     hostname (``master``, ``worker-1``, ...) and keep the plan's container names; the network is
-    keyed and named by the plan's network name. Raises :class:`PlanError` for a process-backend plan,
-    whose loopback "network" has no compose equivalent.
+    keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
+    top-level ``volumes:`` (only when there are any) as external volumes of that exact name.
+    Raises :class:`PlanError` for a process-backend plan, whose loopback "network" has no compose
+    equivalent.
     """
     network = _network(plan)
     services = {service_name(node): _service(plan, node) for node in plan.nodes}
-    return {
+    doc: dict[str, Any] = {
         "version": COMPOSE_VERSION,
         "services": services,
         "networks": {plan.network.name: network},
     }
+    volumes = _volumes(plan)
+    if volumes:
+        doc["volumes"] = volumes
+    return doc
 
 
 def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str:
     """The comment block written above the YAML: origin and how to run and remove it."""
     project = compose_project(plan)
     master = service_name(plan.master)
+    compose = f"docker-compose -p {project} -f {file_name}"
+    flags = "[config flags]" if plan.emits_result else "[config and run flags] -- COMMAND"
+    if plan.emits_result:
+        run_note = ("Run (the master's exit code is the run's; rank 0 prints one "
+                    "@@NETORCH_RESULT@@ line):")
+        logs = f"  {compose} logs --no-color {master} | grep @@NETORCH_RESULT@@"
+    else:
+        run_note = "Run (the master's exit code is the run's; the job's output is in the logs):"
+        logs = f"  {compose} logs --no-color {master}"
     lines = [
         f"Generated by netorch from run id {plan.run_id}: do not edit, regenerate instead with",
-        f"  netorch render compose --run-id {plan.run_id} -o DIR [config flags]",
+        f"  netorch render compose --run-id {plan.run_id} -o DIR {flags}",
         f"{plan.nnodes} nodes x {plan.nproc_per_node} ranks (world size {plan.world_size}), "
         f"dist backend {plan.dist_backend}, image {plan.runtime.image}.",
         "",
-        "Run (the master's exit code is the run's; rank 0 prints one @@NETORCH_RESULT@@ line):",
-        f"  docker-compose -p {project} -f {file_name} up --abort-on-container-exit "
-        f"--exit-code-from {master}",
-        f"  docker-compose -p {project} -f {file_name} logs --no-color {master} "
-        "| grep @@NETORCH_RESULT@@",
+        run_note,
+        f"  {compose} up --abort-on-container-exit --exit-code-from {master}",
+        logs,
         "Remove:",
-        f"  docker-compose -p {project} -f {file_name} down -v   (or: netorch down --run {plan.run_id})",
+        f"  {compose} down -v   (or: netorch down --run {plan.run_id})",
         "",
         "Container and network names are the plan's; run one copy of this file at a time.",
         "No depends_on: torchrun's c10d rendezvous makes every node wait for the master's store",
         "(and for all nodes to join), so start order does not matter.",
     ]
+    binds = list(dict.fromkeys(m.source for node in plan.nodes for m in node.mounts
+                               if m.kind == "bind"))
+    if binds:
+        lines.append("Bind mounts are this host's paths: " + ", ".join(binds) + ".")
+    volumes = list(_volumes(plan))
+    if volumes:
+        lines.append("Named volumes are external (down -v keeps them): create a missing one with")
+        lines.extend(f"  docker volume create {name}" for name in volumes)
     return "".join(f"# {line}".rstrip() + "\n" for line in lines)
 
 

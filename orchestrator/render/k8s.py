@@ -37,8 +37,16 @@ becomes ``shareProcessNamespace: true`` (the pause container is PID 1, so torchr
 default SIGTERM handling), ``ipc_mode = "host"`` becomes ``hostIPC``, ``stop_timeout_s`` becomes
 ``terminationGracePeriodSeconds``.
 
+Mounts carry over when every node has the same ones (a user's job: ``--workdir``,
+``--checkpoint-dir``, ``--mount``): a bind becomes a ``hostPath`` volume of type ``Directory``
+(so every Kubernetes node must have that directory, e.g. on shared storage), a named volume a
+``persistentVolumeClaim`` of that name, and ``read_only`` ``readOnly: true`` on the
+volumeMount. Mounts only some nodes have (netorch's train job keeps checkpoints on the master)
+fit no shared pod template and are refused. ``plan.workdir`` becomes ``workingDir``.
+
 Every string that reaches ``args`` or ``env`` is written with ``$`` doubled (the kubelet turns
-``$$`` into ``$``), except netorch's own ``$(VAR)`` references.
+``$$`` into ``$``), except netorch's own ``$(VAR)`` references. Paths are written as they are:
+the kubelet expands ``$(VAR)`` only in ``command``, ``args`` and ``env``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,14 @@ from typing import Any, Final, Literal, get_args
 import yaml
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import LABEL_RANK, LABEL_ROLE, LABEL_RUN, ClusterPlan, NodeSpec
+from orchestrator.plan import (
+    LABEL_RANK,
+    LABEL_ROLE,
+    LABEL_RUN,
+    ClusterPlan,
+    MountSpec,
+    NodeSpec,
+)
 
 Flavor = Literal["indexed-job", "pytorchjob", "jobset"]
 FLAVORS: Final[tuple[str, ...]] = get_args(Flavor)
@@ -72,6 +87,9 @@ PYTORCHJOB_PORT_NAME: Final = "pytorchjob-port"  # the operator reads MASTER_POR
 C10D_PORT_NAME: Final = "c10d"
 JOBSET_REPLICATED_JOB: Final = "node"
 DNS_LABEL_MAX: Final = 63
+DNS_SUBDOMAIN_MAX: Final = 253
+# Pod volume names of the plan's mounts: mount-0, mount-1, ... (one per distinct source).
+MOUNT_VOLUME_PREFIX: Final = "mount-"
 
 # Env the plan sets per node; everything else must be equal on every node to fit one pod template.
 _PER_NODE_ENV: Final = frozenset({"NODE_RANK", "NETORCH_NODE_NAME", "NETORCH_PLANNED_IP"})
@@ -88,6 +106,13 @@ _SHM_SUFFIX: Final[dict[str, str]] = {"": "", "b": "", "k": "Ki", "m": "Mi", "g"
 def is_dns_label(name: str) -> bool:
     """True when ``name`` is an RFC 1123 label (lowercase alphanumerics and '-', at most 63)."""
     return len(name) <= DNS_LABEL_MAX and bool(_DNS_LABEL_RE.match(name))
+
+
+def is_dns_subdomain(name: str) -> bool:
+    """True when ``name`` is an RFC 1123 subdomain (labels joined by '.', at most 253): what
+    Kubernetes accepts as a PersistentVolumeClaim name."""
+    return len(name) <= DNS_SUBDOMAIN_MAX and all(
+        _DNS_LABEL_RE.match(label) for label in name.split("."))
 
 
 def _reserve(plan: ClusterPlan, flavor: Flavor) -> int:
@@ -150,10 +175,13 @@ def shm_quantity(shm_size: str) -> str:
 def _uniform(plan: ClusterPlan) -> None:
     """Refuse a plan whose nodes cannot share one pod template (beyond rank-specific values)."""
     for node in plan.nodes:
-        # getattr: NodeSpec.mounts is newer than this renderer; a plan without it has none.
-        for mount in getattr(node, "mounts", ()):
+        for mount in node.mounts:
+            if all(mount in other.mounts for other in plan.nodes):
+                continue  # on every node: one volume of the shared pod template
+            what = (f"bind-mounts host directory {mount.source}" if mount.kind == "bind"
+                    else f"mounts volume {mount.source}")
             raise PlanError(
-                f"node {node.name} bind-mounts host directory {mount.source} at {mount.target}; "
+                f"node {node.name} {what} at {mount.target} but not every node does; "
                 "a cluster's nodes do not share this host's files, so the plan cannot be "
                 "rendered for Kubernetes as is: render the bench workload, or mount a "
                 "PersistentVolumeClaim there yourself"
@@ -199,6 +227,45 @@ def _command(node: NodeSpec, node_rank: str, addr: str) -> list[str]:
                 f"node {node.name}'s command has no {flag}; only torchrun plans can be rendered"
             )
     return argv
+
+
+def _claim_name(mount: MountSpec) -> str:
+    """The PersistentVolumeClaim a named volume becomes: the volume's own name, if it can be."""
+    if not is_dns_subdomain(mount.source):
+        hint = re.sub(r"[^a-z0-9.-]+", "-", mount.source.lower()).strip("-.") or "data"
+        raise PlanError(
+            f"named volume {mount.source!r} (mounted at {mount.target}) cannot name a Kubernetes "
+            "PersistentVolumeClaim; use a volume named with lowercase letters, digits, '-' and "
+            f"'.', starting and ending with a letter or digit, e.g. {hint!r}"
+        )
+    return mount.source
+
+
+def _mount_volumes(plan: ClusterPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the container's volumeMounts for the plan's mounts (the master's:
+    :func:`_uniform` has checked every node has the same). One volume per distinct source, so
+    two mounts of one directory or claim share it."""
+    names: dict[tuple[str, str], str] = {}
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for mount in plan.master.mounts:
+        key = (mount.kind, mount.source)
+        name = names.get(key)
+        if name is None:
+            name = names[key] = f"{MOUNT_VOLUME_PREFIX}{len(names)}"
+            if mount.kind == "volume":
+                volumes.append({"name": name,
+                                "persistentVolumeClaim": {"claimName": _claim_name(mount)}})
+            else:
+                # Directory: a path missing on the node fails the pod instead of mounting an
+                # empty directory the job would silently read from or write into.
+                volumes.append({"name": name,
+                                "hostPath": {"path": mount.source, "type": "Directory"}})
+        item: dict[str, Any] = {"name": name, "mountPath": mount.target}
+        if mount.read_only:
+            item["readOnly"] = True
+        mounts.append(item)
+    return volumes, mounts
 
 
 def _gpu_limits(plan: ClusterPlan) -> dict[str, int]:
@@ -281,12 +348,15 @@ def _pod_spec(
         "args": _command(plan.master, node_rank, addr),
         "env": _env(plan, flavor),
     }
+    if plan.workdir is not None:
+        ctr["workingDir"] = plan.workdir
     if port_name is not None:
         ctr["ports"] = [{"name": port_name, "containerPort": plan.master_port, "protocol": "TCP"}]
     limits = _gpu_limits(plan)
     if limits:
         ctr["resources"] = {"limits": limits}
-    ctr["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    volumes, volume_mounts = _mount_volumes(plan)
+    ctr["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, *volume_mounts]
     spec: dict[str, Any] = {"restartPolicy": "Never"}
     if rt.init:
         spec["shareProcessNamespace"] = True
@@ -299,7 +369,8 @@ def _pod_spec(
     spec["terminationGracePeriodSeconds"] = rt.stop_timeout_s
     spec["containers"] = [ctr]
     spec["volumes"] = [
-        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_quantity(rt.shm_size)}}
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_quantity(rt.shm_size)}},
+        *volumes,
     ]
     return spec
 
@@ -413,7 +484,8 @@ def render_k8s(
     ``pytorchjob`` ``[PyTorchJob]``, ``jobset`` ``[JobSet]``. ``namespace`` (an RFC 1123 label) is
     written into every object's metadata; without it ``kubectl``'s current namespace applies.
     Raises :class:`PlanError` for what Kubernetes cannot express (``gpu.device_ids``, an unknown
-    GPU driver or ipc mode) and for an unknown flavor or invalid namespace.
+    GPU driver or ipc mode, mounts that differ between nodes, a named volume that cannot name a
+    PersistentVolumeClaim) and for an unknown flavor or invalid namespace.
     """
     if flavor not in FLAVORS:
         raise PlanError(f"flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
@@ -456,18 +528,24 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
         "jobset": f"{JOB_INDEX_ANNOTATION}=0",
     }[flavor]
     flags = f" --namespace {namespace}" if namespace else ""
+    rest = "[config flags]" if plan.emits_result else "[config and run flags] -- COMMAND"
+    logs = f"  kubectl logs{ns} -l {LABEL_RUN}={plan.run_id},{master_sel} --tail=-1"
+    if plan.emits_result:
+        read = "read the result (rank 0 prints one @@NETORCH_RESULT@@ line)"
+        logs += " | grep @@NETORCH_RESULT@@"
+    else:
+        read = "read the master's output (a failed pod fails the run)"
     lines = [
         f"Generated by netorch from run id {plan.run_id}: do not edit, regenerate instead with",
-        f"  netorch render k8s --run-id {plan.run_id} --flavor {flavor}{flags} -o DIR [config flags]",
+        f"  netorch render k8s --run-id {plan.run_id} --flavor {flavor}{flags} -o DIR {rest}",
         f"{plan.nnodes} nodes x {plan.nproc_per_node} ranks (world size {plan.world_size}), "
         f"dist backend {plan.dist_backend}, image {plan.runtime.image}.",
         f"Needs {needs}",
         "",
-        "Apply, watch, read the result (rank 0 prints one @@NETORCH_RESULT@@ line), remove:",
+        f"Apply, watch, {read}, remove:",
         f"  kubectl apply{ns} -f {file_name}",
         f"  kubectl get{ns} {kind}/{name} -w",
-        f"  kubectl logs{ns} -l {LABEL_RUN}={plan.run_id},{master_sel} --tail=-1 "
-        "| grep @@NETORCH_RESULT@@",
+        logs,
         f"  kubectl delete{ns} -f {file_name}",
         "",
         "Pods have no fixed IPs: the plan's network (subnet, gateway, MTU, node IPs) does not apply,",
@@ -477,6 +555,20 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
         f"emptyDir of {shm_quantity(plan.runtime.shm_size)}",
         "(it counts against the pod's memory limit).",
     ]
+    binds = [m for m in plan.master.mounts if m.kind == "bind"]
+    claims = [m for m in plan.master.mounts if m.kind == "volume"]
+    if binds:
+        lines.append("Bind mounts are hostPath volumes (type Directory): every node host must "
+                     "have these directories,")
+        lines.append("e.g. on shared storage mounted at the same path:")
+        lines.extend(f"  {m.source} -> {m.target}{' (read-only)' if m.read_only else ''}"
+                     for m in binds)
+    if claims:
+        lines.append("Named volumes are PersistentVolumeClaims of that name, which must exist in "
+                     "the namespace")
+        lines.append("(ReadWriteMany, or ReadOnlyMany when read-only: every pod mounts them):")
+        lines.extend(f"  {m.source} -> {m.target}{' (read-only)' if m.read_only else ''}"
+                     for m in claims)
     if plan.runtime.memlock is not None:
         lines.append(f"docker.memlock={plan.runtime.memlock} has no pod field: set it in the "
                      "container runtime's default ulimits.")
@@ -520,6 +612,7 @@ __all__ = [
     "LABEL_APP_PART_OF",
     "dump_k8s",
     "is_dns_label",
+    "is_dns_subdomain",
     "k8s_file_name",
     "k8s_header",
     "k8s_name",

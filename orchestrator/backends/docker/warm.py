@@ -1,0 +1,394 @@
+"""Warm clusters: containers that stay up, torch imported, and run many jobs.
+
+``netorch up --name NAME`` applies a plan whose nodes run ``python -P -m train.agent`` (see
+``train/agent.py``) instead of a job, and leaves them idle. A later ``--on NAME`` run is planned
+as usual, then handed to :class:`WarmDockerBackend`, which drops one job file per node into the
+agents' spool folders and follows the agents' logs between the job's start and exit markers; the
+agents fork fresh ranks (a fresh process group) in milliseconds. The cluster keeps its network,
+addresses, MTU, link shaping, GPUs, image and mounts: a run that asks for other ones is refused
+(:func:`fit_to_cluster`). An agent idle for its timeout exits; the cluster is then *expired* and
+its leftovers are removed by the next ``up``, ``ls`` or ``--on``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestrator.backends.base import LineSink, NodeExit, NodeHandle
+from orchestrator.backends.docker.backend import remove_by_label
+from orchestrator.backends.docker.client import concurrently
+from orchestrator.backends.docker.errors import DOCKER_ERRORS, TRANSPORT_ERRORS, docker_errors
+from orchestrator.backends.docker.nodes import LineSplitter, parse_docker_time
+from orchestrator.errors import BackendError, ConfigError, PreflightError
+from orchestrator.plan import LABEL_MANAGED, LABEL_RANK, LABEL_RUN, BackendName, ClusterPlan
+from orchestrator.settings import Settings
+from orchestrator.workloads import WorkloadSpec
+
+LABEL_CLUSTER = "io.netorch.cluster"
+LABEL_SHAPE = "io.netorch.cluster-shape"
+SPOOL_DIR = "/tmp/netorch-spool"
+AGENT_READY = "netorch-agent: ready"
+START_MARKER = "@@NETORCH_JOB_START@@"
+EXIT_MARKER = "@@NETORCH_JOB_EXIT@@"
+LAUNCHER = ("python", "-P", "-m", "train.launch")
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What a warm cluster was built with; every ``--on`` run gets exactly this.
+
+    Each field is a setting (``section.key``) a run could ask for differently.
+    """
+
+    nodes: int
+    subnet: str
+    mtu: int
+    interface: str
+    link: tuple[tuple[str, str | None], ...]
+    gpu_per_node: int
+    image: str
+    shm_size: str
+    mounts: tuple[str, ...]
+    workdir: str | None
+    idle_timeout_s: float
+
+    @staticmethod
+    def of(settings: Settings, plan: ClusterPlan, idle_timeout_s: float) -> ClusterShape:
+        link = settings.network.link
+        return ClusterShape(
+            nodes=settings.cluster.nodes, subnet=settings.network.subnet,
+            mtu=settings.network.mtu, interface=settings.network.interface,
+            link=tuple((k, getattr(link, k)) for k in ("rate", "delay", "jitter", "loss")),
+            gpu_per_node=settings.gpu.per_node, image=plan.runtime.image,
+            shm_size=settings.docker.shm_size, mounts=_mount_keys(plan), workdir=plan.workdir,
+            idle_timeout_s=idle_timeout_s,
+        )
+
+    def to_label(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_label(text: str) -> ClusterShape:
+        data = json.loads(text)
+        data["link"] = tuple(tuple(pair) for pair in data["link"])
+        data["mounts"] = tuple(data["mounts"])
+        return ClusterShape(**data)
+
+
+def _mount_keys(plan: ClusterPlan) -> tuple[str, ...]:
+    return tuple(sorted({f"{m.kind}:{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"
+                         for node in plan.nodes for m in node.mounts}))
+
+
+def agent_workload(name: str, idle_timeout_s: float, base: WorkloadSpec | None = None,
+                   shape: str = "") -> WorkloadSpec:
+    """The workload of a warm cluster's nodes: the agent, idle until jobs arrive. ``base`` (a
+    user job's workload) lends its mounts, workdir, checkpoints and image."""
+    target = ("python", "-P", "-m", "train.agent", SPOOL_DIR,
+              "--idle-timeout", repr(float(idle_timeout_s)))
+    labels = ((LABEL_CLUSTER, name), *(((LABEL_SHAPE, shape),) if shape else ()))
+    if base is None:
+        return WorkloadSpec(kind="cluster", target=target, emits_result=False, launcher=False,
+                            labels=labels)
+    return WorkloadSpec(
+        kind="cluster", target=target, emits_result=False, launcher=False, labels=labels,
+        mounts=base.mounts, checkpoint=base.checkpoint, workdir=base.workdir,
+        workdir_source=base.workdir_source, workdir_read_only=base.workdir_read_only,
+        image=base.image,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Finding clusters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmCluster:
+    """A cluster found on the daemon: its containers by node rank and its shape."""
+
+    name: str
+    containers: Mapping[int, Any]
+    shape: ClusterShape
+    created: float | None
+
+    @property
+    def state(self) -> str:
+        states = {c.status for c in self.containers.values()}
+        if states == {"running"} and len(self.containers) == self.shape.nodes:
+            return "up"
+        return "expired" if "running" not in states else "broken"
+
+
+def list_clusters(client: Any) -> list[WarmCluster]:
+    """Every warm cluster on the daemon (by label), oldest first."""
+    with docker_errors("listing warm clusters"):
+        found = client.containers.list(all=True, filters={"label": [
+            f"{LABEL_MANAGED}=true", LABEL_CLUSTER]}, ignore_removed=True)
+    by_name: dict[str, dict[int, Any]] = {}
+    shapes: dict[str, ClusterShape] = {}
+    created: dict[str, float | None] = {}
+    for c in found:
+        name = c.labels[LABEL_CLUSTER]
+        by_name.setdefault(name, {})[int(c.labels.get(LABEL_RANK, "0"))] = c
+        if LABEL_SHAPE in c.labels:
+            shapes[name] = ClusterShape.from_label(c.labels[LABEL_SHAPE])
+            created[name] = parse_docker_time(c.attrs.get("Created"))
+    clusters = [WarmCluster(n, by_name[n], shapes[n], created.get(n))
+                for n in by_name if n in shapes]
+    return sorted(clusters, key=lambda w: w.created or 0.0)
+
+
+def remove_expired(client: Any) -> list[str]:
+    """Remove what is left of clusters whose agents all exited (idle timeout). Returns names."""
+    gone = []
+    for cluster in list_clusters(client):
+        if cluster.state == "expired":
+            remove_by_label(client, cluster.name)
+            gone.append(cluster.name)
+    return gone
+
+
+def find_cluster(client: Any, name: str) -> WarmCluster:
+    """The running cluster called ``name``; PreflightError with the fix otherwise."""
+    for cluster in list_clusters(client):
+        if cluster.name != name:
+            continue
+        if cluster.state == "up":
+            return cluster
+        if cluster.state == "expired":
+            remove_by_label(client, name)
+            raise PreflightError(
+                f"--on {name}: the cluster expired (its nodes were idle for "
+                f"{cluster.shape.idle_timeout_s:.0f} s) and was removed; `netorch up --name "
+                f"{name}` again")
+        raise PreflightError(
+            f"--on {name}: {sum(c.status == 'running' for c in cluster.containers.values())} of "
+            f"{cluster.shape.nodes} nodes run; remove it with `netorch down --run {name}` and "
+            "`netorch up` again")
+    raise PreflightError(f"--on {name}: no warm cluster of that name; `netorch up --name {name}` "
+                         "first (netorch ls lists them)")
+
+
+def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str) -> Settings:
+    """``settings`` with the cluster's shape; ConfigError when a run explicitly asks otherwise.
+
+    A setting counts as asked for when any source set it (flag, ``--set``, ``NETORCH_*``, the
+    config file), whatever its value; the rest silently take the cluster's values.
+    """
+    c, net, gpu, dk = settings.cluster, settings.network, settings.gpu, settings.docker
+    wanted = {
+        "cluster.nodes": (c, "nodes", shape.nodes),
+        "network.subnet": (net, "subnet", shape.subnet),
+        "network.mtu": (net, "mtu", shape.mtu),
+        "network.interface": (net, "interface", shape.interface),
+        "gpu.per_node": (gpu, "per_node", shape.gpu_per_node),
+        "docker.shm_size": (dk, "shm_size", shape.shm_size),
+    }
+    clashes = [f"{key}={getattr(section, field)!r} (the cluster has {value!r})"
+               for key, (section, field, value) in wanted.items()
+               if field in section.model_fields_set and getattr(section, field) != value]
+    link = tuple((k, getattr(net.link, k)) for k in ("rate", "delay", "jitter", "loss"))
+    if net.link.model_fields_set and link != shape.link:
+        clashes.append(f"network.link={dict(link)} (the cluster has {dict(shape.link)})")
+    if clashes:
+        raise ConfigError(
+            f"--on {name}: this run asks for {', '.join(clashes)}; a warm cluster keeps what it "
+            f"was built with: drop those settings, or `netorch up` another cluster with them")
+    return settings.model_copy(update={
+        "cluster": c.model_copy(update={"nodes": shape.nodes}),
+        "network": net.model_copy(update={
+            "subnet": shape.subnet, "mtu": shape.mtu, "interface": shape.interface,
+            "link": net.link.model_copy(update=dict(shape.link))}),
+        "gpu": gpu.model_copy(update={"per_node": shape.gpu_per_node}),
+        "docker": dk.model_copy(update={"shm_size": shape.shm_size}),
+    })
+
+
+def check_job_fits(plan: ClusterPlan, cluster: WarmCluster) -> None:
+    """Refuse a job whose image, mounts or launcher the cluster's running nodes cannot give."""
+    shape = cluster.shape
+    if plan.runtime.image != shape.image:
+        raise ConfigError(f"--on {cluster.name}: the job wants image {plan.runtime.image} but the "
+                          f"cluster runs {shape.image}; `netorch up` a cluster with --image")
+    if _mount_keys(plan) != shape.mounts or plan.workdir != shape.workdir:
+        raise ConfigError(
+            f"--on {cluster.name}: the job's mounts/workdir ({list(_mount_keys(plan)) or 'none'}, "
+            f"{plan.workdir or 'no workdir'}) differ from the cluster's ({list(shape.mounts) or 'none'}, "
+            f"{shape.workdir or 'no workdir'}); give `netorch up` the same --workdir/--mount/"
+            "--checkpoint-dir flags")
+    if plan.master.command[:len(LAUNCHER)] != LAUNCHER:
+        raise ConfigError(f"--on {cluster.name}: warm clusters fork ranks with netorch's launcher; "
+                          "drop cluster.launcher=torchrun")
+
+
+# --------------------------------------------------------------------------------------------
+# Running a job on a warm cluster
+# --------------------------------------------------------------------------------------------
+
+
+def _job_tar(name: str, text: str) -> bytes:
+    data = text.encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class WarmNode:
+    """One node's share of a job: its agent's log lines between the job's markers, and its code."""
+
+    def __init__(self, name: str, container: Any, job: str, sink: LineSink, since: float) -> None:
+        self.name = name
+        self.container = container
+        self.job = job
+        self._sink = sink
+        self._exit: NodeExit | None = None
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._follow, args=(since,), daemon=True,
+                                        name=f"warm-{name}")
+        self._thread.start()
+
+    def _follow(self, since: float) -> None:
+        splitter = LineSplitter()
+        inside = False
+        start = f'{START_MARKER} {{"job": "{self.job}"}}'
+        try:
+            self._stream = self.container.logs(stream=True, follow=True, since=since)
+            for chunk in self._stream:
+                for line in splitter.feed(chunk):
+                    if not inside:
+                        inside = line.strip() == start
+                        if line.startswith("netorch-agent: job " + self.job):
+                            self._sink(self.name, line)  # a job the agent refused
+                        if not line.startswith(EXIT_MARKER):
+                            continue
+                    if line.startswith(EXIT_MARKER):
+                        fields = json.loads(line[len(EXIT_MARKER):])
+                        if fields.get("job") == self.job:
+                            self._exit = NodeExit(int(fields["code"]), time.time())
+                            self._stream.close()
+                            return
+                        continue
+                    self._sink(self.name, line)
+        except (*DOCKER_ERRORS, *TRANSPORT_ERRORS, ValueError, AttributeError):
+            pass
+        if self._exit is None:  # the stream ended: the agent (the container) is gone
+            code = -1
+            try:
+                self.container.reload()
+                code = int(self.container.attrs["State"].get("ExitCode", -1)) or -1
+            except (*DOCKER_ERRORS, *TRANSPORT_ERRORS):
+                pass
+            self._exit = NodeExit(code, time.time())
+
+    def poll(self) -> NodeExit | None:
+        return self._exit
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class WarmDockerBackend:
+    """Runs plans on a warm cluster's agents; creates and removes nothing.
+
+    ``stop`` cancels the job on every node (the agents stop its ranks); ``down`` waits until the
+    job has ended everywhere, so the next run starts on idle nodes.
+    """
+
+    name: BackendName = "docker"
+
+    def __init__(self, client: Any, cluster: WarmCluster) -> None:
+        self.client = client
+        self.cluster = cluster
+        self._nodes: list[WarmNode] = []
+
+    def preflight(self, plan: ClusterPlan) -> None:
+        check_job_fits(plan, self.cluster)
+        for rank, container in self.cluster.containers.items():
+            with docker_errors(f"checking node {container.name}", plan):
+                container.reload()
+            if container.status != "running":
+                raise PreflightError(f"--on {self.cluster.name}: node {container.name} is "
+                                     f"{container.status}; `netorch down --run "
+                                     f"{self.cluster.name}` and `netorch up` again")
+
+    def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
+        since = time.time() - 1.0
+        jobs = []
+        for node in plan.nodes:
+            container = self.cluster.containers[node.node_rank]
+            spec = {"argv": list(node.command[len(LAUNCHER):]), "env": node.env_dict,
+                    "cwd": plan.workdir}
+            jobs.append((node, container, _job_tar(f"{plan.run_id}.job", json.dumps(spec))))
+
+        def submit(item: tuple[Any, Any, bytes]) -> None:
+            node, container, tar = item
+            if not container.put_archive(SPOOL_DIR, tar):
+                raise BackendError(f"could not hand the job to node {container.name}")
+
+        self._nodes = [WarmNode(node.name, container, plan.run_id, sink, since)
+                       for node, container, _ in jobs]
+        failures = concurrently(submit, jobs)
+        if failures:
+            self.stop(plan, 0)
+            raise BackendError(f"submitting run {plan.run_id} to cluster {self.cluster.name}: "
+                               f"{failures[0][1]}")
+        return list(self._nodes)
+
+    def _cancel(self, plan: ClusterPlan) -> None:
+        tar = _job_tar(f"{plan.run_id}.cancel", "")
+
+        def cancel(node: WarmNode) -> None:
+            if node.poll() is None:
+                node.container.put_archive(SPOOL_DIR, tar)
+
+        concurrently(cancel, list(self._nodes))
+
+    def stop(self, plan: ClusterPlan, grace_s: float) -> None:
+        self._cancel(plan)
+
+    def down(self, plan: ClusterPlan) -> None:
+        if any(n.poll() is None for n in self._nodes):
+            self._cancel(plan)
+        deadline = time.monotonic() + 10.0  # the agent's grace (3 s) and the markers' way back
+        for node in self._nodes:
+            node.join(max(0.0, deadline - time.monotonic()))
+        self._nodes = []
+
+
+def wait_ready(containers: Mapping[str, Any], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Wait until every agent printed its ready line; BackendError naming a node that died."""
+    deadline = time.monotonic() + timeout_s
+    pending = dict(containers)
+    while pending:
+        for name, container in list(pending.items()):
+            with docker_errors(f"waiting for node {name}"):
+                logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+                container.reload()
+            if AGENT_READY in logs:
+                del pending[name]
+            elif container.status != "running":
+                tail = "\n".join(f"    {line}" for line in logs.splitlines()[-10:])
+                raise BackendError(f"node {name} exited before its agent was ready:\n{tail}")
+        if pending and time.monotonic() > deadline:
+            raise BackendError(f"node(s) {', '.join(pending)} not ready within {timeout_s:.0f} s")
+        if pending:
+            time.sleep(0.1)
+
+
+__all__ = [
+    "LABEL_CLUSTER", "LABEL_RUN", "ClusterShape", "WarmCluster", "WarmDockerBackend",
+    "agent_workload", "check_job_fits", "find_cluster", "fit_to_cluster", "list_clusters",
+    "remove_expired", "wait_ready",
+]
