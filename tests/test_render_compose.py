@@ -1,6 +1,8 @@
 """The compose renderer: field-by-field equality with the plan, the committed example, and (docker
 tier) docker-compose 1.29 itself: ``config`` accepts the file, ``up --no-start`` creates what the plan
-says (checked through ``docker inspect``), and ``up`` runs the benchmark to a correct result."""
+says (checked through ``docker inspect``), and ``up`` runs the benchmark to a correct result. A
+user's job (``render compose ... -- COMMAND``) renders with its image, working directory, mounts
+and env, and ``up`` runs the example project."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from orchestrator.render.compose import (
     write_compose,
 )
 from orchestrator.settings import load_settings
+from orchestrator.userjob import run_workload
 from train.results import decode_result_lines
 
 from docker_fixtures import require_docker
@@ -39,11 +43,19 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "compose" / COMPOSE_FILE_NAME
 EXAMPLE_RUN_ID = "example"
 RUN = "20261128-120000-abcd"
+USER_EXAMPLE = REPO / "examples" / "ddp-user-project"
 
 
 
 def make_plan(run_id: str = RUN, **overrides: Any) -> ClusterPlan:
     return build_plan(load_settings(overrides=overrides), run_id, "docker")
+
+
+def make_run_plan(base: Path, run_id: str = RUN, **overrides: Any) -> ClusterPlan:
+    """The plan of a user's job (``netorch run`` / ``render ... -- COMMAND``); relative host
+    paths in ``overrides["run"]`` resolve against ``base``."""
+    settings = load_settings(overrides=overrides)
+    return build_plan(settings, run_id, "docker", run_workload(settings, base, in_node_paths=True))
 
 
 # --- unit tier ---------------------------------------------------------------------------------
@@ -199,6 +211,121 @@ def test_cli_render_compose_bad_input_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["render", "compose", "-o", str(tmp_path), "--mtu", "100"])
     assert result.exit_code != 0
     assert "mtu" in result.output and "Traceback" not in result.output
+
+
+# --- unit tier: a user's job ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A user's folder: code/, data/, and a directory whose name has compose's "$" and a space."""
+    for sub in ("code", "data", "we$ird dir"):
+        (tmp_path / sub).mkdir()
+    return tmp_path
+
+
+def test_run_job_services(project: Path) -> None:
+    plan = make_run_plan(
+        project, cluster={"nodes": 3}, network={"subnet": "10.21.0.0/24"},
+        run={"command": ["python", "train.py", "--rank", "{node_rank}", "--of", "{nnodes}",
+                         "--ckpt", "{checkpoint_dir}"],
+             "image": "my/ddp:1.0", "workdir": "code", "checkpoint_dir": "ck",
+             "mounts": ["./data:/data:ro", "./we$ird dir:/odd", "cache:/cache"],
+             "env": {"MY_SETTING": "a=b c", "PRICE": "5$"}})
+    doc = render_compose(plan)
+    assert plan.emits_result is False and plan.workdir == "/workspace"
+    for rank, node in enumerate(plan.nodes):
+        svc = doc["services"][service_name(node)]
+        assert svc["image"] == "my/ddp:1.0" == plan.runtime.image
+        assert svc["working_dir"] == "/workspace"
+        # The plan expanded the placeholders per node; the file carries each node's own argv.
+        assert svc["command"] == list(node.command)
+        assert svc["command"][-6:] == ["--rank", str(rank), "--of", "3", "--ckpt", "/checkpoints"]
+        env = svc["environment"]
+        assert list(env)[-2:] == ["MY_SETTING", "PRICE"]
+        assert env["MY_SETTING"] == "a=b c" and env["PRICE"] == "5$$"
+        assert env["NETORCH_CHECKPOINT_DIR"] == "/checkpoints"
+        assert svc["volumes"] == [
+            {"type": "bind", "source": str(project / "code"), "target": "/workspace",
+             "read_only": True},
+            {"type": "bind", "source": str(project / "ck"), "target": "/checkpoints",
+             "read_only": False},
+            {"type": "bind", "source": str(project / "data"), "target": "/data",
+             "read_only": True},
+            {"type": "bind", "source": str(project / "we$$ird dir"), "target": "/odd",
+             "read_only": False},
+            {"type": "volume", "source": "cache", "target": "/cache", "read_only": False},
+        ]
+    assert doc["services"]["master"]["command"] != doc["services"]["worker-1"]["command"]
+    # Declared under its own name and external: compose neither prefixes the project name nor
+    # deletes the user's volume on `down -v`.
+    assert doc["volumes"] == {"cache": {"name": "cache", "external": True}}
+    assert list(doc) == ["version", "services", "networks", "volumes"]
+
+
+def test_one_volume_mounted_twice_is_declared_once(project: Path) -> None:
+    plan = make_run_plan(project, network={"subnet": "10.22.0.0/24"},
+                         run={"command": ["python", "x.py"],
+                              "mounts": ["shared:/a", "shared:/b:ro", "other.v_1:/c"]})
+    doc = render_compose(plan)
+    assert doc["volumes"] == {"shared": {"name": "shared", "external": True},
+                              "other.v_1": {"name": "other.v_1", "external": True}}
+    assert [v["read_only"] for v in doc["services"]["master"]["volumes"]] == [False, True, False]
+
+
+def test_run_job_without_mounts_or_workdir(project: Path) -> None:
+    plan = make_run_plan(project, network={"subnet": "10.23.0.0/24"},
+                         run={"command": ["python", "-m", "mypkg.train"]})
+    doc = render_compose(plan)
+    assert "volumes" not in doc
+    for svc in doc["services"].values():
+        assert "volumes" not in svc and "working_dir" not in svc
+        assert svc["image"] == "netorch:latest"
+        assert svc["command"][-2:] == ["-m", "mypkg.train"]
+
+
+def test_bench_has_no_working_dir_or_volumes() -> None:
+    doc = render_compose(make_plan(network={"subnet": "10.24.0.0/24"}))
+    assert "volumes" not in doc
+    assert all("working_dir" not in s and "volumes" not in s for s in doc["services"].values())
+
+
+def test_run_job_header_says_how_to_read_it(project: Path) -> None:
+    plan = make_run_plan(project, network={"subnet": "10.25.0.0/24"},
+                         run={"command": ["python", "train.py"], "workdir": "code",
+                              "mounts": ["cache:/cache"]})
+    text = dump_compose(plan)
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert "@@NETORCH_RESULT@@" not in text  # a user's script prints no result line
+    assert "# Run (the master's exit code is the run's; the job's output is in the logs):" in header
+    assert (f"#   docker-compose -p {compose_project(plan)} -f docker-compose.yml logs "
+            "--no-color master") in header
+    assert any("-- COMMAND" in line for line in header)
+    assert any(str(project / "code") in line for line in header)
+    assert "#   docker volume create cache" in header
+    assert yaml.safe_load(text) == render_compose(plan)
+    bench = dump_compose(make_plan(network={"subnet": "10.25.0.0/24"}))
+    assert "| grep @@NETORCH_RESULT@@" in bench and "docker volume create" not in bench
+
+
+def test_cli_render_compose_user_job(project: Path) -> None:
+    from orchestrator.cli import app
+
+    out = project / "c"
+    result = CliRunner().invoke(app, [
+        "render", "compose", "-o", str(out), "--run-id", "cli-run", "--nodes", "2",
+        "--subnet", "10.26.0.0/24", "--image", "my/ddp:1.0", "--workdir", str(project / "code"),
+        "--checkpoint-dir", str(project / "ck"), "-v", f"{project / 'data'}:/data:ro",
+        "--env", "MY_SETTING=1", "--", "python", "train.py", "--rank", "{node_rank}",
+    ])
+    assert result.exit_code == 0, result.output
+    expected = make_run_plan(
+        project, "cli-run", cluster={"nodes": 2}, network={"subnet": "10.26.0.0/24"},
+        run={"command": ["python", "train.py", "--rank", "{node_rank}"], "image": "my/ddp:1.0",
+             "workdir": str(project / "code"), "checkpoint_dir": str(project / "ck"),
+             "mounts": [f"{project / 'data'}:/data:ro"], "env": {"MY_SETTING": "1"}})
+    assert (out / COMPOSE_FILE_NAME).read_text() == dump_compose(expected)
+    assert render_compose(expected)["services"]["worker-1"]["command"][-2:] == ["--rank", "1"]
 
 
 def test_committed_example_is_up_to_date() -> None:
@@ -385,3 +512,55 @@ def test_netorch_down_removes_a_compose_run(compose_run: Any, compose_env: Any) 
     down = CliRunner().invoke(app, ["down", "--run", plan.run_id])
     assert down.exit_code == 0, down.output
     assert _leftovers(compose_env, plan.run_id) == ([], [])
+
+
+def _make_example_data(folder: Path) -> Path:
+    data = folder / "data"
+    subprocess.run([sys.executable, str(USER_EXAMPLE / "make_data.py"), str(data)], check=True,
+                   capture_output=True, timeout=120)
+    return data
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compose_up_runs_the_user_example(compose_env: Any, tmp_path: Path) -> None:
+    """The issue's acceptance: ``render compose ... -- python train.py`` writes a file that runs
+    the example project under docker-compose 1.29 unchanged, and ``down -v`` leaves nothing."""
+    from orchestrator.cli import app
+
+    run_id = _run_id()
+    data, ckpt, out = _make_example_data(tmp_path), tmp_path / "ck", tmp_path / "out"
+    rendered = CliRunner().invoke(app, [
+        "render", "compose", "-o", str(out), "--run-id", run_id, "--nodes", "2",
+        "--subnet", "10.79.0.0/24", "--workdir", str(USER_EXAMPLE), "--checkpoint-dir", str(ckpt),
+        "-v", f"{data}:/data:ro", "--", "python", "train.py", "--steps", "60",
+        "--checkpoint-every", "30",
+    ])
+    assert rendered.exit_code == 0, rendered.output
+    file = out / COMPOSE_FILE_NAME
+    project = f"netorch-{run_id}"
+    try:
+        config = _compose(file, project, "config")
+        assert config.returncode == 0, config.stderr
+        up = _compose(file, project, "up", "--abort-on-container-exit", "--exit-code-from",
+                      "master", timeout=300)
+        logs = _compose(file, project, "logs", "--no-color", "master")
+        assert up.returncode == 0, (up.stdout[-6000:], up.stderr[-3000:])
+        assert "world_size=2 master_addr=10.79.0.2 master_port=29500 rank=0" in logs.stdout
+        assert logs.stdout.rstrip().endswith("done"), logs.stdout[-3000:]
+        assert sorted(p.name for p in ckpt.iterdir()) == ["ckpt-00000030.pt", "ckpt-00000060.pt"]
+        master = compose_env.containers.get(f"netorch-{run_id}-master").attrs
+        assert master["Config"]["WorkingDir"] == "/workspace"
+        mounts = {m["Destination"]: (m["Type"], m["Source"], m["RW"]) for m in master["Mounts"]}
+        assert mounts["/workspace"] == ("bind", str(USER_EXAMPLE), False)
+        assert mounts["/data"] == ("bind", str(data), False)
+        assert mounts["/checkpoints"] == ("bind", str(ckpt), True)
+    finally:
+        down = _compose(file, project, "down", "-v", "--remove-orphans")
+        left = _leftovers(compose_env, run_id)
+        _sweep(compose_env, run_id)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert left == ([], [])
+    gone = CliRunner().invoke(app, ["down", "--run", run_id])
+    assert gone.exit_code == 0, gone.output
+    assert "0 resource(s)" in gone.output

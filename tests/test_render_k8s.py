@@ -28,6 +28,7 @@ from orchestrator.render.k8s import (
     JOB_INDEX_ANNOTATION,
     dump_k8s,
     is_dns_label,
+    is_dns_subdomain,
     k8s_file_name,
     k8s_name,
     master_addr,
@@ -37,6 +38,7 @@ from orchestrator.render.k8s import (
     write_k8s,
 )
 from orchestrator.settings import load_settings
+from orchestrator.userjob import run_workload
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
@@ -50,6 +52,25 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 def make_plan(run_id: str = RUN, **overrides: Any) -> ClusterPlan:
     return build_plan(load_settings(overrides=overrides), run_id, "docker")
+
+
+def make_run_plan(base: Path, run_id: str = RUN, **overrides: Any) -> ClusterPlan:
+    """A user's job (``render k8s ... -- COMMAND``); relative paths resolve against ``base``."""
+    settings = load_settings(overrides=overrides)
+    return build_plan(settings, run_id, "docker", run_workload(settings, base, in_node_paths=True))
+
+
+def pod_templates(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pod template of the objects (indexed-job: 1, pytorchjob: 1 per role, jobset: 1)."""
+    found: list[dict[str, Any]] = []
+    for obj in objects:
+        if obj["kind"] == "Job":
+            found.append(obj["spec"]["template"])
+        elif obj["kind"] == "PyTorchJob":
+            found.extend(r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values())
+        elif obj["kind"] == "JobSet":
+            found.extend(rj["template"]["spec"]["template"] for rj in obj["spec"]["replicatedJobs"])
+    return found
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -448,6 +469,147 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert "gpu.per_node" in ids.output
 
 
+# --- a user's job: mounts and working directory ------------------------------------------------
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    for sub in ("code", "data", "we$ird dir"):
+        (tmp_path / sub).mkdir()
+    return tmp_path
+
+
+def user_job(project: Path, **run: Any) -> ClusterPlan:
+    settings: dict[str, Any] = {
+        "command": ["python", "train.py", "--steps", "60"], "workdir": "code",
+        "checkpoint_dir": "ck", "image": "my/ddp:1.0",
+        "mounts": ["./data:/data:ro", "./we$ird dir:/odd", "datasets.v1:/datasets:ro",
+                   "scratch:/scratch", "scratch:/scratch-ro:ro"],
+        "env": {"MY_SETTING": "a=b"}}
+    settings.update(run)
+    return make_run_plan(project, cluster={"nodes": 3}, run=settings)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_run_job_mounts_and_workdir(project: Path, flavor: str) -> None:
+    plan = user_job(project)
+    templates = pod_templates(render_k8s(plan, flavor))  # type: ignore[arg-type]
+    assert templates
+    for template in templates:
+        pod = template["spec"]
+        assert pod["volumes"][0]["name"] == "dshm"
+        assert pod["volumes"][1:] == [
+            {"name": "mount-0", "hostPath": {"path": str(project / "code"), "type": "Directory"}},
+            {"name": "mount-1", "hostPath": {"path": str(project / "ck"), "type": "Directory"}},
+            {"name": "mount-2", "hostPath": {"path": str(project / "data"), "type": "Directory"}},
+            # Paths are not $(VAR)-expanded by the kubelet, so "$" stays single.
+            {"name": "mount-3", "hostPath": {"path": str(project / "we$ird dir"),
+                                             "type": "Directory"}},
+            {"name": "mount-4", "persistentVolumeClaim": {"claimName": "datasets.v1"}},
+            # One claim mounted twice is one volume.
+            {"name": "mount-5", "persistentVolumeClaim": {"claimName": "scratch"}},
+        ]
+        ctr = pod["containers"][0]
+        assert ctr["image"] == "my/ddp:1.0"
+        assert ctr["workingDir"] == "/workspace" == plan.workdir
+        assert ctr["volumeMounts"] == [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "mount-0", "mountPath": "/workspace", "readOnly": True},
+            {"name": "mount-1", "mountPath": "/checkpoints"},
+            {"name": "mount-2", "mountPath": "/data", "readOnly": True},
+            {"name": "mount-3", "mountPath": "/odd"},
+            {"name": "mount-4", "mountPath": "/datasets", "readOnly": True},
+            {"name": "mount-5", "mountPath": "/scratch"},
+            {"name": "mount-5", "mountPath": "/scratch-ro", "readOnly": True},
+        ]
+        assert ctr["args"][-3:] == ["train.py", "--steps", "60"]
+        env = env_of(ctr)
+        assert env["MY_SETTING"]["value"] == "a=b"
+        assert env["NETORCH_CHECKPOINT_DIR"]["value"] == "/checkpoints"
+
+
+def test_bench_has_no_working_dir_or_extra_volumes() -> None:
+    pod = pod_spec(make_plan())
+    assert "workingDir" not in pod["containers"][0]
+    assert [v["name"] for v in pod["volumes"]] == ["dshm"]
+
+
+@pytest.mark.parametrize("name", ["My_Data", "data_1", "data-", "a..b", "x" * 254])
+def test_volume_that_is_not_a_claim_name_is_refused(project: Path, name: str) -> None:
+    plan = user_job(project, mounts=[f"{name}:/data"])
+    for flavor in FLAVORS:
+        with pytest.raises(PlanError) as info:
+            render_k8s(plan, flavor)  # type: ignore[arg-type]
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"named volume {name!r} (mounted at /data)" in message
+        assert "PersistentVolumeClaim" in message and "lowercase" in message
+
+
+def test_claim_name_hint_is_a_claim_name(project: Path) -> None:
+    with pytest.raises(PlanError, match=r"e\.g\. 'my-data'"):
+        render_k8s(user_job(project, mounts=["My_Data:/data"]))
+
+
+def test_is_dns_subdomain() -> None:
+    assert is_dns_subdomain("scratch") and is_dns_subdomain("datasets.v1")
+    assert is_dns_subdomain("a" * 63 + "." + "b" * 63)
+    assert is_dns_subdomain("a" * 253) and not is_dns_subdomain("a" * 254)  # Kubernetes' rule
+    assert not any(map(is_dns_subdomain, ["", "Data", "a_b", "a..b", ".a", "a.", "-a", "a-"]))
+
+
+def test_train_job_checkpoints_on_the_master_only_are_refused() -> None:
+    """netorch's own train job mounts its checkpoints on the master alone: no shared template."""
+    plan = build_plan(load_settings(), RUN, "docker", "train")
+    assert plan.master.mounts and not plan.nodes[1].mounts
+    for flavor in FLAVORS:
+        with pytest.raises(PlanError, match=r"-master bind-mounts host directory .* but not every "
+                                            r"node does.*PersistentVolumeClaim"):
+            render_k8s(plan, flavor)  # type: ignore[arg-type]
+
+
+def test_different_placeholders_per_node_are_refused(project: Path) -> None:
+    plan = user_job(project, command=["python", "train.py", "--shard", "{node_rank}"])
+    with pytest.raises(PlanError, match="differs from the master's"):
+        render_k8s(plan)
+
+
+def test_run_job_header(project: Path) -> None:
+    plan = user_job(project)
+    text = dump_k8s(plan)
+    assert "@@NETORCH_RESULT@@" not in text
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert f"#   kubectl logs -l {LABEL_RUN}={RUN},{JOB_INDEX_ANNOTATION}=0 --tail=-1" in header
+    assert any("-- COMMAND" in line for line in header)
+    assert any("hostPath" in line and "every node host must have" in line for line in header)
+    assert f"#   {project / 'code'} -> /workspace (read-only)" in header
+    assert any("PersistentVolumeClaims" in line for line in header)
+    assert "#   scratch -> /scratch" in header
+    assert list(yaml.safe_load_all(text)) == render_k8s(plan)
+    bench = dump_k8s(make_plan())
+    assert "| grep @@NETORCH_RESULT@@" in bench and "hostPath" not in bench
+
+
+def test_cli_render_k8s_user_job(project: Path) -> None:
+    out = project / "k8s"
+    result = CliRunner().invoke(app, [
+        "render", "k8s", "-o", str(out), "--run-id", RUN, "--nodes", "2", "--flavor", "jobset",
+        "--workdir", str(project / "code"), "-v", "scratch:/scratch", "--",
+        "python", "train.py",
+    ])
+    assert result.exit_code == 0, result.output
+    (obj,) = yaml.safe_load_all((out / f"netorch-{RUN}.yaml").read_text())
+    (template,) = pod_templates([obj])
+    assert template["spec"]["containers"][0]["workingDir"] == "/workspace"
+    assert template["spec"]["volumes"][-1] == {
+        "name": "mount-1", "persistentVolumeClaim": {"claimName": "scratch"}}
+    bad = CliRunner().invoke(app, ["render", "k8s", "-o", str(project / "bad"), "-v",
+                                   "My_Data:/data", "--", "python", "train.py"])
+    assert bad.exit_code == 2
+    assert "My_Data" in bad.output and "Traceback" not in bad.output
+    assert not (project / "bad").exists()
+
+
 # --- offline schema validation (kubernetes-validate) -------------------------------------------
 
 
@@ -491,6 +653,23 @@ def test_schema_jobset_template(case: str) -> None:
     template = obj["spec"]["replicatedJobs"][0]["template"]
     validate({"apiVersion": "batch/v1", "kind": "Job",
               "metadata": {"name": f"{JOB}-node-0", **template["metadata"]}, "spec": template["spec"]})
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_schema_run_job(project: Path, flavor: str) -> None:
+    """A user's job with a bind mount, a named volume, read-only mounts and a workdir."""
+    objects = render_k8s(user_job(project), flavor, namespace="default")  # type: ignore[arg-type]
+    for obj in objects:
+        if obj["kind"] in ("Service", "Job"):
+            validate(obj)
+    for i, template in enumerate(pod_templates(objects)):
+        validate(as_pod(template, f"{JOB}-{i}"))
+    for obj in objects:
+        if obj["kind"] == "JobSet":
+            template = obj["spec"]["replicatedJobs"][0]["template"]
+            validate({"apiVersion": "batch/v1", "kind": "Job",
+                      "metadata": {"name": f"{JOB}-node-0", **template["metadata"]},
+                      "spec": template["spec"]})
 
 
 def test_schema_validator_is_live() -> None:

@@ -232,11 +232,13 @@ def _command(node: NodeSpec, node_rank: str, addr: str) -> list[str]:
 def _claim_name(mount: MountSpec) -> str:
     """The PersistentVolumeClaim a named volume becomes: the volume's own name, if it can be."""
     if not is_dns_subdomain(mount.source):
-        hint = re.sub(r"[^a-z0-9.-]+", "-", mount.source.lower()).strip("-.") or "data"
+        hint = re.sub(r"[^a-z0-9.]+", "-", mount.source.lower())
+        hint = re.sub(r"-*\.[-.]*", ".", hint).strip("-.")[:DNS_SUBDOMAIN_MAX].strip("-.")
+        example = f", e.g. {hint!r}" if is_dns_subdomain(hint) else ""
         raise PlanError(
             f"named volume {mount.source!r} (mounted at {mount.target}) cannot name a Kubernetes "
             "PersistentVolumeClaim; use a volume named with lowercase letters, digits, '-' and "
-            f"'.', starting and ending with a letter or digit, e.g. {hint!r}"
+            f"'.', starting and ending with a letter or digit{example}"
         )
     return mount.source
 
