@@ -17,15 +17,18 @@ Layers (each imports only those below it)::
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends import make_backend, resolve_backend
+from orchestrator.backends import Backend, make_backend, resolve_backend
 from orchestrator.backends.registry import backend_kind
 from orchestrator.errors import ConfigError, RankFailedError
+from orchestrator.plots import preload
 from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
 from orchestrator.session import Echo, run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
@@ -106,14 +109,41 @@ def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: H
     return write_textfile(report, out_dir)
 
 
-def run_bench(settings: Settings, hooks: Hooks = Hooks()) -> RunResult:
-    """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down."""
+def _executor(settings: Settings, hooks: Hooks, on: str | None,
+              ) -> tuple[str, Settings, Backend | None]:
+    """The backend name, the settings the plan is built from, and a ready executor for runs on
+    a warm cluster (``--on NAME``: the cluster's shape wins, see ``fit_to_cluster``)."""
+    if on is None:
+        return _chosen_backend(settings, hooks), settings, None
+    from orchestrator.backends.docker import connect_settings
+    from orchestrator.backends.docker.warm import WarmDockerBackend, find_cluster, fit_to_cluster
+
+    if settings.backend == "process":
+        raise ConfigError(f"--on {on}: warm clusters run on the docker backend; drop "
+                          "--backend process")
+    single_host(settings, "up/--on")
+    client = connect_settings(settings)
+    try:
+        cluster = find_cluster(client, on)
+    except BaseException:
+        client.close()
+        raise
+    if hooks.on_backend is not None:
+        hooks.on_backend("docker", f"--on {on}: warm cluster of {cluster.shape.nodes} nodes")
+    return "docker", fit_to_cluster(settings, cluster.shape, on), WarmDockerBackend(client, cluster)
+
+
+def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None) -> RunResult:
+    """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down.
+
+    With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``)."""
     from orchestrator.report import build_report, write_report
 
-    name = _chosen_backend(settings, hooks)
+    name, settings, warm = _executor(settings, hooks, on)
     plan = build_plan(settings, new_run_id(), name, "bench")
-    backend = make_backend(name, settings)
+    backend = warm or make_backend(name, settings)
     out_dir = settings.output / plan.run_id
+    preload()  # the plot's imports, while the nodes work
     if hooks.on_start is not None:
         hooks.on_start(plan)
     outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
@@ -125,16 +155,29 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks()) -> RunResult:
     return RunResult(plan, report, paths)
 
 
-def run_train(settings: Settings, hooks: Hooks = Hooks()) -> RunResult:
-    """``netorch train``: the DDP job with checkpoints, gang restarts, metrics and a report."""
+def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None) -> RunResult:
+    """``netorch train``: the DDP job with checkpoints, gang restarts, metrics and a report.
+
+    On a warm cluster (``on``) the checkpoints live in the cluster's folder
+    (``OUTPUT/warm/NAME/<run_id>/checkpoints``): a running container takes no new mount."""
     from orchestrator.metrics import write_targets
     from orchestrator.report import build_train_report, write_train_report
+    from orchestrator.workloads import train_workload
 
-    name = _chosen_backend(settings, hooks)
-    plan = build_plan(settings, new_run_id(), name, "train")
-    backend = make_backend(name, settings)
-    out_dir = settings.output / plan.run_id
+    name, settings, warm = _executor(settings, hooks, on)
+    run_id = new_run_id()
+    work = train_workload(settings, run_id)
+    out_dir = settings.output / run_id
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if on is not None:
+        from orchestrator.backends.docker.warm import WARM_DIR
+
+        host = warm_dir(settings, on) / run_id / "checkpoints"
+        host.mkdir(parents=True, exist_ok=True)
+        work = dataclasses.replace(work, checkpoint=None, env=(
+            ("NETORCH_CHECKPOINT_DIR", f"{WARM_DIR}/{run_id}/checkpoints"),))
+    plan = build_plan(settings, run_id, name, work)
+    backend = warm or make_backend(name, settings)
     targets = write_targets(plan, out_dir)
     if targets is not None:
         _notice(hooks, f"metrics: Prometheus file_sd targets in {targets}")
@@ -285,7 +328,8 @@ def render_k8s(settings: Settings, out_dir: Path, flavor: str, namespace: str | 
     return list(write_k8s(plan, out_dir, flavor, namespace))  # type: ignore[arg-type]
 
 
-def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None) -> RunResult:
+def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None,
+            on: str | None = None) -> RunResult:
     """``netorch run``: the user's own command on every rank, on the planned fabric.
 
     Fail fast with a diagnosis, gang restarts up to ``run.max_restarts`` (the job resumes from
@@ -295,12 +339,12 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     from orchestrator.report import build_run_report, write_run_report
     from orchestrator.userjob import run_workload
 
-    name = _chosen_backend(settings, hooks)
+    name, settings, warm = _executor(settings, hooks, on)
     run_id = new_run_id()
     fabric = backend_kind(name).fabric(settings, run_id)
     work = run_workload(settings, base_dir or Path.cwd(), fabric.in_node_paths)
     plan = build_plan(settings, run_id, name, work)
-    backend = make_backend(name, settings)
+    backend = warm or make_backend(name, settings)
     out_dir = settings.output / plan.run_id
     if hooks.on_start is not None:
         hooks.on_start(plan)
@@ -319,3 +363,111 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     report = build_run_report(plan, outcome.elapsed_s, exits, outcome.restarts,
                               outcome.failures, None, outcome.log_dir)
     return RunResult(plan, report, write_run_report(report, out_dir))
+
+
+
+# --------------------------------------------------------------------------------------------
+# Warm clusters
+# --------------------------------------------------------------------------------------------
+
+_CLUSTER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
+
+
+def warm_dir(settings: Settings, name: str) -> Path:
+    """The host folder of a warm cluster (every node sees it at WARM_DIR)."""
+    return (settings.output / "warm" / name).resolve()
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """A warm cluster as ``netorch ls`` shows it."""
+
+    name: str
+    state: str
+    nodes: int
+    subnet: str
+    mtu: int
+    image: str
+    idle_timeout_s: float
+    created: float | None
+    containers: tuple[str, ...]
+
+
+def _info(cluster: Any) -> ClusterInfo:
+    shape = cluster.shape
+    return ClusterInfo(cluster.name, cluster.state, shape.nodes, shape.subnet, shape.mtu,
+                       shape.image, shape.idle_timeout_s, cluster.created,
+                       tuple(c.name for _, c in sorted(cluster.containers.items())))
+
+
+def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hooks(),
+       base_dir: Path | None = None) -> ClusterInfo:
+    """``netorch up``: create the network and nodes of ``settings`` and leave them idle, torch
+    imported, for ``--on NAME`` runs; they go away after ``idle_timeout_s`` without a job (0:
+    never) or with ``netorch down --run NAME``. ``run.*`` settings (image, workdir, mounts,
+    checkpoint folder) become the cluster's."""
+    from orchestrator.backends.docker import DockerBackend, connect_settings
+    from orchestrator.backends.docker.warm import (
+        ClusterShape,
+        agent_workload,
+        list_clusters,
+        remove_expired,
+        wait_ready,
+    )
+    from orchestrator.userjob import run_workload
+
+    if not _CLUSTER_NAME.match(name):
+        raise ConfigError(f"--name {name!r}: use 3-32 characters of [a-z0-9-], starting with a "
+                          "letter or digit")
+    if settings.backend == "process":
+        raise ConfigError("netorch up: warm clusters run on the docker backend; drop --backend "
+                          "process")
+    if idle_timeout_s < 0:
+        raise ConfigError(f"--idle-timeout {idle_timeout_s}: give seconds >= 0 (0: never)")
+    single_host(settings, "up")
+    run = settings.run
+    base = None
+    if run.workdir or run.mounts or run.checkpoint_dir or run.image:
+        base = run_workload(settings.model_copy(update={"run": run.model_copy(
+            update={"command": ["python", "-c", "pass"]})}), base_dir or Path.cwd(), True)
+    folder = warm_dir(settings, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    first = build_plan(settings, name, "docker", agent_workload(name, idle_timeout_s, str(folder),
+                                                                base))
+    shape = ClusterShape.of(settings, first, idle_timeout_s)
+    plan = build_plan(settings, name, "docker", agent_workload(
+        name, idle_timeout_s, str(folder), base, shape.to_label()))
+    with connect_settings(settings) as client:
+        for gone in remove_expired(client):
+            _notice(hooks, f"removed expired cluster {gone}")
+        if any(c.name == name for c in list_clusters(client)):
+            raise ConfigError(f"--name {name}: a warm cluster of that name exists; use it with "
+                              f"--on {name}, or remove it with `netorch down --run {name}`")
+        backend = DockerBackend(client)
+        backend.preflight(plan)
+        if hooks.on_start is not None:
+            hooks.on_start(plan)
+        try:
+            backend.up(plan, lambda node, line: None)
+            with_containers = {c.name: c for c in client.containers.list(
+                filters={"label": f"{LABEL_CLUSTER_KEY}={name}"}, ignore_removed=True)}
+            wait_ready(with_containers)
+        except BaseException:
+            backend.down(plan)
+            raise
+        (found,) = [c for c in list_clusters(client) if c.name == name]
+        return _info(found)
+
+
+LABEL_CLUSTER_KEY = "io.netorch.cluster"
+
+
+def clusters(settings: Settings, hooks: Hooks = Hooks()) -> list[ClusterInfo]:
+    """``netorch ls``: the warm clusters on the daemon; expired ones are removed (and listed)."""
+    from orchestrator.backends.docker import connect_settings
+    from orchestrator.backends.docker.warm import list_clusters, remove_expired
+
+    with connect_settings(settings) as client:
+        found = [_info(c) for c in list_clusters(client)]
+        remove_expired(client)
+    return found

@@ -231,6 +231,8 @@ def _notice(text: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines")]
+OnOpt = Annotated[Optional[str], typer.Option(
+    "--on", help="run on the warm cluster NAME (netorch up): fresh ranks in seconds")]
 RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")]
 
 
@@ -259,7 +261,7 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
-def bench(request: SettingsRequest, quiet: QuietOpt = False) -> None:
+def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
     Exit code 0 only when every rank succeeded and no value was wrong.
@@ -269,7 +271,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False) -> None:
     settings = request.load()
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
     with err.status("benchmark running"):
-        result = usecases.run_bench(settings, hooks)
+        result = usecases.run_bench(settings, hooks, on)
     report, the_plan = result.report, result.plan
     console.print(results_table(report))
     for item in report["skipped"]:
@@ -297,7 +299,8 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False) -> None:
 @command(app, PLAN_FLAGS, TRAIN_FLAGS)
 def train(request: SettingsRequest,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
-                                              "(progress stays)")] = False) -> None:
+                                              "(progress stays)")] = False,
+          on: OnOpt = None) -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
     Exit code 0 when the job finished all steps (restarts included) with a finite loss.
@@ -327,7 +330,7 @@ def train(request: SettingsRequest,
 
         result = usecases.run_train(settings, Hooks(
             echo=echo, on_backend=_print_backend, on_start=started.append,
-            on_restart=restarted, on_notice=_notice))
+            on_restart=restarted, on_notice=_notice), on)
     report = result.report
     console.print(train_table(report))
     for warning in report["warnings"]:
@@ -352,6 +355,7 @@ def run(
         "--env", "-e", help="NAME=VALUE for the job (repeatable); the plan's own variables "
         "(MASTER_ADDR, RANK, ...) are refused")] = None,
     quiet: QuietOpt = False,
+    on: OnOpt = None,
 ) -> None:
     """Run YOUR training command on every node: your image, code, data and checkpoints, with
     the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...).
@@ -372,13 +376,53 @@ def run(
 
     hooks = Hooks(echo=hooks.echo, on_backend=_print_backend, on_start=started.append,
                   on_restart=restarted, on_notice=_notice)
-    result = usecases.run_job(settings, hooks)
+    result = usecases.run_job(settings, hooks, on=on)
     report = result.report
     restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
     console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "
                   f"x {report['nproc_per_node']} rank(s){restarts} in "
                   f"{report['elapsed_s']:.1f} s")
     console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+
+
+@command(app, PLAN_FLAGS, _exclude(RUN_FLAGS, "max_restarts"))
+def up(
+    request: SettingsRequest,
+    name: Annotated[str, typer.Option("--name", help="the cluster's name (3-32 of a-z, 0-9, -)")],
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", help="seconds without a job after which the nodes go away (0: never)")] = 1800.0,
+) -> None:
+    """Start a WARM cluster: network and nodes up, torch imported, idle. Then
+    `netorch bench|train|run --on NAME` forks fresh ranks on it in seconds; `netorch ls` lists
+    clusters; `netorch down --run NAME` removes one."""
+    settings = request.load()
+    with err.status(f"starting warm cluster {name}"):
+        info = usecases.up(settings, name, idle_timeout, Hooks(on_notice=_notice))
+    console.print(f"cluster {info.name}: {info.nodes} node(s) up on {info.subnet} (MTU {info.mtu}), "
+                  f"image {escape(info.image)}, idle timeout {info.idle_timeout_s:.0f} s")
+    console.print(f"run on it with --on {info.name}; remove it with netorch down --run {info.name}")
+
+
+@command(app, CONFIG_FLAGS)
+def ls(request: SettingsRequest,
+       as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List warm clusters (netorch up); expired ones are removed."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    found = usecases.clusters(request.load())
+    if as_json:
+        sys.stdout.write(json.dumps([asdict(c) for c in found], indent=2) + "\n")
+        return
+    table = Table(title="warm clusters", title_justify="left")
+    for col in ("name", "state", "nodes", "subnet", "mtu", "image", "idle timeout"):
+        table.add_column(col)
+    for c in found:
+        state = c.state + (" (removed)" if c.state == "expired" else "")
+        table.add_row(c.name, state, str(c.nodes), c.subnet, str(c.mtu), escape(c.image),
+                      f"{c.idle_timeout_s:.0f} s")
+    console.print(table)
 
 
 def _comma_items(text: str, what: str) -> list[str]:

@@ -146,16 +146,13 @@ def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
     rows = report["results"]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from orchestrator.plots import finish, new_axes
 
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         label = f"{row['op']} {row['dtype']} {'in-place' if row['in_place'] else 'out-of-place'}"
         series.setdefault(label, []).append((int(row["size_bytes"]), float(row["busbw_gbps"])))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = new_axes(8, 4.5)
     for label, points in sorted(series.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
@@ -163,16 +160,9 @@ def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("bus bandwidth (GB/s)")
     mtu = report["network"].get("mtu")
-    ax.set_title(
-        f"netorch {report['run_id']}: {report['world_size']} ranks, {report['dist_backend']}, "
-        f"{report['backend']}" + (f", MTU {mtu}" if mtu else "")
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path,
+                  f"netorch {report['run_id']}: {report['world_size']} ranks, "
+                  f"{report['dist_backend']}, {report['backend']}" + (f", MTU {mtu}" if mtu else ""))
 
 
 def format_size(n: int) -> str:

@@ -130,7 +130,7 @@ def supervise(
     handles: list[NodeHandle],
     logbook: LogBook,
     timeout_s: float,
-    poll_s: float = 0.2,
+    poll_s: float = 0.05,
     on_tick: Callable[[int, int], None] | None = None,
 ) -> dict[str, NodeExit]:
     """Wait for every node; on the first non-zero exit stop the rest and raise the diagnosis.

@@ -382,10 +382,7 @@ def write_sweep(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
     """busbw vs size, one line per MTU (and link rate / op when several), min..max error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from orchestrator.plots import finish, new_axes
 
     rows = summary["rows"]
     many_rates = len({r["link_rate"] for r in rows}) > 1
@@ -400,7 +397,7 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
         if not r["verified"]:
             label += " (NOT verified)"
         series.setdefault(label, []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = new_axes(8, 4.8)
     for label, pts in sorted(series.items(), key=lambda kv: (kv[1][0]["link_rate"], kv[1][0]["mtu"])):
         pts.sort(key=lambda r: r["size_bytes"])
         x = [r["size_bytes"] for r in pts]
@@ -414,14 +411,8 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("message size")
     ax.set_ylabel("bus bandwidth (GB/s): median, bars min..max")
     reps = summary["options"]["repeats"]
-    ax.set_title(f"netorch sweep {summary['sweep_id']}: {summary['nnodes']} nodes x "
-                 f"{summary['procs_per_node']}, {reps} repeat(s) per MTU", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path, f"netorch sweep {summary['sweep_id']}: {summary['nnodes']} nodes "
+                  f"x {summary['procs_per_node']}, {reps} repeat(s) per MTU", fontsize=10)
 
 
 def sweep_table(summary: dict[str, Any]) -> Table:

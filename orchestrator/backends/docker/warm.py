@@ -24,21 +24,33 @@ from typing import Any
 from orchestrator.backends.base import LineSink, NodeExit, NodeHandle
 from orchestrator.backends.docker.backend import remove_by_label
 from orchestrator.backends.docker.client import concurrently
-from orchestrator.backends.docker.errors import DOCKER_ERRORS, TRANSPORT_ERRORS, docker_errors
+from orchestrator.backends.docker.errors import DOCKER_ERRORS, docker_errors
 from orchestrator.backends.docker.nodes import LineSplitter, parse_docker_time
 from orchestrator.errors import BackendError, ConfigError, PreflightError
-from orchestrator.plan import LABEL_MANAGED, LABEL_RANK, LABEL_RUN, BackendName, ClusterPlan
+from orchestrator.plan import (
+    LABEL_MANAGED,
+    LABEL_RANK,
+    LABEL_RUN,
+    BackendName,
+    ClusterPlan,
+    MountSpec,
+)
 from orchestrator.settings import Settings
 from orchestrator.workloads import WorkloadSpec
 
 LABEL_CLUSTER = "io.netorch.cluster"
 LABEL_SHAPE = "io.netorch.cluster-shape"
 SPOOL_DIR = "/tmp/netorch-spool"
+# A host folder of the cluster's, on every node: jobs that need a per-run host directory (the
+# train job's checkpoints) get a subfolder of it, since a running container takes no new mount.
+WARM_DIR = "/netorch/warm"
 AGENT_READY = "netorch-agent: ready"
 START_MARKER = "@@NETORCH_JOB_START@@"
 EXIT_MARKER = "@@NETORCH_JOB_EXIT@@"
 LAUNCHER = ("python", "-P", "-m", "train.launch")
 READY_TIMEOUT_S = 120.0
+# A log stream ends with these when the agent or the daemon goes away, or when we close it.
+_FOLLOW_ERRORS: tuple[type[Exception], ...] = (*DOCKER_ERRORS, ValueError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -84,23 +96,26 @@ class ClusterShape:
 
 
 def _mount_keys(plan: ClusterPlan) -> tuple[str, ...]:
+    """The user's mounts of a plan (the cluster's own WARM_DIR left out), comparable."""
     return tuple(sorted({f"{m.kind}:{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"
-                         for node in plan.nodes for m in node.mounts}))
+                         for node in plan.nodes for m in node.mounts if m.target != WARM_DIR}))
 
 
-def agent_workload(name: str, idle_timeout_s: float, base: WorkloadSpec | None = None,
-                   shape: str = "") -> WorkloadSpec:
-    """The workload of a warm cluster's nodes: the agent, idle until jobs arrive. ``base`` (a
-    user job's workload) lends its mounts, workdir, checkpoints and image."""
+def agent_workload(name: str, idle_timeout_s: float, warm_dir: str,
+                   base: WorkloadSpec | None = None, shape: str = "") -> WorkloadSpec:
+    """The workload of a warm cluster's nodes: the agent, idle until jobs arrive, with the host
+    folder ``warm_dir`` at WARM_DIR. ``base`` (a user job's workload) lends its mounts, workdir,
+    checkpoint folder and image."""
     target = ("python", "-P", "-m", "train.agent", SPOOL_DIR,
               "--idle-timeout", repr(float(idle_timeout_s)))
     labels = ((LABEL_CLUSTER, name), *(((LABEL_SHAPE, shape),) if shape else ()))
+    own = MountSpec(warm_dir, WARM_DIR)
     if base is None:
         return WorkloadSpec(kind="cluster", target=target, emits_result=False, launcher=False,
-                            labels=labels)
+                            labels=labels, mounts=(own,))
     return WorkloadSpec(
         kind="cluster", target=target, emits_result=False, launcher=False, labels=labels,
-        mounts=base.mounts, checkpoint=base.checkpoint, workdir=base.workdir,
+        mounts=(*base.mounts, own), checkpoint=base.checkpoint, workdir=base.workdir,
         workdir_source=base.workdir_source, workdir_read_only=base.workdir_read_only,
         image=base.image,
     )
@@ -219,7 +234,8 @@ def check_job_fits(plan: ClusterPlan, cluster: WarmCluster) -> None:
     if plan.runtime.image != shape.image:
         raise ConfigError(f"--on {cluster.name}: the job wants image {plan.runtime.image} but the "
                           f"cluster runs {shape.image}; `netorch up` a cluster with --image")
-    if _mount_keys(plan) != shape.mounts or plan.workdir != shape.workdir:
+    asks = bool(_mount_keys(plan)) or plan.workdir is not None
+    if asks and (_mount_keys(plan) != shape.mounts or plan.workdir != shape.workdir):
         raise ConfigError(
             f"--on {cluster.name}: the job's mounts/workdir ({list(_mount_keys(plan)) or 'none'}, "
             f"{plan.workdir or 'no workdir'}) differ from the cluster's ({list(shape.mounts) or 'none'}, "
@@ -245,6 +261,14 @@ def _job_tar(name: str, text: str) -> bytes:
     return buf.getvalue()
 
 
+def _marker_job(line: str, marker: str) -> str | None:
+    try:
+        value = json.loads(line[len(marker):]).get("job")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 class WarmNode:
     """One node's share of a job: its agent's log lines between the job's markers, and its code."""
 
@@ -262,33 +286,32 @@ class WarmNode:
     def _follow(self, since: float) -> None:
         splitter = LineSplitter()
         inside = False
-        start = f'{START_MARKER} {{"job": "{self.job}"}}'
         try:
             self._stream = self.container.logs(stream=True, follow=True, since=since)
             for chunk in self._stream:
                 for line in splitter.feed(chunk):
+                    if line.startswith(EXIT_MARKER) and _marker_job(line, EXIT_MARKER) == self.job:
+                        code = json.loads(line[len(EXIT_MARKER):])["code"]
+                        self._exit = NodeExit(int(code), time.time())
+                        self._stream.close()
+                        return
                     if not inside:
-                        inside = line.strip() == start
-                        if line.startswith("netorch-agent: job " + self.job):
-                            self._sink(self.name, line)  # a job the agent refused
-                        if not line.startswith(EXIT_MARKER):
-                            continue
-                    if line.startswith(EXIT_MARKER):
-                        fields = json.loads(line[len(EXIT_MARKER):])
-                        if fields.get("job") == self.job:
-                            self._exit = NodeExit(int(fields["code"]), time.time())
-                            self._stream.close()
-                            return
+                        # Lines before our start marker belong to the agent or an earlier job,
+                        # except the agent's word on why it refused this job.
+                        inside = (line.startswith(START_MARKER)
+                                  and _marker_job(line, START_MARKER) == self.job)
+                        if line.startswith(f"netorch-agent: job {self.job}:"):
+                            self._sink(self.name, line)
                         continue
                     self._sink(self.name, line)
-        except (*DOCKER_ERRORS, *TRANSPORT_ERRORS, ValueError, AttributeError):
+        except _FOLLOW_ERRORS:
             pass
         if self._exit is None:  # the stream ended: the agent (the container) is gone
             code = -1
             try:
                 self.container.reload()
                 code = int(self.container.attrs["State"].get("ExitCode", -1)) or -1
-            except (*DOCKER_ERRORS, *TRANSPORT_ERRORS):
+            except DOCKER_ERRORS:
                 pass
             self._exit = NodeExit(code, time.time())
 
@@ -328,8 +351,9 @@ class WarmDockerBackend:
         jobs = []
         for node in plan.nodes:
             container = self.cluster.containers[node.node_rank]
+            # A job that names no workdir runs in the cluster's (its mounts are the cluster's).
             spec = {"argv": list(node.command[len(LAUNCHER):]), "env": node.env_dict,
-                    "cwd": plan.workdir}
+                    "cwd": plan.workdir or self.cluster.shape.workdir}
             jobs.append((node, container, _job_tar(f"{plan.run_id}.job", json.dumps(spec))))
 
         def submit(item: tuple[Any, Any, bytes]) -> None:
