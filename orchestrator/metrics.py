@@ -14,7 +14,9 @@ Three ways a run's numbers reach Prometheus:
   numbers go to a Pushgateway under ``job=netorch_<kind>``, ``cluster=<cluster.name>``. One group
   per cluster name, not per run: a new run replaces the last one's numbers instead of piling up
   groups forever; ``netorch_run_info{run_id=...}`` says which run they came from. An unreachable
-  gateway is a warning after a few retries, never a failure of the run.
+  gateway is a warning after a few retries, never a failure of the run. Credentials in the URL
+  (``http://user:pass@host:9091``) are sent as HTTP basic auth, never in the URL, and every
+  message shows the URL through :func:`redact_url`.
 
 Names follow Prometheus conventions (base units: seconds, bytes; ``_ratio`` for 0..1) and labels
 stay low-cardinality: op, dtype, size_bytes, in_place for bench rows; quantile for step times.
@@ -24,10 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from orchestrator.plan import ClusterPlan
@@ -59,12 +65,55 @@ def metrics_targets(plan: ClusterPlan) -> list[dict[str, Any]]:
     return entries
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (and user) replaced by ``***``, for every message and report."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(``url`` without user info, user, password): credentials travel as basic auth, not in
+    the URL (urllib would take ``user:pass@host`` for the host name)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, None
+    netloc = parts.netloc.rpartition("@")[2]
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return urlunsplit(parts._replace(netloc=netloc)), user, password
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    """Prometheus may read the file at any moment: never let it see half of one."""
+    """Prometheus may read the file at any moment: never let it see half of one.
+
+    The temporary file has a unique name, so two writers (two runs sharing ``_file_sd``) never
+    write into each other's half-written file, and nobody can plant one under a guessed name.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+        delete=False,
+    ) as fh:
+        tmp = Path(fh.name)
+        try:
+            fh.write(text)
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    try:
+        # mkstemp makes the file 0600; Prometheus may run as another user and must read it.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_targets(plan: ClusterPlan, out_dir: Path) -> Path | None:
@@ -168,10 +217,17 @@ def push_report(
     """Push the report's gauges to the Pushgateway at ``url``; return a warning or None.
 
     Retries transient failures (connection refused, time-outs, 5xx) with exponential back-off; any
-    failure left after ``attempts`` becomes the returned warning, never an exception.
+    failure left after ``attempts`` becomes the returned warning, never an exception. A
+    ``user:password@`` in ``url`` becomes HTTP basic auth; the warning names the URL redacted.
     """
     kind = str(report.get("kind", "bench"))
     registry = report_registry(report)
+    target, user, password = split_credentials(url)
+    handler: Callable[..., Callable[[], None]] = default_handler
+    if user is not None or password is not None:
+        def handler(url: str, method: str, timeout: float | None,
+                    headers: list[tuple[str, str]], data: bytes) -> Callable[[], None]:
+            return basic_auth_handler(url, method, timeout, headers, data, user, password)
     try:
         for attempt in Retrying(
             stop=stop_after_attempt(max(1, attempts)),
@@ -180,9 +236,13 @@ def push_report(
             reraise=True,
         ):
             with attempt:
-                push_to_gateway(url, job=f"netorch_{kind}", registry=registry,
-                                grouping_key={"cluster": cluster}, timeout=timeout_s)
+                push_to_gateway(target, job=f"netorch_{kind}", registry=registry,
+                                grouping_key={"cluster": cluster}, timeout=timeout_s,
+                                handler=handler)
     except Exception as e:  # a metrics side channel must never fail the run
-        return f"could not push {kind} results to the Pushgateway at {url}: {e}; " \
-               "check metrics.pushgateway_url (the results are in the run's report)"
+        reason = str(e).replace(url, redact_url(url))
+        if password and len(password) >= 4:  # a short one would blank out ordinary letters
+            reason = reason.replace(password, "***")
+        return f"could not push {kind} results to the Pushgateway at {redact_url(url)}: " \
+               f"{reason}; check metrics.pushgateway_url (the results are in the run's report)"
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from train.checkpoint import (
     CheckpointError,
     checkpoint_name,
     frame,
+    latest_loadable,
     latest_valid,
     list_checkpoints,
     prune,
@@ -73,3 +76,93 @@ def test_prune_keeps_newest(tmp_path: Path) -> None:
     assert sorted(p.name for p in removed) == [checkpoint_name(1), checkpoint_name(2)]
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 3]
     assert (tmp_path / "unrelated.txt").exists()
+
+
+# ---- a payload that is framed intact but does not load falls back to the previous one -----------
+
+
+def test_unloadable_newest_falls_back_to_previous(tmp_path: Path) -> None:
+    write_atomic(tmp_path, 10, b"v1:ten")
+    write_atomic(tmp_path, 20, b"v2:twenty")  # intact frame, a format this reader refuses
+
+    def read(payload: bytes) -> str:
+        version, _, body = payload.decode().partition(":")
+        if version != "v1":
+            raise ValueError(f"format {version}, this reader reads v1")
+        return body
+
+    found, skipped = latest_loadable(tmp_path, read)
+    assert found is not None
+    assert (found.checkpoint.step, found.value) == (10, "ten")
+    assert [p.name for p, _ in skipped] == [checkpoint_name(20)]
+    assert "could not be loaded (ValueError: format v2" in skipped[0][1]
+
+
+def test_nothing_loadable_is_none_with_every_reason(tmp_path: Path) -> None:
+    write_atomic(tmp_path, 1, b"a")
+    (tmp_path / checkpoint_name(2)).write_bytes(b"garbage")
+
+    def refuse(payload: bytes) -> None:
+        raise RuntimeError("no")
+
+    found, skipped = latest_loadable(tmp_path, refuse)
+    assert found is None
+    assert [p.name for p, _ in skipped] == [checkpoint_name(2), checkpoint_name(1)]
+    assert "bad magic" in skipped[0][1] or "shorter" in skipped[0][1]
+    assert "RuntimeError: no" in skipped[1][1]
+
+
+@pytest.fixture
+def single_rank_group(tmp_path: Path) -> Iterator[None]:
+    """A one-rank gloo process group, so the job's collective loader runs as it does in a job."""
+    dist = pytest.importorskip("torch.distributed")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _torch_payload(step: int, fmt: int) -> bytes:
+    import torch
+
+    doc = {"format": fmt, "step": step, "world_size": 1, "model": {"w": torch.ones(3) * step},
+           "optimizer": {"state": {}, "param_groups": []}}
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncated-pickle", "newer-format"])
+def test_job_resumes_from_previous_when_newest_does_not_load(
+    tmp_path: Path, single_rank_group: None, damage: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from train import job
+
+    ckpts = tmp_path / "ckpts"
+    write_atomic(ckpts, 10, _torch_payload(10, job.CHECKPOINT_FORMAT))
+    if damage == "truncated-pickle":
+        # Damaged *before* framing: the frame's hash matches, torch.load raises.
+        bad = _torch_payload(20, job.CHECKPOINT_FORMAT)[:200]
+    else:
+        bad = _torch_payload(20, job.CHECKPOINT_FORMAT + 1)
+    write_atomic(ckpts, 20, bad)
+    with pytest.raises(Exception):
+        job.decode_checkpoint(bad)
+
+    state, skipped = job.load_latest(ckpts)
+    assert state is not None and state["step"] == 10
+    assert state["model"]["w"].tolist() == [10.0, 10.0, 10.0]
+    assert [s["file"] for s in skipped] == [checkpoint_name(20)]
+    assert "could not be loaded" in skipped[0]["reason"]
+
+
+def test_job_starts_fresh_when_no_checkpoint_loads(tmp_path: Path, single_rank_group: None) -> None:
+    from train import job
+
+    write_atomic(tmp_path, 5, b"not a torch file")
+    state, skipped = job.load_latest(tmp_path)
+    assert state is None
+    assert [s["file"] for s in skipped] == [checkpoint_name(5)]

@@ -7,7 +7,10 @@ A checkpoint file ``ckpt-<step:08d>.ckpt`` is::
 The payload is opaque here (the job stores ``torch.save`` bytes). A file whose magic, length or hash
 does not match is *invalid*: a crash mid-write, a full disk or a truncating copy leaves such files,
 and resuming from one would either crash or, worse, silently load garbage. ``latest_valid`` skips
-invalid files and falls back to the previous checkpoint, naming each skipped file and why.
+invalid files and falls back to the previous checkpoint, naming each skipped file and why. An
+intact frame can still hold a payload its reader refuses (written by another format version, or
+bytes that were damaged before they were framed): ``latest_loadable`` runs the reader on each
+candidate, newest first, and falls back the same way when it raises.
 
 Writes go to a temporary file in the same directory, are fsynced, renamed over the final name and
 the directory is fsynced: a reader sees either the old set of files or the new complete one.
@@ -21,14 +24,17 @@ import hashlib
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 MAGIC: Final = b"NETORCHCKPT1"
 _LEN: Final = struct.Struct(">Q")
 HEADER_SIZE: Final = len(MAGIC) + _LEN.size + hashlib.sha256().digest_size
 _NAME_RE: Final = re.compile(r"^ckpt-(\d{8,})\.ckpt$")
+
+T = TypeVar("T")
 
 
 class CheckpointError(Exception):
@@ -103,6 +109,28 @@ class Loaded:
 
 def latest_valid(directory: Path) -> tuple[Loaded | None, tuple[tuple[Path, str], ...]]:
     """The newest intact checkpoint in ``directory`` (or None) and every (file, reason) skipped."""
+    found, skipped = latest_loadable(directory, lambda payload: payload)
+    return (found.checkpoint if found else None), skipped
+
+
+@dataclass(frozen=True)
+class Decoded(Generic[T]):
+    """A checkpoint whose payload its reader accepted, and what the reader made of it."""
+
+    checkpoint: Loaded
+    value: T
+
+
+def latest_loadable(
+    directory: Path, read: Callable[[bytes], T],
+) -> tuple[Decoded[T] | None, tuple[tuple[Path, str], ...]]:
+    """The newest checkpoint in ``directory`` that is intact *and* that ``read`` accepts.
+
+    ``read(payload)`` decodes a verified payload (``torch.load`` plus a format check); any
+    exception it raises marks that checkpoint unusable and the previous one is tried, so one bad
+    file costs the steps since the one before it, never the run. Returns the chosen checkpoint
+    (None when none qualifies) and every (file, reason) skipped, newest first.
+    """
     skipped: list[tuple[Path, str]] = []
     for step, path in list_checkpoints(directory):
         try:
@@ -110,7 +138,13 @@ def latest_valid(directory: Path) -> tuple[Loaded | None, tuple[tuple[Path, str]
         except (OSError, CheckpointError) as e:
             skipped.append((path, str(e)))
             continue
-        return Loaded(step, path, payload), tuple(skipped)
+        try:
+            value = read(payload)
+        except Exception as e:  # whatever the reader raises, the previous checkpoint may do
+            reason = " ".join(str(e).split())[:200] or "no message"
+            skipped.append((path, f"could not be loaded ({type(e).__name__}: {reason})"))
+            continue
+        return Decoded(Loaded(step, path, payload), value), tuple(skipped)
     return None, tuple(skipped)
 
 

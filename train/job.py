@@ -54,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.checkpoint import latest_valid, prune, write_atomic
+from train.checkpoint import latest_loadable, prune, write_atomic
 from train.contract import TrainArgs
 from train.env import rank_info
 from train.results import SCHEMA_VERSION, encode_progress, encode_result
@@ -238,21 +238,43 @@ def save_checkpoint(
     return path
 
 
-def load_latest(directory: Path | None) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """Collective: rank 0 finds the newest valid checkpoint; every rank gets its contents.
+def decode_checkpoint(payload: bytes) -> dict[str, Any]:
+    """A verified checkpoint payload as the job's state; raises when this job cannot use it
+    (a pickle torch refuses, another format version, missing keys)."""
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"the payload is a {type(state).__name__}, not a checkpoint dict")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')!r}, this job reads "
+                         f"{CHECKPOINT_FORMAT}")
+    missing = sorted({"step", "world_size", "model", "optimizer"} - state.keys())
+    if missing:
+        raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+    return state
 
-    Returns (checkpoint or None, [{file, reason}] of damaged checkpoints skipped).
+
+def load_latest(directory: Path | None) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Collective: rank 0 finds the newest checkpoint that is intact and loads; every rank gets
+    its contents.
+
+    Rank 0 decodes each candidate itself, newest first, so a payload that is framed correctly
+    but does not load (see :func:`decode_checkpoint`) falls back to the previous checkpoint
+    instead of crashing every rank. Returns (checkpoint or None, [{file, reason}] skipped).
     """
     box: list[Any] = [None, []]
+    state: dict[str, Any] | None = None
     if dist.get_rank() == 0 and directory is not None:
-        loaded, skipped = latest_valid(directory)
-        box = [loaded.payload if loaded else None,
+        found, skipped = latest_loadable(directory, decode_checkpoint)
+        if found is not None:
+            state = found.value
+        box = [found.checkpoint.payload if found else None,
                [{"file": p.name, "reason": why} for p, why in skipped]]
     dist.broadcast_object_list(box, src=0)
     payload, skipped_list = box
     if payload is None:
         return None, list(skipped_list)
-    state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    if state is None:  # the other ranks decode the bytes rank 0 proved loadable
+        state = decode_checkpoint(payload)
     return state, list(skipped_list)
 
 
@@ -303,8 +325,8 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
     model = make_model(cfg)
     state, skipped = load_latest(ckpt_dir)
     for item in skipped if rank == 0 else []:
-        print(f"netorch job: skipped damaged checkpoint {item['file']}: {item['reason']}",
-              file=sys.stderr, flush=True)
+        print(f"netorch job: skipped checkpoint {item['file']}: {item['reason']}; trying the "
+              "previous one", file=sys.stderr, flush=True)
     start_step = 0
     curve: list[list[float]] = []
     if state is not None:
