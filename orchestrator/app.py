@@ -233,6 +233,7 @@ def sweep(
     tcp_pairs: int,
     hooks: Hooks = Hooks(),
     on_point: Callable[[Any, str, int], None] | None = None,
+    fresh: bool = False,
 ) -> SweepResult:
     """``netorch sweep``: every (MTU, link rate) variant, validated up front like ``bench``, run
     ``repeats`` times interleaved on the docker backend; summary, CSV/JSON, plot, verdicts."""
@@ -242,13 +243,19 @@ def sweep(
     base = request.load({"backend": "docker"})
     single_host(base, "sweep")
     chosen_rates: list[str | None] = rates if rates else [None]
+    subnets: list[str | None] = [None] * (len(mtus) * len(chosen_rates))
+    if not fresh:
+        subnets = _variant_subnets(base, len(subnets))
     # Every variant is validated before the first container exists.
-    variants = {}
+    variants: dict[tuple[int, str | None], Settings] = {}
     for rate in chosen_rates:
         for mtu in mtus:
             extra: dict[str, Any] = {"backend": "docker", "network.mtu": mtu}
             if rate is not None:
                 extra["network.link.rate"] = rate
+            subnet = subnets[len(variants)]
+            if subnet is not None:
+                extra["network.subnet"] = subnet
             variants[(mtu, rate)] = request.load(extra)
     if rates is None and base.network.link.rate is not None:
         variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
@@ -265,8 +272,32 @@ def sweep(
 
     with connect_settings(base) as client:
         summary = run_sweep(variants, options, client, sweep_id, out_dir, hooks.echo,
-                            point_started)
+                            point_started, fresh=fresh)
     return SweepResult(summary, write_sweep(summary, out_dir))
+
+
+def _variant_subnets(base: Settings, count: int) -> list[str | None]:
+    """One subnet per sweep variant, carved from ``network.subnet``: the variants' warm
+    clusters are up at the same time (runs interleave), and two networks cannot share one."""
+    import ipaddress
+
+    net = base.network
+    if count == 1:
+        return [None]
+    if net.gateway is not None or net.ip_range is not None:
+        raise ConfigError(
+            "sweep: each variant's warm cluster needs its own part of network.subnet, which "
+            "network.gateway / network.ip_range pin; drop them or pass --fresh")
+    whole = ipaddress.IPv4Network(net.subnet)
+    bits = (count - 1).bit_length()
+    parts = list(whole.subnets(prefixlen_diff=bits)) if whole.prefixlen + bits <= 29 else []
+    if not parts or parts[0].num_addresses - 3 < base.cluster.nodes:
+        need = 32 - max(3, (base.cluster.nodes + 3 - 1).bit_length()) - bits
+        raise ConfigError(
+            f"sweep: {count} variants need {count} subnets of {base.cluster.nodes} nodes each, "
+            f"and network.subnet {net.subnet} is too small to split; use a /{need} or larger, "
+            "or pass --fresh")
+    return [str(p) for p in parts[:count]]
 
 
 @dataclass(frozen=True)
@@ -406,14 +437,8 @@ def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hook
     imported, for ``--on NAME`` runs; they go away after ``idle_timeout_s`` without a job (0:
     never) or with ``netorch down --run NAME``. ``run.*`` settings (image, workdir, mounts,
     checkpoint folder) become the cluster's."""
-    from orchestrator.backends.docker import DockerBackend, connect_settings
-    from orchestrator.backends.docker.warm import (
-        ClusterShape,
-        agent_workload,
-        list_clusters,
-        remove_expired,
-        wait_ready,
-    )
+    from orchestrator.backends.docker import connect_settings
+    from orchestrator.backends.docker.warm import remove_expired, start_cluster
     from orchestrator.userjob import run_workload
 
     if not _CLUSTER_NAME.match(name):
@@ -432,34 +457,13 @@ def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hook
             update={"command": ["python", "-c", "pass"]})}), base_dir or Path.cwd(), True)
     folder = warm_dir(settings, name)
     folder.mkdir(parents=True, exist_ok=True)
-    first = build_plan(settings, name, "docker", agent_workload(name, idle_timeout_s, str(folder),
-                                                                base))
-    shape = ClusterShape.of(settings, first, idle_timeout_s)
-    plan = build_plan(settings, name, "docker", agent_workload(
-        name, idle_timeout_s, str(folder), base, shape.to_label()))
     with connect_settings(settings) as client:
         for gone in remove_expired(client):
             _notice(hooks, f"removed expired cluster {gone}")
-        if any(c.name == name for c in list_clusters(client)):
-            raise ConfigError(f"--name {name}: a warm cluster of that name exists; use it with "
-                              f"--on {name}, or remove it with `netorch down --run {name}`")
-        backend = DockerBackend(client)
-        backend.preflight(plan)
-        if hooks.on_start is not None:
-            hooks.on_start(plan)
-        try:
-            backend.up(plan, lambda node, line: None)
-            with_containers = {c.name: c for c in client.containers.list(
-                filters={"label": f"{LABEL_CLUSTER_KEY}={name}"}, ignore_removed=True)}
-            wait_ready(with_containers)
-        except BaseException:
-            backend.down(plan)
-            raise
-        (found,) = [c for c in list_clusters(client) if c.name == name]
-        return _info(found)
+        return _info(start_cluster(client, settings, name, idle_timeout_s, str(folder), base,
+                                   hooks.on_start))
 
 
-LABEL_CLUSTER_KEY = "io.netorch.cluster"
 
 
 def clusters(settings: Settings, hooks: Hooks = Hooks()) -> list[ClusterInfo]:

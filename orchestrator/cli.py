@@ -441,6 +441,8 @@ def sweep(
     tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="duration of each TCP baseline test (whole seconds with iperf3)")] = 2.0,
     tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
     tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="new containers for every run instead of "
+                                        "one warm cluster per variant")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
@@ -470,7 +472,7 @@ def sweep(
                   f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
 
     result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
-                            tcp_pairs, Hooks(echo=echo), on_point)
+                            tcp_pairs, Hooks(echo=echo), on_point, fresh)
     console.print(sweep_table(result.summary))
     for line in result.problems:
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")

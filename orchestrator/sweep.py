@@ -31,7 +31,8 @@ from typing import Any
 
 from rich.table import Table
 
-from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.docker import DockerBackend, remove_by_label
+from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node, start_cluster
 from orchestrator.errors import BackendError, NetorchError
 from orchestrator.netprobe import (
     PathMtuResult,
@@ -310,45 +311,82 @@ def run_sweep(
     echo: Echo | None = None,
     on_point: Callable[[SweepPoint, str], None] | None = None,
     extra_hook: Callable[[SweepPoint, ClusterPlan, Mapping[str, Any]], None] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run every point of the sweep in order; write each run's report; return the summary.
 
     ``variants`` holds validated settings for every (MTU, link rate) (the CLI builds them with
     the same validation as ``netorch bench``). ``extra_hook`` runs in each run's set-up phase
     after the probes (benchmarks/sweep_vs_loop.py times its independent loop there).
+
+    By default every variant gets one warm cluster (``netorch up``'s), started before the first
+    run and removed after the last, and every run forks fresh ranks on it; the probes run on its
+    idle nodes before each run, as in a gated cold start. ``fresh=True`` starts and removes the
+    containers of every run instead (the first landing's behaviour, for comparison).
     """
     records: list[dict[str, Any]] = []
-    for point in sweep_order(options.mtus, options.link_rates, options.repeats):
-        settings = variants[point.key]
-        run_id = f"{sweep_id}-{point.index:02d}"
-        plan = with_start_gate(build_plan(settings, run_id, "docker"))
-        probes = RunProbes()
-        base_hook = probe_hook(probes, options)
+    warm: dict[VariantKey, Any] = {}
+    try:
+        for point in sweep_order(options.mtus, options.link_rates, options.repeats):
+            settings = variants[point.key]
+            run_id = f"{sweep_id}-{point.index:02d}"
+            plan = build_plan(settings, run_id, "docker")
+            probes = RunProbes()
+            base_hook = probe_hook(probes, options)
 
-        def hook(p: ClusterPlan, containers: Mapping[str, Any], point: SweepPoint = point,
-                 base_hook: Callable[[ClusterPlan, Mapping[str, Any]], None] = base_hook) -> None:
-            base_hook(p, containers)
-            if extra_hook is not None:
-                extra_hook(point, p, containers)
+            def hook(p: ClusterPlan, containers: Mapping[str, Any], point: SweepPoint = point,
+                     base_hook: Callable[[ClusterPlan, Mapping[str, Any]], None] = base_hook,
+                     ) -> None:
+                base_hook(p, containers)
+                if extra_hook is not None:
+                    extra_hook(point, p, containers)
 
-        if on_point is not None:
-            on_point(point, run_id)
-        backend = DockerBackend(client, after_start=hook)
-        outcome = run_session(backend, plan, out_dir / run_id,
-                              timeout_s=settings.cluster.job_timeout_s, echo=echo)
-        report = build_report(plan, outcome.result, outcome.elapsed_s)
-        problems = probes.problems(plan.network.mtu) + list(report["warnings"])
-        if report["wrong_total"] not in (0, None):
-            problems.append(f"{report['wrong_total']} wrong values")
-        report["sweep"] = {"id": sweep_id, "point": asdict(point), "probes": probes.to_dict(),
-                           "problems": problems}
-        (out_dir / run_id).mkdir(parents=True, exist_ok=True)
-        (out_dir / run_id / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        records.append({
-            **asdict(point), "run_id": run_id, "results": report["results"],
-            "nodes": report["nodes"], "probes": probes.to_dict(), "problems": problems,
-            "elapsed_s": report["elapsed_s"],
-        })
+            if on_point is not None:
+                on_point(point, run_id)
+            if fresh:
+                backend: Any = DockerBackend(client, after_start=hook)
+                plan = with_start_gate(plan)
+            else:
+                if point.key not in warm:
+                    # Idle longer than any run of another variant may take; a sweep killed
+                    # outright still leaves nothing for long.
+                    warm[point.key] = start_cluster(
+                        client, settings, f"{sweep_id}-v{len(warm)}",
+                        float(settings.cluster.job_timeout_s + 60),
+                        str((out_dir / "warm").resolve()))
+                cluster = warm[point.key]
+                hook(plan, containers_by_node(plan, cluster))
+                backend = WarmDockerBackend(client, cluster)
+            outcome = run_session(backend, plan, out_dir / run_id,
+                                  timeout_s=settings.cluster.job_timeout_s, echo=echo)
+            _record(records, point, plan, outcome, probes, sweep_id, out_dir / run_id)
+    finally:
+        for cluster in warm.values():
+            remove_by_label(client, cluster.name)
+    return summarize(records, variants, options, sweep_id)
+
+
+def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan, outcome: Any,
+            probes: RunProbes, sweep_id: str, run_dir: Path) -> None:
+    """One run's report (with its probes and problems) to RUN_DIR/report.json and ``records``."""
+    report = build_report(plan, outcome.result, outcome.elapsed_s)
+    problems = probes.problems(plan.network.mtu) + list(report["warnings"])
+    if report["wrong_total"] not in (0, None):
+        problems.append(f"{report['wrong_total']} wrong values")
+    report["sweep"] = {"id": sweep_id, "point": asdict(point), "probes": probes.to_dict(),
+                       "problems": problems}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    records.append({
+        **asdict(point), "run_id": plan.run_id, "results": report["results"],
+        "nodes": report["nodes"], "probes": probes.to_dict(), "problems": problems,
+        "elapsed_s": report["elapsed_s"],
+    })
+
+
+def summarize(records: list[dict[str, Any]], variants: Mapping[VariantKey, Settings],
+              options: SweepOptions, sweep_id: str) -> dict[str, Any]:
+    """The sweep's summary: runs, aggregated rows, verdicts."""
     if not records:
         raise NetorchError("the sweep has no points; give at least one --mtu")
     first = variants[next(iter(variants))]

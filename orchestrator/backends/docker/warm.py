@@ -17,7 +17,7 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -389,6 +389,50 @@ class WarmDockerBackend:
         for node in self._nodes:
             node.join(max(0.0, deadline - time.monotonic()))
         self._nodes = []
+
+
+def start_cluster(client: Any, settings: Settings, name: str, idle_timeout_s: float,
+                  warm_dir: str, base: WorkloadSpec | None = None,
+                  on_start: Callable[[ClusterPlan], None] | None = None) -> WarmCluster:
+    """Create a warm cluster's network and nodes from ``settings`` and wait for every agent.
+
+    On any failure (or Ctrl-C) what was created is removed again. ``base``: a user job's
+    workload whose mounts, workdir and image the cluster takes.
+    """
+    from pathlib import Path
+
+    from orchestrator.backends.docker.backend import DockerBackend
+    from orchestrator.plan import build_plan
+
+    Path(warm_dir).mkdir(parents=True, exist_ok=True)
+    first = build_plan(settings, name, "docker",
+                       agent_workload(name, idle_timeout_s, warm_dir, base))
+    shape = ClusterShape.of(settings, first, idle_timeout_s)
+    plan = build_plan(settings, name, "docker",
+                      agent_workload(name, idle_timeout_s, warm_dir, base, shape.to_label()))
+    if any(c.name == name for c in list_clusters(client)):
+        raise ConfigError(f"--name {name}: a warm cluster of that name exists; use it with "
+                          f"--on {name}, or remove it with `netorch down --run {name}`")
+    backend = DockerBackend(client)
+    backend.preflight(plan)
+    if on_start is not None:
+        on_start(plan)
+    try:
+        backend.up(plan, lambda node, line: None)
+        with docker_errors(f"listing the nodes of cluster {name}", plan):
+            started = {c.name: c for c in client.containers.list(
+                filters={"label": f"{LABEL_CLUSTER}={name}"}, ignore_removed=True)}
+        wait_ready(started)
+    except BaseException:
+        backend.down(plan)
+        raise
+    (found,) = [c for c in list_clusters(client) if c.name == name]
+    return found
+
+
+def containers_by_node(plan: ClusterPlan, cluster: WarmCluster) -> dict[str, Any]:
+    """A run's node names -> the cluster containers that run them (by node rank)."""
+    return {node.name: cluster.containers[node.node_rank] for node in plan.nodes}
 
 
 def wait_ready(containers: Mapping[str, Any], timeout_s: float = READY_TIMEOUT_S) -> None:
