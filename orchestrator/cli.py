@@ -250,6 +250,16 @@ def plan(
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
+def _finish(result: usecases.RunResult, failure: str) -> None:
+    """A run's tail: its warnings, where the report is, and exit 4 when it is not ok."""
+    for warning in result.report["warnings"]:
+        console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    if not result.ok:
+        err.print(f"[bold red]error:[/] {failure}; see {result.paths['json']}")
+        raise typer.Exit(4)
+
+
 def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPlan]]:
     started: list[ClusterPlan] = []
 
@@ -287,13 +297,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
         net = report["network"]
         console.print(f"overlay {escape(net['name'])}: requested MTU {net['mtu']}, effective "
                       f"MTU {net['effective_mtu']}")
-    for warning in report["warnings"]:
-        console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
-    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
-    if not result.ok:
-        err.print(f"[bold red]error:[/] {report['wrong_total']} wrong values; see "
-                  f"{result.paths['json']}")
-        raise typer.Exit(4)
+    _finish(result, f"{report['wrong_total']} wrong values")
 
 
 @command(app, PLAN_FLAGS, TRAIN_FLAGS)
@@ -333,13 +337,7 @@ def train(request: SettingsRequest,
             on_restart=restarted, on_notice=_notice), on)
     report = result.report
     console.print(train_table(report))
-    for warning in report["warnings"]:
-        console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
-    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
-    if not result.ok:
-        err.print(f"[bold red]error:[/] the job did not finish its steps with a finite loss; "
-                  f"see {result.paths['json']}")
-        raise typer.Exit(4)
+    _finish(result, "the job did not finish its steps with a finite loss")
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,

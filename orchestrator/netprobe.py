@@ -14,9 +14,10 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+from orchestrator.fanout import map_threads
 
 # IPv4 header (20) + ICMP header (8): a ping payload of MTU - 28 fills one frame exactly.
 ICMP_OVERHEAD = 28
@@ -95,10 +96,7 @@ def run_in(container: Any, argv: Sequence[str]) -> tuple[int, str]:
 
 def concurrently(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``[fn(item) for item in items]``, computed in threads (docker execs mostly wait)."""
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(_PARALLEL, len(items))) as pool:
-        return list(pool.map(fn, items))
+    return map_threads(fn, items, _PARALLEL)
 
 
 def pairs(nodes: Sequence[ProbeNode]) -> list[tuple[ProbeNode, ProbeNode]]:
