@@ -45,8 +45,12 @@ class SettingsRequest:
     sets: tuple[str, ...] = ()
 
     def load(self, extra: Mapping[str, Any] | None = None) -> Settings:
+        from orchestrator.settings import refuse_flag_set_conflicts
+
         pairs: dict[str, Any] = dict(parse_set_option(item) for item in self.sets)
-        pairs.update({k: v for k, v in self.flags.items() if v is not None})
+        flags = {k: v for k, v in self.flags.items() if v is not None}
+        refuse_flag_set_conflicts(flags, pairs)  # `--mtu 1500 --set network.mtu=9000`
+        pairs.update(flags)
         pairs.update(extra or {})
         return load_settings(self.config, overrides_from_pairs(pairs))
 

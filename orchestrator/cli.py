@@ -27,6 +27,7 @@ from orchestrator.app import Hooks, SettingsRequest
 from orchestrator.backends.registry import backend_names
 from orchestrator.errors import ConfigError, NetorchError, RankFailedError
 from orchestrator.plan import ClusterPlan
+from orchestrator.settings import unknown_env_warnings
 from train.contract import DTYPE_NAMES, OPS
 
 app = typer.Typer(
@@ -174,6 +175,8 @@ def command(
                        **(fixed or {})},
                 sets=tuple(values.pop("set_", None) or ()),
             )
+            for line in unknown_env_warnings():  # a misspelt NETORCH_* would be ignored silently
+                err.print(f"[bold yellow]WARNING:[/] {escape(line)}")
             try:
                 fn(request=request, **kwargs)
             except NetorchError as e:

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from orchestrator.backends.process import ProcessBackend, run_processes
+from orchestrator.backends.process import ProcessBackend, port_holder, port_taken, run_processes
 from orchestrator.errors import PreflightError
 from orchestrator.plan import build_plan
 from orchestrator.settings import load_settings
@@ -152,16 +152,95 @@ def test_sigint_leaves_nothing(tmp_path: Path) -> None:
     assert_no_strays(run_id)
 
 
+def _plan_on(port: int) -> Any:
+    s = load_settings(overrides={"cluster": {"master_port": port}})
+    return build_plan(s, "20261128-000000-beef", "process")
+
+
 def test_busy_master_port_is_a_preflight_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        s = load_settings(overrides={"cluster": {"master_port": port}})
-        plan = build_plan(s, "20261128-000000-beef", "process")
-        with pytest.raises(PreflightError, match=f"master port {port} on 127.0.0.1 is in use"):
-            ProcessBackend().preflight(plan)
+        assert port_taken(port)
+        with pytest.raises(PreflightError, match=(
+                rf"^master port {port} on 127\.0\.0\.1 is in use \(held by pid {os.getpid()} "
+                r"\(.*pytest.*\)\); stop that or pick a free port with --master-port")):
+            ProcessBackend().preflight(_plan_on(port))
+    assert not port_taken(port)
+    ProcessBackend().preflight(_plan_on(port))  # free again: no error
+
+
+def test_listener_on_another_address_also_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store binds every interface, so a listener on any local address blocks it.
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        holder = port_holder(port)
+        assert holder is not None and holder.startswith(f"pid {os.getpid()} ("), holder
+        with pytest.raises(PreflightError, match=f"held by pid {os.getpid()}"):
+            ProcessBackend().preflight(_plan_on(port))
+
+
+def test_port_in_time_wait_is_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished run's port lingers in TIME_WAIT for a minute: it must not read as "in use"."""
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store (libuv)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end (our port) goes to TIME_WAIT
+        time.sleep(0.2)
+        client.close()
+    _wait_for(lambda: any(c.status == psutil.CONN_TIME_WAIT and c.laddr and c.laddr.port == port
+                          for c in psutil.net_connections(kind="tcp")), 5)
+    with socket.socket() as plain, pytest.raises(OSError):  # what the old check did
+        plain.bind(("127.0.0.1", port))
+    assert not port_taken(port)
+    assert port_holder(port) is None
+    ProcessBackend().preflight(_plan_on(port))
+
+
+def _bench_on(port: int, out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*NETORCH, "bench", "--backend", "process", "--output", str(out), "--master-port",
+         str(port), "--nodes", "2", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+
+
+def test_two_benches_in_a_row_on_one_port(tmp_path: Path) -> None:
+    port = free_port()
+    for i in range(2):
+        proc = _bench_on(port, tmp_path / str(i), "--min-bytes", "1K", "--max-bytes", "4K",
+                         "--warmup", "1", "--iters", "2", "--quiet")
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"run {i}: {output}"
+        assert "in use" not in output
+
+
+def test_store_listens_on_all_interfaces_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _bench_on(port, tmp_path, "--min-bytes", "64M", "--max-bytes", "64M", "--iters", "2000",
+                     "--warmup", "1")
+    try:
+        listeners = _wait_for(lambda: [c for c in psutil.net_connections(kind="tcp")
+                                       if c.status == psutil.CONN_LISTEN and c.laddr
+                                       and c.laddr.port == port], 60)
+        # torch 2.13's TCPStore binds the wildcard address (dual stack): the notice must say so.
+        assert {c.laddr.ip for c in listeners} <= {"::", "0.0.0.0"}, listeners
+        assert all(c.pid is None or c.pid != proc.pid for c in listeners)  # a rank holds it
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    notice = [line for line in output.splitlines() if "c10d store listens on all interfaces" in line]
+    assert len(notice) == 1, output
+    assert f"(*:{port})" in notice[0] and "master" in notice[0]
 
 
 def test_cli_config_error_is_one_line(tmp_path: Path) -> None:

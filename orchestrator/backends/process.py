@@ -5,6 +5,7 @@ The embedded default: it needs no Docker daemon, only torch in this interpreter.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import signal
@@ -23,6 +24,63 @@ from orchestrator.plan import BackendName, ClusterPlan, FabricSpec, NetworkSpec,
 from orchestrator.settings import Settings
 
 LOOPBACK_ADDR = "127.0.0.1"
+
+#: Said once per run (in the master node's log and echo): torch's TCPStore server binds every
+#: interface (``[::]:PORT``, dual stack) and torch 2.13 offers no bind address for the store
+#: ``init_process_group`` creates (only ``TCPStore(master_listen_fd=...)`` for a caller-made one).
+STORE_NOTICE = (
+    "netorch: note: torch's c10d store listens on all interfaces (*:{port}) while this run "
+    "lasts, not only on 127.0.0.1; on a shared or exposed host, firewall port {port} or use the "
+    "docker backend (an internal network)"
+)
+
+
+def port_taken(port: int) -> bool:
+    """True when the c10d store could not listen on ``port``: something listens there or holds
+    it bound. Tested as the store binds (every interface, dual stack), with SO_REUSEADDR as it
+    uses, so a port a finished run left in TIME_WAIT counts as free."""
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host: the IPv4 test decides
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                except OSError:
+                    pass
+            try:
+                sock.bind((addr, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+                continue  # e.g. IPv6 disabled: try IPv4
+            return False
+    return False
+
+
+def port_holder(port: int) -> str | None:
+    """``pid N (command line)`` of the process listening on TCP ``port``; ``a process of another
+    user`` when the kernel hides its pid; None when nothing listens there."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in conns:
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+            continue
+        if conn.pid is None:
+            return "a process of another user"
+        try:
+            cmdline = " ".join(psutil.Process(conn.pid).cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            cmdline = "?"
+        if len(cmdline) > 120:
+            cmdline = cmdline[:117] + "..."
+        return f"pid {conn.pid} ({cmdline})"
+    return None
 
 
 def _project_root() -> Path:
@@ -100,6 +158,7 @@ class ProcessBackend:
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
         self._nodes: list[ProcessNode] = []
+        self._store_noticed = False
 
     def preflight(self, plan: ClusterPlan) -> None:
         if importlib.util.find_spec("torch") is None:
@@ -112,14 +171,14 @@ class ProcessBackend:
             raise PreflightError(
                 "the process backend does not reserve GPUs; use --backend docker or set gpu.per_node = 0"
             )
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((plan.master_addr, plan.master_port))
-            except OSError:
-                raise PreflightError(
-                    f"master port {plan.master_port} on {plan.master_addr} is in use (another "
-                    "run?); pick a free one with --master-port or cluster.master_port"
-                ) from None
+        port = plan.master_port
+        if port_taken(port):
+            holder = port_holder(port)
+            held = f"held by {holder}" if holder else "bound by another socket"
+            raise PreflightError(
+                f"master port {port} on {plan.master_addr} is in use ({held}); stop that or "
+                "pick a free port with --master-port or cluster.master_port"
+            )
 
     def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
         root = _project_root()
@@ -128,6 +187,9 @@ class ProcessBackend:
         base_env["PYTHONPATH"] = f"{root}{os.pathsep}{pythonpath}" if pythonpath else str(root)
         handles: list[NodeHandle] = []
         cwd = plan.workdir or str(root)
+        if not self._store_noticed and plan.nodes:  # once per run, not per gang restart
+            self._store_noticed = True
+            sink(plan.nodes[0].name, STORE_NOTICE.format(port=plan.master_port))
         for node in plan.nodes:
             argv = local_argv(node.command, self.python)
             try:
