@@ -20,14 +20,35 @@ one merged schema (the Compose Specification), so both would honour every key us
 is: a single-host file. A 3.x file invites ``docker stack deploy``, which silently drops
 ``ipv4_address``, ``shm_size`` and ``ipc`` and rejects ipam gateway/ip_range and GPU devices.
 
-Every string is written with ``$`` doubled: compose interpolates ``$VAR`` anywhere in the file, and
-``$$`` is its escape for a literal ``$``.
+Escaping, precisely. A plan may hold any string (settings validate theirs, but a plan can be
+built by code), and the file must mean exactly that string:
+
+* ``$``: compose interpolates every string *value* of ``services``, ``networks`` and ``volumes``
+  (1.29: ``compose/config/interpolation.py`` ``recursive_interpolate``; v2's compose-go the same),
+  never a mapping *key*. ``$$`` is its escape for a literal ``$``. So every string value the file
+  holds is written with ``$`` doubled (image, container and host names, ipc, shm size, network
+  name, subnet, bridge name, labels, env values, command, working dir, mount paths, GPU fields)
+  and every key as it is (service names, network keys, env and label names): a doubled ``$`` in
+  a key would reach Docker doubled.
+* YAML: the body is written by PyYAML (quoting, ``\\n``-escapes, ``---``/``#``/``: `` inside
+  values are all its job). Strings another reader would take for a number or bool (``0o17``,
+  ``1e3``, ``y``: YAML 1.2 and Go's yaml, which compose v2 uses) are quoted too.
+* Paths: compose rewrites a bind ``source`` starting with ``.`` or ``~`` against the file's
+  directory or ``$HOME``; a bind source must therefore be absolute, or rendering fails.
+* The header comment: every line starts with ``#``; plan values in it go through
+  :func:`comment_text` (control, format and line-separator characters become ``\\n``-style
+  escapes, so no value can end the comment), and values in the shell commands it shows are
+  :func:`shlex.quote`-d.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -55,12 +76,75 @@ def service_name(node: NodeSpec) -> str:
     return node.hostname
 
 
+# Characters that may not appear raw in a comment line: controls (line feed, NUL, ESC), format
+# characters (bidi overrides, BOM), YAML 1.1's other line breaks (NEL is Cc; LS/PS are Zl/Zp),
+# surrogates, private use and unassigned code points.
+_UNSAFE_IN_COMMENT: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+# Plain scalars some YAML reader takes for a non-string although PyYAML (YAML 1.1) writes them
+# unquoted: Go's base-0 integers (0o17, 0b1, 1_000; go-yaml v2/v3: kubectl, compose v2), YAML 1.2
+# floats without a dot (1e3), go-yaml v2's y/n booleans, plus the rest of those schemas' numbers,
+# booleans and nulls (PyYAML already quotes most of them; quoting them again costs nothing).
+_NOT_A_PLAIN_STRING: Final = re.compile(r"""
+      [-+]?(?:0[bB][01_]+|0[oO][0-7_]+|0[xX][0-9a-fA-F_]+|[0-9][0-9_]*)
+    | [-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+    | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
+    | [yYnN] | yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF
+    | ~ | null|Null|NULL
+""", re.VERBOSE)
+
+
+def comment_text(value: object) -> str:
+    """``value`` as text that cannot leave a YAML comment line (or break the stream).
+
+    Backslashes and every control, format, line-separator, surrogate, private-use or unassigned
+    character become Python-style escapes (``\\n``, ``\\x1b``, ``\\u2028``), so the result is one
+    printable line that shows what the value holds. Plain text is returned as it is.
+    """
+    text = str(value)
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ch == "\\" or unicodedata.category(ch) in _UNSAFE_IN_COMMENT else ch
+        for ch in text
+    )
+
+
+def comment_block(lines: Iterable[str]) -> str:
+    """``lines`` as a YAML comment block: each through :func:`comment_text`, each behind ``# ``."""
+    return "".join(f"# {comment_text(line)}".rstrip() + "\n" for line in lines)
+
+
+class RenderDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, plus: no anchors/aliases (they confuse readers of generated files)
+    and strings quoted wherever YAML 1.2 or Go's yaml would read the plain scalar as a number,
+    boolean or null."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "'" if _NOT_A_PLAIN_STRING.fullmatch(data) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+RenderDumper.add_representer(str, _represent_str)
+
+
 def _esc(text: str) -> str:
     return text.replace("$", "$$")
 
 
-def _pairs(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    return {_esc(k): _esc(v) for k, v in pairs}
+def _escape_values(value: Any) -> Any:
+    """``value`` with ``$`` doubled in every string value, keys left alone: the inverse of
+    compose's interpolation, which reads values only."""
+    if isinstance(value, str):
+        return _esc(value)
+    if isinstance(value, dict):
+        return {k: _escape_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_values(v) for v in value]
+    return value
 
 
 def _network(plan: ClusterPlan) -> dict[str, Any]:
@@ -85,7 +169,7 @@ def _network(plan: ClusterPlan) -> dict[str, Any]:
         out["driver_opts"] = opts
     out["internal"] = net.internal
     out["ipam"] = {"driver": "default", "config": [ipam]}
-    out["labels"] = _pairs(net.labels)
+    out["labels"] = dict(net.labels)
     return out
 
 
@@ -101,10 +185,16 @@ def _gpu_devices(gpus: GpuSpec) -> list[dict[str, Any]]:
 
 def _mount(mount: MountSpec) -> dict[str, Any]:
     """One mount in compose's long syntax (file format 2.3+; compose 1.29 reads it in 2.4)."""
+    if mount.kind == "bind" and not mount.source.startswith("/"):
+        raise PlanError(
+            f"bind mount source {mount.source!r} (at {mount.target!r}) is not an absolute path; "
+            "compose would resolve it against the file's directory or $HOME: give the host "
+            "directory as an absolute path"
+        )
     return {
         "type": mount.kind,
-        "source": _esc(mount.source),
-        "target": _esc(mount.target),
+        "source": mount.source,
+        "target": mount.target,
         "read_only": mount.read_only,
     }
 
@@ -131,11 +221,11 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
         svc["ulimits"] = {"memlock": {"soft": rt.memlock, "hard": rt.memlock}}
     svc["stop_grace_period"] = f"{rt.stop_timeout_s}s"
     svc["restart"] = "no"  # a rank that dies must fail the run, not rejoin a broken group
-    svc["environment"] = _pairs(node.env)
+    svc["environment"] = dict(node.env)
     if plan.workdir is not None:
-        svc["working_dir"] = _esc(plan.workdir)
-    svc["command"] = [_esc(arg) for arg in node.command]
-    svc["labels"] = _pairs(node.labels)
+        svc["working_dir"] = plan.workdir
+    svc["command"] = list(node.command)
+    svc["labels"] = dict(node.labels)
     svc["networks"] = {
         plan.network.name: {"ipv4_address": node.ip, "aliases": list(node.aliases)},
     }
@@ -153,8 +243,9 @@ def render_compose(plan: ClusterPlan) -> dict[str, Any]:
     hostname (``master``, ``worker-1``, ...) and keep the plan's container names; the network is
     keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
     top-level ``volumes:`` (only when there are any) as external volumes of that exact name.
-    Raises :class:`PlanError` for a process-backend plan, whose loopback "network" has no compose
-    equivalent.
+    String values come with ``$`` doubled (compose turns ``$$`` back into ``$``), keys as they
+    are. Raises :class:`PlanError` for a process-backend plan, whose loopback "network" has no
+    compose equivalent, and for a bind mount whose source is not an absolute path.
     """
     network = _network(plan)
     services = {service_name(node): _service(plan, node) for node in plan.nodes}
@@ -166,14 +257,20 @@ def render_compose(plan: ClusterPlan) -> dict[str, Any]:
     volumes = _volumes(plan)
     if volumes:
         doc["volumes"] = volumes
-    return doc
+    escaped: dict[str, Any] = _escape_values(doc)
+    return escaped
 
 
 def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str:
-    """The comment block written above the YAML: origin and how to run and remove it."""
-    project = compose_project(plan)
-    master = service_name(plan.master)
-    compose = f"docker-compose -p {project} -f {file_name}"
+    """The comment block written above the YAML: origin and how to run and remove it.
+
+    Every line starts with ``#`` whatever the plan holds (see :func:`comment_text`); values in
+    the commands it shows are shell-quoted, so copying a command runs that command only.
+    """
+    q = shlex.quote
+    run_id = q(plan.run_id)
+    master = q(service_name(plan.master))
+    compose = f"docker-compose -p {q(compose_project(plan))} -f {q(file_name)}"
     flags = "[config flags]" if plan.emits_result else "[config and run flags] -- COMMAND"
     if plan.emits_result:
         run_note = ("Run (the master's exit code is the run's; rank 0 prints one "
@@ -184,7 +281,7 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
         logs = f"  {compose} logs --no-color {master}"
     lines = [
         f"Generated by netorch from run id {plan.run_id}: do not edit, regenerate instead with",
-        f"  netorch render compose --run-id {plan.run_id} -o DIR {flags}",
+        f"  netorch render compose --run-id {run_id} -o DIR {flags}",
         f"{plan.nnodes} nodes x {plan.nproc_per_node} ranks (world size {plan.world_size}), "
         f"dist backend {plan.dist_backend}, image {plan.runtime.image}.",
         "",
@@ -192,7 +289,7 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
         f"  {compose} up --abort-on-container-exit --exit-code-from {master}",
         logs,
         "Remove:",
-        f"  {compose} down -v   (or: netorch down --run {plan.run_id})",
+        f"  {compose} down -v   (or: netorch down --run {run_id})",
         "",
         "Container and network names are the plan's; run one copy of this file at a time.",
         "No depends_on: torchrun's c10d rendezvous makes every node wait for the master's store",
@@ -205,14 +302,15 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
     volumes = list(_volumes(plan))
     if volumes:
         lines.append("Named volumes are external (down -v keeps them): create a missing one with")
-        lines.extend(f"  docker volume create {name}" for name in volumes)
-    return "".join(f"# {line}".rstrip() + "\n" for line in lines)
+        lines.extend(f"  docker volume create {q(name)}" for name in volumes)
+    return comment_block(lines)
 
 
 def dump_compose(plan: ClusterPlan) -> str:
     """The full text of the compose file for ``plan``: header comment, then YAML."""
-    body = yaml.safe_dump(
-        render_compose(plan), sort_keys=False, default_flow_style=False, width=4096,
+    body = yaml.dump(
+        render_compose(plan), Dumper=RenderDumper, sort_keys=False, default_flow_style=False,
+        width=4096,
     )
     return compose_header(plan) + body
 
@@ -230,6 +328,9 @@ __all__ = [
     "COMPOSE_VERSION",
     "BRIDGE_NAME_OPTION",
     "MTU_OPTION",
+    "RenderDumper",
+    "comment_block",
+    "comment_text",
     "compose_header",
     "compose_project",
     "dump_compose",

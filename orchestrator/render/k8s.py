@@ -44,15 +44,31 @@ Mounts carry over when every node has the same ones (a user's job: ``--workdir``
 volumeMount. Mounts only some nodes have (netorch's train job keeps checkpoints on the master)
 fit no shared pod template and are refused. ``plan.workdir`` becomes ``workingDir``.
 
-Every string that reaches ``args`` or ``env`` is written with ``$`` doubled (the kubelet turns
-``$$`` into ``$``), except netorch's own ``$(VAR)`` references. Paths are written as they are:
-the kubelet expands ``$(VAR)`` only in ``command``, ``args`` and ``env``.
+Escaping, precisely. A plan may hold any string (settings validate theirs, but a plan can be
+built by code), and the objects must mean exactly that string:
+
+* ``$``: the kubelet expands ``$(VAR)`` in a container's ``command``, ``args`` and ``env[].value``
+  only, and reduces every ``$$`` there to ``$`` ("Double $$ are reduced to a single $, which
+  allows for escaping the $(VAR_NAME) syntax", EnvVar API reference). So every plan string that
+  reaches ``args`` or an env value is written with *every* ``$`` doubled, the exact inverse
+  (doubling only ``$(`` would not be: a literal ``$$(X)`` would come out as ``$`` plus X's
+  value), except netorch's own ``$(NODE_RANK)`` / ``$(RANK)`` / ``$(MASTER_ADDR)``. Env *names*,
+  ``image``, ``workingDir``, ``mountPath``, ``hostPath.path``, names and labels are never
+  expanded and are written as they are.
+* YAML: PyYAML writes the body (quoting, escapes, ``---``/``#``/``: `` inside values); strings
+  Go's yaml (kubectl) would read as a number or bool (``0o17``, ``1e3``, ``y``) are quoted too
+  (:class:`~orchestrator.render.compose.RenderDumper`).
+* The header comment: every line starts with ``#``; plan values in it go through
+  :func:`~orchestrator.render.compose.comment_text` (control, format and line-separator
+  characters become ``\\n``-style escapes) and values in the commands it shows are
+  :func:`shlex.quote`-d. The file name keeps only ``[A-Za-z0-9._-]`` of the run id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
@@ -67,6 +83,8 @@ from orchestrator.plan import (
     MountSpec,
     NodeSpec,
 )
+# One definition of "safe in a header comment" and of the YAML dumper for every rendered file.
+from orchestrator.render.compose import RenderDumper, comment_block
 
 Flavor = Literal["indexed-job", "pytorchjob", "jobset"]
 FLAVORS: Final[tuple[str, ...]] = get_args(Flavor)
@@ -309,7 +327,7 @@ def _env(plan: ClusterPlan, flavor: Flavor) -> list[dict[str, Any]]:
         elif key == "NETORCH_NODE_NAME":
             out.append(_field_env(key, "metadata.name"))
         else:
-            out.append({"name": _esc(key), "value": _esc(value)})
+            out.append({"name": key, "value": _esc(value)})  # names are never expanded
     gpus = plan.master.gpus
     names = {item["name"] for item in out}
     if gpus is not None and "NVIDIA_DRIVER_CAPABILITIES" not in names:
@@ -317,7 +335,7 @@ def _env(plan: ClusterPlan, flavor: Flavor) -> list[dict[str, Any]]:
         # NVIDIA container toolkit mounts (utility = NVML); the same variable says so in a pod.
         caps = [c for c in gpus.capabilities if c != "gpu"]
         if caps and gpus.driver == "nvidia":
-            out.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": ",".join(caps)})
+            out.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": _esc(",".join(caps))})
     return out
 
 
@@ -506,16 +524,22 @@ def render_k8s(
 
 
 def k8s_file_name(plan: ClusterPlan) -> str:
-    """``netorch-<run_id>.yaml``."""
-    return f"netorch-{plan.run_id}.yaml"
+    """``netorch-<run_id>.yaml``: a plain file name whatever the run id holds (any character
+    but ``[A-Za-z0-9._-]`` becomes ``-``, so no ``/`` can lead out of the output directory)."""
+    return "netorch-" + re.sub(r"[^A-Za-z0-9._-]", "-", plan.run_id) + ".yaml"
 
 
 def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
                namespace: str | None = None) -> str:
-    """The comment block written above the YAML: origin, how to apply, watch and remove."""
-    file_name = k8s_file_name(plan)
+    """The comment block written above the YAML: origin, how to apply, watch and remove.
+
+    Every line starts with ``#`` whatever the plan holds; values in the commands it shows are
+    shell-quoted, so copying a command runs that command only.
+    """
+    q = shlex.quote
+    file_name = q(k8s_file_name(plan))
     name = k8s_name(plan, flavor)
-    ns = f" -n {namespace}" if namespace else ""
+    ns = f" -n {q(namespace)}" if namespace else ""
     kind = {"indexed-job": "job", "pytorchjob": "pytorchjob", "jobset": "jobset"}[flavor]
     needs = {
         "indexed-job": "Kubernetes 1.28+ (Indexed Job pod labels) and the NVIDIA device plugin "
@@ -529,9 +553,9 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
         "pytorchjob": f"{LABEL_ROLE}=master",
         "jobset": f"{JOB_INDEX_ANNOTATION}=0",
     }[flavor]
-    flags = f" --namespace {namespace}" if namespace else ""
+    flags = f" --namespace {q(namespace)}" if namespace else ""
     rest = "[config flags]" if plan.emits_result else "[config and run flags] -- COMMAND"
-    logs = f"  kubectl logs{ns} -l {LABEL_RUN}={plan.run_id},{master_sel} --tail=-1"
+    logs = f"  kubectl logs{ns} -l {q(f'{LABEL_RUN}={plan.run_id},{master_sel}')} --tail=-1"
     if plan.emits_result:
         read = "read the result (rank 0 prints one @@NETORCH_RESULT@@ line)"
         logs += " | grep @@NETORCH_RESULT@@"
@@ -539,7 +563,7 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
         read = "read the master's output (a failed pod fails the run)"
     lines = [
         f"Generated by netorch from run id {plan.run_id}: do not edit, regenerate instead with",
-        f"  netorch render k8s --run-id {plan.run_id} --flavor {flavor}{flags} -o DIR {rest}",
+        f"  netorch render k8s --run-id {q(plan.run_id)} --flavor {flavor}{flags} -o DIR {rest}",
         f"{plan.nnodes} nodes x {plan.nproc_per_node} ranks (world size {plan.world_size}), "
         f"dist backend {plan.dist_backend}, image {plan.runtime.image}.",
         f"Needs {needs}",
@@ -574,21 +598,14 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
     if plan.runtime.memlock is not None:
         lines.append(f"docker.memlock={plan.runtime.memlock} has no pod field: set it in the "
                      "container runtime's default ulimits.")
-    return "".join(f"# {line}".rstrip() + "\n" for line in lines)
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    """Writes repeated mappings in full: anchors/aliases confuse readers of manifests."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+    return comment_block(lines)
 
 
 def dump_k8s(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
              namespace: str | None = None) -> str:
     """The full multi-document YAML text for ``plan``: header comment, then one doc per object."""
     objects = render_k8s(plan, flavor, namespace)
-    body = yaml.dump_all(objects, Dumper=_NoAliasDumper, sort_keys=False,
+    body = yaml.dump_all(objects, Dumper=RenderDumper, sort_keys=False,
                          default_flow_style=False, width=4096, explicit_start=True)
     return k8s_header(plan, flavor, namespace) + body
 
