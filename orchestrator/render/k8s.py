@@ -84,7 +84,7 @@ from orchestrator.plan import (
     NodeSpec,
 )
 # One definition of "safe in a header comment" and of the YAML dumper for every rendered file.
-from orchestrator.render.compose import RenderDumper, comment_block
+from orchestrator.render.text import RenderDumper, comment_block
 
 Flavor = Literal["indexed-job", "pytorchjob", "jobset"]
 FLAVORS: Final[tuple[str, ...]] = get_args(Flavor)
