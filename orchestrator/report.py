@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,28 +142,88 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
-    """busbw vs message size, one line per (op, dtype, in/out-of-place); log2 x axis."""
+def _busbw_plot_inputs(report: dict[str, Any]) -> tuple[str, tuple[tuple[str, tuple[tuple[int, float], ...]], ...]] | None:
+    """(title, series) of the busbw plot: everything the figure shows; None without rows."""
     rows = report["results"]
     if not rows:
         return None
-    from orchestrator.plots import finish, new_axes
-
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         label = f"{row['op']} {row['dtype']} {'in-place' if row['in_place'] else 'out-of-place'}"
         series.setdefault(label, []).append((int(row["size_bytes"]), float(row["busbw_gbps"])))
+    mtu = report["network"].get("mtu")
+    title = (f"netorch {report['run_id']}: {report['world_size']} ranks, "
+             f"{report['dist_backend']}, {report['backend']}" + (f", MTU {mtu}" if mtu else ""))
+    return title, tuple((label, tuple(sorted(points))) for label, points in sorted(series.items()))
+
+
+def _draw_busbw(inputs: tuple[str, tuple[tuple[str, tuple[tuple[int, float], ...]], ...]]) -> tuple[Any, Any]:
+    from orchestrator.plots import new_axes
+
+    _, series = inputs
     fig, ax = new_axes(8, 4.5)
-    for label, points in sorted(series.items()):
-        points.sort()
+    for label, points in series:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("bus bandwidth (GB/s)")
-    mtu = report["network"].get("mtu")
-    return finish(fig, ax, path,
-                  f"netorch {report['run_id']}: {report['world_size']} ranks, "
-                  f"{report['dist_backend']}, {report['backend']}" + (f", MTU {mtu}" if mtu else ""))
+    return fig, ax
+
+
+class _Prefetch:
+    """A busbw plot being drawn in a background thread; ``png`` is None until done (or on error)."""
+
+    def __init__(self, inputs: tuple[str, tuple[tuple[str, tuple[tuple[int, float], ...]], ...]]) -> None:
+        self.inputs = inputs
+        self.png: bytes | None = None
+        self.thread = threading.Thread(target=self._run, name="prefetch-busbw", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from orchestrator.plots import finish_png
+
+        try:
+            fig, ax = _draw_busbw(self.inputs)
+            self.png = finish_png(fig, ax, self.inputs[0])
+        except Exception:  # noqa: BLE001 - plot_busbw draws it again in the foreground and reports
+            self.png = None
+
+
+_prefetched: dict[Any, _Prefetch] = {}
+_prefetch_lock = threading.Lock()
+
+
+def prefetch_busbw(plan: ClusterPlan, result: dict[str, Any]) -> None:
+    """Start drawing the busbw plot of ``plan``'s ``result`` now, in a background thread.
+
+    Called when rank 0's result arrives, so the drawing overlaps the nodes' teardown; the
+    report's :func:`plot_busbw` then only writes the bytes when its figure is the same (same
+    title and points), and draws it itself otherwise.
+    """
+    inputs = _busbw_plot_inputs(build_report(plan, result, 0.0))
+    if inputs is None:
+        return
+    with _prefetch_lock:
+        if inputs not in _prefetched:
+            _prefetched[inputs] = _Prefetch(inputs)
+
+
+def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
+    """busbw vs message size, one line per (op, dtype, in/out-of-place); log2 x axis."""
+    inputs = _busbw_plot_inputs(report)
+    if inputs is None:
+        return None
+    with _prefetch_lock:
+        early = _prefetched.pop(inputs, None)
+    if early is not None:
+        early.thread.join()
+        if early.png is not None:
+            path.write_bytes(early.png)
+            return path
+    from orchestrator.plots import finish
+
+    fig, ax = _draw_busbw(inputs)
+    return finish(fig, ax, path, inputs[0])
 
 
 def format_size(n: int) -> str:

@@ -34,9 +34,11 @@ class LogBook:
     Fed from backend reader threads, hence the lock.
     """
 
-    def __init__(self, log_dir: Path, echo: Echo | None = None) -> None:
+    def __init__(self, log_dir: Path, echo: Echo | None = None,
+                 on_result: Callable[[str, str], None] | None = None) -> None:
         self.log_dir = log_dir
         self.echo = echo
+        self.on_result = on_result  # (node, result line), called from the reader thread
         self._lock = threading.Lock()
         self._tails: dict[str, collections.deque[str]] = {}
         self._files: dict[str, Any] = {}
@@ -50,10 +52,15 @@ class LogBook:
                 fh = self._files[node] = open(self.log_dir / f"{node}.log", "a", encoding="utf-8")
             fh.write(line + "\n")
             fh.flush()
-            if RESULT_MARKER in line:
+            is_result = RESULT_MARKER in line
+            if is_result:
                 self._results[node] = line
-                return
-            self._tails.setdefault(node, collections.deque(maxlen=LOG_TAIL_LINES)).append(line)
+            else:
+                self._tails.setdefault(node, collections.deque(maxlen=LOG_TAIL_LINES)).append(line)
+        if is_result:
+            if self.on_result is not None:
+                self.on_result(node, line)
+            return
         if self.echo is not None:
             self.echo(node, line)
 
@@ -162,6 +169,39 @@ def supervise(
         time.sleep(poll_s)
 
 
+def _prefetch_report(plan: ClusterPlan) -> Callable[[str, str], None] | None:
+    """When this run's report will have a busbw plot, a result hook that starts drawing it.
+
+    The plot is drawn while the nodes are torn down instead of after (see
+    ``orchestrator.report.prefetch_busbw``). Only when the caller announced a plot
+    (``orchestrator.plots.preload``, as ``netorch bench`` does): a sweep writes none, and
+    drawing one would take CPU from its next measurement.
+    """
+    from orchestrator import plots
+
+    if not plan.emits_result or not plots.planned():
+        return None
+
+    def hook(node: str, line: str) -> None:
+        if node != plan.master.name:
+            return
+
+        def start() -> None:
+            from orchestrator.report import prefetch_busbw
+
+            try:
+                doc = decode_result_lines([line])
+                if doc is not None and doc.get("kind") == "bench":
+                    prefetch_busbw(plan, doc)
+            except Exception:  # noqa: BLE001 - only a head start: the report draws it anyway
+                pass
+
+        # Off the log reader's thread: decoding and building the report take milliseconds.
+        threading.Thread(target=start, name="prefetch-report", daemon=True).start()
+
+    return hook
+
+
 def run_session(
     backend: Backend,
     plan: ClusterPlan,
@@ -178,7 +218,7 @@ def run_session(
     """
     if preflight:
         backend.preflight(plan)
-    logbook = LogBook(out_dir / "logs", echo)
+    logbook = LogBook(out_dir / "logs", echo, on_result=_prefetch_report(plan))
     started = time.monotonic()
     try:
         with _signals_raise():

@@ -481,3 +481,23 @@ def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatc
     for missing in {False, True} - set(op_spec(op).forms):
         with pytest.raises(ValueError):
             bench.Case(op, "float32", shape, missing, "sum", comm)
+
+
+def test_wait_for_master_joins_when_the_port_listens_and_gives_up_after_timeout() -> None:
+    """Ranks other than 0 poll the master's port (instead of init's backoff); rank 0 never waits."""
+    import socket
+    import time
+
+    from train.bench import wait_for_master
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = str(srv.getsockname()[1])
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "1"}
+        assert wait_for_master(env, 5.0) is True
+        assert wait_for_master({**env, "RANK": "0"}, 5.0) is False
+    t0 = time.monotonic()
+    assert wait_for_master({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "2"}, 0.2) is False
+    assert 0.2 <= time.monotonic() - t0 < 5.0
+    assert wait_for_master({"RANK": "1"}, 5.0) is False  # no master named: nothing to wait for

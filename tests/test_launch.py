@@ -326,3 +326,17 @@ def test_ranks_die_with_a_sigkilled_launcher(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert wait_gone(pids), "PR_SET_PDEATHSIG should have killed the orphaned ranks"
+
+
+def test_own_package_is_kept_unless_the_target_path_shadows_it(tmp_path: Path) -> None:
+    """A rank keeps netorch's loaded train modules unless its first sys.path entry has another train."""
+    import train
+    from train.launch import _shadows_own_package
+
+    assert not _shadows_own_package(str(tmp_path))  # nothing named train there
+    assert not _shadows_own_package(str(Path(train.__file__).parent.parent))  # ours itself
+    (tmp_path / "train.py").write_text("x = 1\n")
+    assert _shadows_own_package(str(tmp_path))
+    other = tmp_path / "pkg"
+    (other / "train").mkdir(parents=True)
+    assert _shadows_own_package(str(other))

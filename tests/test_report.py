@@ -98,3 +98,35 @@ def test_table_shows_both_sides() -> None:
 def test_format_size() -> None:
     assert [format_size(n) for n in (1, 1024, 3 << 20, 1 << 30, 1500)] == [
         "1 B", "1 KiB", "3 MiB", "1 GiB", "1500 B"]
+
+
+def test_prefetched_busbw_plot_is_written_by_write_report(tmp_path: Path) -> None:
+    """A plot drawn at the result line's arrival is the one write_report writes (no second draw)."""
+    import orchestrator.report as report_mod
+
+    plan = build_plan(load_settings(), RUN, "docker")
+    result = result_doc(["172.28.0.2", "172.28.0.3"], [1500, 1500],
+                        [row(1 << 20, True, 0.5), row(2 << 20, True, 0.7)])
+    report_mod.prefetch_busbw(plan, result)
+    (early,) = report_mod._prefetched.values()
+    early.thread.join(60)
+    assert early.png is not None and early.png.startswith(b"\x89PNG")
+    paths = write_report(build_report(plan, result, 2.5), tmp_path / "out")
+    assert paths["png"].read_bytes() == early.png
+    assert report_mod._prefetched == {}
+
+
+def test_prefetched_plot_of_other_figures_is_not_used(tmp_path: Path) -> None:
+    """When the report's figures differ from the prefetched ones, the plot is drawn afresh."""
+    import orchestrator.report as report_mod
+
+    plan = build_plan(load_settings(), RUN, "docker")
+    ips, mtus = ["172.28.0.2", "172.28.0.3"], [1500, 1500]
+    report_mod.prefetch_busbw(plan, result_doc(ips, mtus, [row(1 << 20, True, 0.5)]))
+    (early,) = report_mod._prefetched.values()
+    early.thread.join(60)
+    paths = write_report(build_report(plan, result_doc(ips, mtus, [row(1 << 20, True, 0.9)]), 1.0),
+                         tmp_path / "out")
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+    assert paths["png"].read_bytes() != early.png
+    report_mod._prefetched.clear()

@@ -53,6 +53,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import sys
 import time
@@ -65,7 +66,7 @@ from typing import NoReturn, TextIO
 
 from train.launch import FORWARDED, LaunchSpec, _die_with_parent, parse_args, run
 
-POLL_S = 0.05  # spool poll period, and the agent's reaction time to a cancel or a signal
+POLL_S = 0.02  # spool poll period, and the agent's reaction time to a cancel or a signal
 GRACE_S = 3.0  # between SIGTERM to a job child and SIGKILL of its process group
 PARTIAL_GRACE_S = 5.0  # an unparseable .job unchanged for this long is broken, not half written
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
@@ -281,6 +282,13 @@ class Agent:
 
     def _supervise(self, job: JobRequest, pid: int) -> int:
         """Wait for the job child, relaying a cancel or the agent's signal; return the job's exit code."""
+        exited = _ExitWaiter(pid)
+        try:
+            return self._wait_job(job, pid, exited)
+        finally:
+            exited.close()
+
+    def _wait_job(self, job: JobRequest, pid: int, exited: _ExitWaiter) -> int:
         kill_at: float | None = None  # set once the job child was asked to stop
         while (status := _reap(pid)) is None:
             if kill_at is None and (self.signalled is not None or self._path(job.job_id, CANCEL).exists()):
@@ -296,11 +304,38 @@ class Agent:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 kill_at = float("inf")
-            time.sleep(POLL_S)
+            exited.wait(POLL_S)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # whatever the job left behind in its group
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
+
+
+class _ExitWaiter:
+    """Sleeps of at most N seconds that end as soon as child ``pid`` ends (a Linux pidfd).
+
+    Without pidfd support (old kernel, no ``os.pidfd_open``) they are plain sleeps; the caller
+    polls either way, the pidfd only takes the poll's latency off the end of a job.
+    """
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, timeout: float) -> None:
+        if self.fd is None:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:  # it stays readable until reaped: sleep from now on rather than spin
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _reap(pid: int) -> int | None:
@@ -379,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as e:
         _say(f"netorch-agent: cannot import torch ({e}); install it in this image", sys.stderr)
         return 1
+    # What netorch's own workloads import besides torch, once here rather than in every job (the
+    # launcher keeps loaded ``train`` modules unless the job's path shadows the package). Not the
+    # workload modules themselves: runpy runs those afresh as __main__.
+    import train.contract  # noqa: F401
+    import train.env  # noqa: F401
+    import train.results  # noqa: F401
     agent = Agent(ns.spool, ns.idle_timeout)
     agent.install_handlers()
     version = ".".join(str(torch.__version__).split("+")[0].split(".")[:2])

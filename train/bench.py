@@ -48,11 +48,13 @@ Rank 0 prints a nccl-tests-like table, then the result line (see train/results.p
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final, Literal
@@ -637,12 +639,40 @@ def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm
 
 def aggregate_seconds(seconds: float, comm: Comm) -> tuple[float, float, float]:
     """Return (min, avg, max) of every rank's ``seconds`` (a collective: all ranks must call)."""
-    values = []
-    for red in (dist.ReduceOp.MIN, dist.ReduceOp.SUM, dist.ReduceOp.MAX):
-        t = torch.tensor([seconds], dtype=torch.float64, device=comm.device)
-        dist.all_reduce(t, op=red)
-        values.append(float(t.item()))
-    return values[0], values[1] / comm.world_size, values[2]
+    (per_rank,) = gather_floats([seconds], comm)[1]
+    return min_avg_max(per_rank)
+
+
+def min_avg_max(values: Sequence[float]) -> tuple[float, float, float]:
+    """Return (min, mean, max) of the ranks' values (nccl-tests' -a aggregation)."""
+    return min(values), sum(values) / len(values), max(values)
+
+
+def gather_floats(values: Sequence[float], comm: Comm, identity: bytes = b"",
+                  identity_cap: int = 0) -> tuple[list[bytes], list[list[float]]]:
+    """One all_gather of every rank's float64 ``values`` (and ``identity`` bytes); a collective.
+
+    Returns (identities, columns): ``columns[i][r]`` is rank r's ``values[i]``. All ranks must
+    pass as many values and the same ``identity_cap``; ``identity`` (at most ``identity_cap``
+    bytes) travels as one float64 per byte after the values, padded with -1: one small tensor
+    in one collective instead of a pickling ``all_gather_object`` (two collectives) plus one
+    all_reduce per statistic.
+    """
+    if len(identity) > identity_cap:
+        raise ValueError(f"identity of {len(identity)} bytes exceeds the cap of {identity_cap}")
+    n = len(values)
+    mine = torch.full((n + identity_cap,), -1.0, dtype=torch.float64)
+    mine[:n] = torch.tensor(list(values), dtype=torch.float64)
+    if identity:
+        mine[n:n + len(identity)] = torch.frombuffer(bytearray(identity), dtype=torch.uint8).to(
+            torch.float64)
+    mine = mine.to(comm.device)
+    out = [torch.empty_like(mine) for _ in range(comm.world_size)]
+    dist.all_gather(out, mine)
+    rows = [t.cpu().tolist() for t in out]
+    columns = [[r[i] for r in rows] for i in range(n)]
+    identities = [bytes(int(b) for b in r[n:] if b >= 0) for r in rows]
+    return identities, columns
 
 
 def sum_over_ranks(value: int, comm: Comm) -> int:
@@ -684,6 +714,15 @@ def count_wrong(case: Case) -> int | None:
     depends on (op, dtype, reduce_op, world_size) only. A rank whose output the op leaves
     unspecified (reduce's non-roots) runs the op and contributes 0.
     """
+    local = count_wrong_local(case)
+    return None if local is None else sum_over_ranks(local, case.comm)
+
+
+def count_wrong_local(case: Case) -> int | None:
+    """:func:`count_wrong` without the sum: this rank's mismatches (None: not exact-checkable).
+
+    Runs the op once, so it is still a collective: all ranks must call.
+    """
     comm = case.comm
     if not check_is_exact(case.op, case.dtype_name, case.reduce_op, comm.world_size):
         return None
@@ -695,7 +734,7 @@ def count_wrong(case: Case) -> int | None:
     out = case.output.detach()
     local = 0
     if not case.impl.checks_output(comm.rank):
-        return sum_over_ranks(local, comm)
+        return local
     for start in range(0, out.numel(), CHECK_BLOCK_ELEMS):
         got = out[start : start + CHECK_BLOCK_ELEMS]
         expected = expected_output(
@@ -703,7 +742,7 @@ def count_wrong(case: Case) -> int | None:
             start=start, stop=start + got.numel(), device=out.device,
         )
         local += int((got != expected.to(dtype)).sum().item())
-    return sum_over_ranks(local, comm)
+    return local
 
 
 def probe_support(op: str, dtype_name: str, in_place: bool, reduce_op: str, comm: Comm) -> str | None:
@@ -713,23 +752,54 @@ def probe_support(op: str, dtype_name: str, in_place: bool, reduce_op: str, comm
     ranks stay in step; they then agree on the outcome with one all_reduce. Network and store
     errors are not "unsupported" and propagate.
     """
-    reason: str | None = None
-    try:
-        elem_size = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
-        shape = buffer_shape(op, comm.world_size * elem_size, elem_size, comm.world_size)
-        Case(op, dtype_name, shape, in_place, reduce_op, comm).run()
-    except (dist.DistNetworkError, dist.DistStoreError):
-        raise
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    failed = torch.tensor([0 if reason is None else 1], dtype=torch.int64, device=comm.device)
+    return probe_all([(op, dtype_name, in_place)], reduce_op, comm)[0]
+
+
+def probe_all(
+    probes: Sequence[tuple[str, str, bool]], reduce_op: str, comm: Comm
+) -> list[str | None]:
+    """:func:`probe_support` for every (op, dtype, in_place) of ``probes``, agreed in one all_reduce.
+
+    Each probe's tiny op either communicates or is rejected locally before communicating (see
+    :func:`probe_support`), so the ranks run the same probes in step; one MAX all_reduce over
+    the flags then agrees on every outcome at once instead of one all_reduce per probe.
+    """
+    reasons: list[str | None] = []
+    for op, dtype_name, in_place in probes:
+        reason: str | None = None
+        try:
+            elem_size = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+            shape = buffer_shape(op, comm.world_size * elem_size, elem_size, comm.world_size)
+            Case(op, dtype_name, shape, in_place, reduce_op, comm).run()
+        except (dist.DistNetworkError, dist.DistStoreError):
+            raise
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            text = str(e).strip()
+            reason = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+        reasons.append(reason)
+    if not reasons:
+        return []
+    failed = torch.tensor([0 if r is None else 1 for r in reasons], dtype=torch.int64,
+                          device=comm.device)
     dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    if failed.item() == 0:
-        return None
-    return reason or "rejected by the backend on another rank"
+    return [None if flag == 0 else (reason or "rejected by the backend on another rank")
+            for flag, reason in zip(failed.tolist(), reasons)]
 
 
 # --------------------------------------------------------------------------- the sweep
+
+
+IDENTITY_CAP: Final = 4096  # bytes of one rank's identity JSON in the closing gather
+
+
+@dataclass
+class _Measured:
+    """A measured case waiting for the closing gather: its row with this rank's figures."""
+
+    row: ResultRow
+    seconds: float
+    wrong: int | None  # this rank's mismatches; None: check off or not exact-checkable
+    bus_factor: float
 
 
 def run_sweep(
@@ -739,10 +809,25 @@ def run_sweep(
 
     A collective: all ranks run the same sequence. Only the returned values on rank 0 are reported.
     """
-    rows: list[ResultRow] = []
+    rows, skipped, notes, _ = measure_sweep(cfg, comm, b"")
+    return rows, skipped, notes
+
+
+def measure_sweep(
+    cfg: BenchArgs, comm: Comm, identity: bytes
+) -> tuple[list[ResultRow], list[SkippedEntry], list[str], list[bytes]]:
+    """:func:`run_sweep`, also gathering every rank's ``identity``; returns (..., identities).
+
+    Collectives besides the measured ops: one all_reduce agreeing on every support probe, and
+    one all_gather at the end carrying every case's per-rank seconds and mismatch counts and the
+    ranks' identities; the rows are the same as aggregating case by case (min / rank-averaged /
+    max time, wrong summed over ranks).
+    """
     skipped: list[SkippedEntry] = []
     notes: list[str] = []
     sizes = size_sweep(cfg.min_bytes, cfg.max_bytes, cfg.step_factor)
+    # Pass 1: what to measure, and one agreement on which (op, dtype, form) the backend takes.
+    plan: list[tuple[str, str, tuple[bool, ...]]] = []
     for op in cfg.ops:
         spec = op_spec(op)
         too_few = spec.world_size_problem(comm.world_size)
@@ -753,43 +838,66 @@ def run_sweep(
         if spec.form_reason and forms and len(forms) < (2 if cfg.in_place == "both" else 1):
             notes.append(f"{op}: {spec.form_reason}")
         for dtype_name in cfg.dtypes:
-            if not forms:
-                skipped.append({"op": op, "dtype": dtype_name, "reason": spec.form_reason or ""})
-                continue
-            supported = []
-            for in_place in forms:
-                reason = probe_support(op, dtype_name, in_place, cfg.reduce_op, comm)
-                if reason is None:
-                    supported.append(in_place)
-                else:
-                    label = "in-place" if in_place else "out-of-place"
-                    skipped.append({"op": op, "dtype": dtype_name, "reason": f"{label}: {reason}"})
-            if not supported:
-                continue
-            elem_size = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
-            produced = 0
-            for size in sizes:
-                shape = buffer_shape(op, size, elem_size, comm.world_size)
-                if shape.count == 0:
-                    continue  # fewer bytes than one element per rank: nothing to move
-                for in_place in supported:
-                    case = Case(op, dtype_name, shape, in_place, cfg.reduce_op, comm)
-                    row = bench_case(case, cfg.warmup, cfg.iters)
-                    if cfg.check:
-                        row["wrong"] = count_wrong(case)
-                    rows.append(row)
-                    produced += 1
-                    del case
-            if produced == 0:
-                skipped.append(
-                    {
-                        "op": op,
-                        "dtype": dtype_name,
-                        "reason": f"every size up to {cfg.max_bytes} B holds fewer than "
-                        f"{comm.world_size} elements of {dtype_name}",
-                    }
-                )
-    return rows, skipped, notes
+            plan.append((op, dtype_name, forms))
+    probes = [(op, d, flag) for op, d, forms in plan for flag in forms]
+    reasons = dict(zip(probes, probe_all(probes, cfg.reduce_op, comm)))
+    # Pass 2: measure, in the order the ops and dtypes were given.
+    measured: list[_Measured] = []
+    for op, dtype_name, forms in plan:
+        spec = op_spec(op)
+        if not forms:
+            skipped.append({"op": op, "dtype": dtype_name, "reason": spec.form_reason or ""})
+            continue
+        supported = []
+        for in_place in forms:
+            reason = reasons[(op, dtype_name, in_place)]
+            if reason is None:
+                supported.append(in_place)
+            else:
+                label = "in-place" if in_place else "out-of-place"
+                skipped.append({"op": op, "dtype": dtype_name, "reason": f"{label}: {reason}"})
+        if not supported:
+            continue
+        elem_size = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+        produced = 0
+        for size in sizes:
+            shape = buffer_shape(op, size, elem_size, comm.world_size)
+            if shape.count == 0:
+                continue  # fewer bytes than one element per rank: nothing to move
+            for in_place in supported:
+                case = Case(op, dtype_name, shape, in_place, cfg.reduce_op, comm)
+                seconds = measure_seconds(case.run, cfg.warmup, cfg.iters, case.comm)
+                wrong = count_wrong_local(case) if cfg.check else None
+                measured.append(_Measured(make_row(case, seconds, seconds, seconds), seconds,
+                                          wrong, spec.bus_factor(comm.world_size)))
+                produced += 1
+                del case
+        if produced == 0:
+            skipped.append(
+                {
+                    "op": op,
+                    "dtype": dtype_name,
+                    "reason": f"every size up to {cfg.max_bytes} B holds fewer than "
+                    f"{comm.world_size} elements of {dtype_name}",
+                }
+            )
+    # The check decision is the same on every rank, so -1 (no count) is too.
+    values = [m.seconds for m in measured] + [-1.0 if m.wrong is None else float(m.wrong)
+                                              for m in measured]
+    identities, columns = gather_floats(values, comm, identity, IDENTITY_CAP if identity else 0)
+    rows: list[ResultRow] = []
+    for i, m in enumerate(measured):
+        t_min, t_avg, t_max = min_avg_max(columns[i])
+        algbw = algbw_gbps(m.row["size_bytes"], t_avg)
+        wrongs = columns[len(measured) + i]
+        rows.append({
+            **m.row,
+            "time_us": TimeUs(min=t_min * 1e6, avg=t_avg * 1e6, max=t_max * 1e6),
+            "algbw_gbps": algbw,
+            "busbw_gbps": algbw * m.bus_factor,
+            "wrong": None if m.wrong is None or not cfg.check else int(sum(wrongs)),
+        })
+    return rows, skipped, notes, identities
 
 
 def wrong_total(rows: Sequence[ResultRow], check: bool) -> int | None:
@@ -902,10 +1010,46 @@ def resolve_backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
 
+def _identity_bytes(me: dict[str, Any]) -> bytes:
+    """This rank's identity as compact JSON, cut down to the rank numbers if it would not fit."""
+    raw = json.dumps(me, separators=(",", ":")).encode()
+    if len(raw) <= IDENTITY_CAP:
+        return raw
+    keep = ("rank", "world_size", "node_rank", "local_rank")
+    return json.dumps({k: me[k] for k in keep if k in me}, separators=(",", ":")).encode()
+
+
+MASTER_POLL_S: Final = 0.01
+
+
+def wait_for_master(env: Mapping[str, str], timeout_s: float) -> bool:
+    """On a rank other than 0, wait until rank 0's store accepts connections; True once it does.
+
+    ``init_process_group`` on a rank whose first connection to MASTER_ADDR:MASTER_PORT is
+    refused (rank 0 still importing torch, or its node started later) backs off for about half a
+    second to a second before retrying; a plain connect every MASTER_POLL_S s instead joins
+    within milliseconds of the store coming up. Returns False at once on rank 0 or without
+    MASTER_ADDR/MASTER_PORT, and after ``timeout_s`` (init then reports what is wrong).
+    """
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT", "")
+    if env.get("RANK", "0") == "0" or not addr or not port.isdigit():
+        return False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((addr, int(port)), timeout=1.0).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(MASTER_POLL_S)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark as one rank of a torchrun job; return the exit code (0: finished)."""
     cfg = parse_config(argv)
     backend = resolve_backend(cfg.dist_backend)
+    wait_for_master(os.environ, cfg.timeout_s)
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)  # before init: NCCL binds the communicator to this GPU
@@ -916,9 +1060,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         comm = Comm.current(device)
         me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size)
-        ranks: list[dict[str, Any] | None] = [None] * comm.world_size
-        dist.all_gather_object(ranks, me)
-        rows, skipped, notes = run_sweep(cfg, comm)
+        rows, skipped, notes, identities = measure_sweep(cfg, comm, _identity_bytes(me))
+        ranks = [json.loads(raw) for raw in identities]
         if comm.rank == 0:
             doc: dict[str, Any] = {
                 "schema": SCHEMA_VERSION,
@@ -928,7 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "device": device.type,
                 "torch_version": torch.__version__,
                 "world_size": comm.world_size,
-                "ranks": sorted((r for r in ranks if r is not None), key=lambda r: int(r["rank"])),
+                "ranks": sorted(ranks, key=lambda r: int(r["rank"])),
                 "settings": cfg.settings(),
                 "results": rows,
                 "skipped": skipped,

@@ -199,14 +199,37 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _forget_own_package() -> None:
-    """Drop netorch's ``train`` package from ``sys.modules`` before the target runs.
+def _shadows_own_package(first_path: str) -> bool:
+    """Whether ``first_path`` (what the target puts first on ``sys.path``) holds another ``train``.
+
+    True when that folder has a ``train`` package or module (``train/``, ``train.py``, ...) that
+    is not the ``train`` package already loaded here.
+    """
+    try:
+        names = [n for n in os.listdir(first_path) if n == "train" or n.startswith("train.")]
+    except OSError:
+        return False
+    if not names:
+        return False
+    own_file = getattr(sys.modules.get("train"), "__file__", None)
+    if names == ["train"] and isinstance(own_file, str):
+        mine = os.path.realpath(os.path.join(first_path, "train"))
+        return mine != os.path.realpath(os.path.dirname(own_file))
+    return True
+
+
+def _forget_own_package(first_path: str) -> None:
+    """Drop netorch's ``train`` package from ``sys.modules`` when the target's path shadows it.
 
     The launcher is started as ``python -P -m train.launch`` (``-P``: the working directory is not
     put on ``sys.path``, so a user's own ``train.py`` there cannot shadow this package). Once
-    forked, a rank no longer needs it, and a user's module or script named ``train`` must import
-    *their* code, not ours; netorch's own workloads simply import it again (torch stays loaded).
+    forked, a rank no longer needs it, and a user's module or script named ``train`` in
+    ``first_path`` must import *their* code, not ours. When nothing there shadows it (netorch's
+    own workloads, run from the folder the package lives in), the loaded modules are kept: the
+    target would import the very same files again.
     """
+    if not _shadows_own_package(first_path):
+        return
     for name in [m for m in sys.modules if m == "train" or m.startswith("train.")]:
         del sys.modules[name]
 
@@ -217,13 +240,14 @@ def _run_python(spec: LaunchSpec) -> int:
     sys.stdout, sys.stderr = _line_buffered(sys.stdout), _line_buffered(sys.stderr)
     if "numpy" in sys.modules:  # forked ranks would otherwise share numpy's global random state
         sys.modules["numpy"].random.seed()
-    _forget_own_package()
+    # As `python -m MODULE` puts the working directory first, and `python SCRIPT` the script's.
+    first_path = os.getcwd() if spec.module else os.path.dirname(os.path.abspath(spec.target))
+    _forget_own_package(first_path)
     try:
+        sys.path.insert(0, first_path)
         if spec.module:
-            sys.path.insert(0, os.getcwd())  # as `python -m MODULE` puts the working directory
             runpy.run_module(spec.target, run_name="__main__", alter_sys=True)
         else:
-            sys.path.insert(0, os.path.dirname(os.path.abspath(spec.target)))  # as `python SCRIPT`
             runpy.run_path(spec.target, run_name="__main__")
         return 0
     except SystemExit as e:
