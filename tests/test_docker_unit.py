@@ -3,6 +3,7 @@ against a fake client, log line splitting, exit publication."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -29,12 +30,27 @@ from orchestrator.backends.docker import (
 )
 from orchestrator.errors import (
     BackendError,
+    ConfigError,
     DaemonUnavailableError,
     ImageError,
     NetworkConflictError,
     PreflightError,
 )
-from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, ClusterPlan, GpuSpec, build_plan
+from orchestrator.backends.docker import kwargs as kwargs_module
+from orchestrator.backends.docker.kwargs import (
+    FALLBACK_USER,
+    ROOT_USER,
+    container_user,
+    netorch_mount_sources,
+)
+from orchestrator.plan import (
+    LABEL_MANAGED,
+    LABEL_RUN,
+    ClusterPlan,
+    GpuSpec,
+    MountSpec,
+    build_plan,
+)
 from orchestrator.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -85,12 +101,14 @@ def test_network_kwargs_without_bridge_name() -> None:
 def test_cpu_container_kwargs_field_by_field() -> None:
     plan = make_plan(cluster={"nodes": 3})
     node = plan.nodes[2]
-    kw = container_create_kwargs(plan, node, "netid123", API)
+    kw = container_create_kwargs(plan, node, "netid123", API, user="1234:5678")
     assert kw["image"] == "netorch:latest"
     assert kw["command"] == list(node.command)
     assert kw["name"] == node.name
     assert kw["hostname"] == "worker-2"
-    assert kw["environment"] == node.env_dict
+    assert kw["user"] == "1234:5678"
+    # A uid the image does not know gets a writable HOME (Docker would say HOME=/).
+    assert kw["environment"] == {**node.env_dict, "HOME": "/tmp"}
     assert kw["labels"] == node.labels_dict
     assert kw["init"] is True
     assert kw["shm_size"] == "1g"
@@ -103,6 +121,63 @@ def test_cpu_container_kwargs_field_by_field() -> None:
     assert endpoint["Aliases"] == ["worker-2", node.name]
     for absent in ("ulimits", "device_requests", "ipc_mode"):
         assert absent not in kw
+
+
+@pytest.mark.parametrize(
+    ("setting", "uid", "gid", "environ", "expected"),
+    [
+        (None, 1001, 1002, {}, "1001:1002"),        # the invoking user
+        (None, 0, 0, {}, FALLBACK_USER),             # root (CI): never root in the container
+        (None, 0, 0, {"SUDO_UID": "1003", "SUDO_GID": "1004"}, "1003:1004"),  # sudo's caller
+        (None, 0, 0, {"SUDO_UID": "0", "SUDO_GID": "0"}, FALLBACK_USER),
+        ("2000:2001", 0, 0, {}, "2000:2001"),        # docker.user wins
+        ("root", 1001, 1002, {}, ROOT_USER),         # the opt-out
+    ],
+)
+def test_container_user(setting: str | None, uid: int, gid: int, environ: dict[str, str],
+                        expected: str) -> None:
+    assert container_user(setting, uid, gid, environ) == expected
+
+
+def test_invoking_user_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = make_plan()
+    monkeypatch.setattr(kwargs_module.os, "getuid", lambda: 4321)
+    monkeypatch.setattr(kwargs_module.os, "getgid", lambda: 8765)
+    kw = container_create_kwargs(plan, plan.master, "n", API)
+    assert kw["user"] == "4321:8765" and kw["environment"]["HOME"] == "/tmp"
+
+
+def test_root_opt_out_keeps_the_images_home() -> None:
+    plan = make_plan()
+    kw = container_create_kwargs(plan, plan.master, "n", API, user="root")
+    assert kw["user"] == ROOT_USER and "HOME" not in kw["environment"]
+
+
+def test_a_home_in_the_plan_env_is_kept() -> None:
+    plan = make_plan()
+    node = dataclasses.replace(plan.master, env=(*plan.master.env, ("HOME", "/data/home")))
+    kw = container_create_kwargs(plan, node, "n", API, user="1000:1000")
+    assert kw["environment"]["HOME"] == "/data/home"
+
+
+@pytest.mark.parametrize("bad", ["alice", "1000", "1000:", ":1000", "1000:1000\n", "-1:0"])
+def test_docker_user_setting_is_validated(bad: str) -> None:
+    with pytest.raises(ConfigError, match="docker.user"):
+        load_settings(overrides={"docker": {"user": bad}})
+
+
+def test_netorch_mount_sources_are_its_own_writable_binds_only() -> None:
+    plan = make_plan()
+    node = dataclasses.replace(
+        plan.master,
+        env=(*plan.master.env, ("NETORCH_CHECKPOINT_DIR", "/checkpoints")),
+        mounts=(MountSpec("/host/ckpt", "/checkpoints"),
+                MountSpec("/host/warm", "/netorch/warm"),
+                MountSpec("/host/data", "/data"),                       # the user's own
+                MountSpec("/host/ro", "/netorch/ro", read_only=True),
+                MountSpec("vol", "/netorch/vol", kind="volume")),
+    )
+    assert netorch_mount_sources(node) == ("/host/ckpt", "/host/warm")
 
 
 @pytest.mark.parametrize("memlock", [-1, 8 << 20])

@@ -7,6 +7,8 @@ option keys.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import docker.types
@@ -16,11 +18,72 @@ from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, ClusterPlan, GpuSpec, No
 MTU_OPTION = "com.docker.network.driver.mtu"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
+# Who the workload runs as when netorch itself runs as root (CI) and docker.user is unset: not
+# root, so a compromised or careless job is not root in its container, and what it writes into
+# bind mounts is not root's on the host.
+FALLBACK_USER = "1000:1000"
+ROOT_USER = "0:0"
+# HOME for a uid the image's /etc/passwd does not know (Docker then sets HOME=/, unwritable):
+# pip, torch (~/.cache/torch), matplotlib and friends write below it.
+NON_ROOT_HOME = "/tmp"
+# Container paths netorch mounts its own host folders at (checkpoints, a warm cluster's folder).
+NETORCH_MOUNT_ROOT = "/netorch/"
+
+
+def container_user(
+    setting: str | None, uid: int | None = None, gid: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The ``uid:gid`` every container runs as, from ``docker.user``.
+
+    ``"root"`` -> ``0:0``; a ``uid:gid`` as given; unset -> the invoking user's ids (``uid``,
+    ``gid`` default to this process's), so files the job writes into bind mounts belong to
+    whoever ran netorch. Under ``sudo`` that is SUDO_UID:SUDO_GID; when it is root itself,
+    :data:`FALLBACK_USER`.
+    """
+    if setting == "root":
+        return ROOT_USER
+    if setting:
+        return setting
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    env = os.environ if environ is None else environ
+    if uid == 0:
+        sudo_uid, sudo_gid = env.get("SUDO_UID", ""), env.get("SUDO_GID", "")
+        if sudo_uid.isdigit() and sudo_gid.isdigit() and sudo_uid != "0":
+            return f"{sudo_uid}:{sudo_gid}"
+        return FALLBACK_USER
+    return f"{uid}:{gid}"
+
+
+def user_ids(user: str) -> tuple[int, int]:
+    """``(uid, gid)`` of a ``uid:gid`` string."""
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def netorch_mount_sources(node: NodeSpec) -> tuple[str, ...]:
+    """Host directories of ``node``'s writable bind mounts that netorch made for it: its
+    checkpoint directory (``NETORCH_CHECKPOINT_DIR``) and anything mounted under
+    :data:`NETORCH_MOUNT_ROOT`. A user's own ``--mount`` is never among them."""
+    checkpoint_dir = node.env_dict.get("NETORCH_CHECKPOINT_DIR")
+    return tuple(
+        m.source for m in node.mounts
+        if m.kind == "bind" and not m.read_only
+        and (m.target == checkpoint_dir or m.target.startswith(NETORCH_MOUNT_ROOT))
+    )
+
+
 # The start gate (plan.runtime.start_gate): the container's command waits for this file, which
 # the backend creates (docker exec) once its set-up phase -- tc, probes -- has run in every node.
 GATE_FILE = "/tmp/.netorch-go"
 # A gate nobody opens (the host side died) must not leave a container waiting forever.
 GATE_TIMEOUT_S = 900
+
+
+# The gate's exit status when the image cannot drop the set-up capabilities (like a shell's 126,
+# "found but cannot run"): the workload never starts with NET_ADMIN.
+GATE_NO_SETPRIV_EXIT = 126
 
 
 def gate_command(runtime: RuntimeSpec, command: tuple[str, ...]) -> list[str]:
@@ -30,7 +93,13 @@ def gate_command(runtime: RuntimeSpec, command: tuple[str, ...]) -> list[str]:
     for its whole life -- Docker has no way to grant them to ``docker exec`` alone (a privileged
     exec fails with "unable to apply caps" on engine 20.10) -- so the gate removes them from the
     workload's bounding set with setpriv: torchrun and every rank run without them, while the
-    set-up execs (which get the container's set) still have them.
+    set-up execs (which get the container's set) still have them. ``--no-new-privs`` covers a
+    non-root workload too, whose bounding set setpriv cannot shrink: it holds no capability and
+    can no longer gain one through a setuid or file-capability binary.
+
+    An image without ``setpriv`` cannot do that, so the gate refuses to start the workload
+    (exit :data:`GATE_NO_SETPRIV_EXIT`, a message naming the fix) rather than run it with
+    NET_ADMIN.
     """
     drop = ",".join(f"-{cap.lower()}" for cap in runtime.cap_add)
     limit = GATE_TIMEOUT_S * 10
@@ -40,13 +109,16 @@ def gate_command(runtime: RuntimeSpec, command: tuple[str, ...]) -> list[str]:
         'exit 125; fi; sleep 0.1; done; '
     )
     if drop:
+        kept = drop.replace("-", "").upper()
         script += (
-            f'if command -v setpriv >/dev/null; then exec setpriv --bounding-set {drop} '
-            f'--inh-caps {drop} -- "$@"; fi; '
-            'echo "netorch: setpriv is missing: the workload keeps ' + drop.replace("-", "")
-            + '" >&2; '
+            'if ! command -v setpriv >/dev/null; then echo "netorch: the image has no setpriv, '
+            f'so the workload would keep {kept} (granted for link emulation); install util-linux '
+            'in the image, or drop network.link" >&2; '
+            f'exit {GATE_NO_SETPRIV_EXIT}; fi; '
+            f'exec setpriv --no-new-privs --bounding-set {drop} --inh-caps {drop} -- "$@"'
         )
-    script += 'exec "$@"'
+    else:
+        script += 'exec "$@"'
     return ["sh", "-c", script, "netorch-gate", *command]
 
 
@@ -102,14 +174,21 @@ def device_requests(gpus: GpuSpec | None) -> list[docker.types.DeviceRequest]:
 
 
 def container_create_kwargs(
-    plan: ClusterPlan, node: NodeSpec, network_id: str, api_version: str
+    plan: ClusterPlan, node: NodeSpec, network_id: str, api_version: str,
+    user: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``client.containers.create`` for one node.
 
     ``network_id`` is both the ``network=`` value and the ``networking_config`` key: the SDK
-    silently drops the fixed IP when the two differ.
+    silently drops the fixed IP when the two differ. ``user`` is the ``docker.user`` setting
+    (see :func:`container_user`: unset runs the node as the invoking user, never as root unless
+    asked); a non-root node gets ``HOME`` = :data:`NON_ROOT_HOME` unless its env sets one.
     """
     rt = plan.runtime
+    run_as = container_user(user)
+    environment = node.env_dict
+    if run_as != ROOT_USER and "HOME" not in environment:
+        environment = {**environment, "HOME": NON_ROOT_HOME}
     endpoint = docker.types.EndpointConfig(
         api_version, aliases=list(node.aliases), ipv4_address=node.ip
     )
@@ -119,7 +198,8 @@ def container_create_kwargs(
         "command": command,
         "name": node.name,
         "hostname": node.hostname,
-        "environment": node.env_dict,
+        "environment": environment,
+        "user": run_as,
         "labels": node.labels_dict,
         # tini as PID 1 forwards SIGTERM; a PID-1 python ignores it and every stop takes the grace.
         "init": rt.init,

@@ -8,6 +8,7 @@ to find each node's client, then :func:`follow_nodes` the result.
 from __future__ import annotations
 
 import codecs
+import os
 import re
 import threading
 import time
@@ -16,14 +17,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator.backends.base import LineSink, NodeExit
-from orchestrator.backends.docker.client import concurrently, exec_checked, retry
+from orchestrator.backends.docker.client import concurrently, exec_checked, is_local, retry
 from orchestrator.backends.docker.errors import (
     DOCKER_ERRORS,
     TRANSPORT_ERRORS,
     docker_errors,
     translate_error,
 )
-from orchestrator.backends.docker.kwargs import GATE_FILE, container_create_kwargs
+from orchestrator.backends.docker.kwargs import (
+    GATE_FILE,
+    ROOT_USER,
+    container_create_kwargs,
+    container_user,
+    netorch_mount_sources,
+    user_ids,
+)
 from orchestrator.errors import BackendError
 from orchestrator.backends.docker.linkem import tc_commands
 from orchestrator.plan import ClusterPlan, NodeSpec
@@ -147,7 +155,7 @@ def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
     def shape(container: Any) -> None:
         for argv in commands:
             try:
-                exec_checked(container, argv, "link emulation")
+                exec_checked(container, argv, "link emulation", user="root")
             except BackendError as e:
                 text = str(e)
                 if "qdisc kind is unknown" in text:
@@ -169,23 +177,51 @@ def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
         raise failures[0][1]
 
 
+def hand_over(sources: tuple[str, ...], user: str) -> None:
+    """Give ``user`` (``uid:gid``) the root-owned host directories in ``sources``.
+
+    Only when netorch runs as root and the containers do not: the directories netorch made for
+    a node to write (:func:`netorch_mount_sources`) are then root's, and the unprivileged
+    workload could not write its checkpoints. The directory itself changes owner, not its files.
+    """
+    if os.getuid() != 0 or user == ROOT_USER:
+        return
+    uid, gid = user_ids(user)
+    for source in sources:
+        try:
+            if os.stat(source).st_uid == 0:
+                os.chown(source, uid, gid)
+        except FileNotFoundError:
+            continue  # Docker refuses a missing bind source itself, naming it
+        except OSError as e:
+            raise BackendError(
+                f"cannot hand {source} to the containers' user {user} ({e.strerror}); make it "
+                "writable for that uid, or set docker.user to a user who can write it"
+            ) from None
+
+
 def start_containers(
     plan: ClusterPlan,
     network_id: str,
     client_for: Callable[[NodeSpec], Any],
     describe: Callable[[NodeSpec], str],
+    user: str | None = None,
 ) -> dict[str, Any]:
     """Create every node's container concurrently through ``client_for(node)``, then start them.
 
     Returns node name -> container. ``describe(node)`` names a node in errors (with its host when
-    there are several). A container whose start failed stays in "created": down() removes it by
-    label.
+    there are several). ``user`` is the ``docker.user`` setting (None: the invoking user). A
+    container whose start failed stays in "created": down() removes it by label.
     """
     created: dict[str, Any] = {}
+    run_as = container_user(user)
 
     def create(node: NodeSpec) -> None:
         client = client_for(node)
-        kwargs = container_create_kwargs(plan, node, network_id, str(client.api.api_version))
+        if is_local(client):
+            hand_over(netorch_mount_sources(node), run_as)
+        kwargs = container_create_kwargs(plan, node, network_id, str(client.api.api_version),
+                                         user=run_as)
         created[node.name] = client.containers.create(**kwargs)
 
     failures = concurrently(create, list(plan.nodes))
@@ -235,7 +271,7 @@ def open_start_gates(
             after_start(plan, containers)
 
     def release(container: Any) -> None:
-        exec_checked(container, ["touch", GATE_FILE], "opening the start gate")
+        exec_checked(container, ["touch", GATE_FILE], "opening the start gate", user="root")
 
     failures = concurrently(release, list(containers.values()))
     if failures:
