@@ -101,7 +101,7 @@ def _notice(hooks: Hooks, text: str) -> None:
 
 def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: Hooks) -> Path:
     """metrics.prom; a Pushgateway push when configured (a failure is a report warning)."""
-    from orchestrator.metrics import push_report, write_textfile
+    from orchestrator.metrics import push_report, redact_url, write_textfile
 
     url = settings.metrics.pushgateway_url
     if url:
@@ -109,7 +109,7 @@ def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: H
         if problem:
             report.setdefault("warnings", []).append(problem)
         else:
-            _notice(hooks, f"pushed {report.get('kind', 'bench')} results to {url}")
+            _notice(hooks, f"pushed {report.get('kind', 'bench')} results to {redact_url(url)}")
     return write_textfile(report, out_dir)
 
 
@@ -176,8 +176,13 @@ def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None)
     if on is not None:
         from orchestrator.backends.docker.warm import WARM_DIR
 
+        from orchestrator.backends.docker.kwargs import container_user
+        from orchestrator.backends.docker.nodes import hand_over
+
         host = warm_dir(settings, on) / run_id / "checkpoints"
         host.mkdir(parents=True, exist_ok=True)
+        # The agents already run as the container user: the new folder must be theirs.
+        hand_over((str(host.parent), str(host)), container_user(settings.docker.user))
         work = dataclasses.replace(work, checkpoint=None, env=(
             ("NETORCH_CHECKPOINT_DIR", f"{WARM_DIR}/{run_id}/checkpoints"),))
     plan = build_plan(settings, run_id, name, work)

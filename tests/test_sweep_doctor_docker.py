@@ -188,7 +188,7 @@ def test_doctor_mtu_mismatch(cluster: Cluster, docker_client: docker.DockerClien
     backend, plan = sleeping_run(cluster, docker_client, "10.215.0.0/24", 2, mtu=9000)
     try:
         worker = docker_client.containers.get(plan.nodes[1].name)
-        lowered = worker.exec_run(["ip", "link", "set", "eth0", "mtu", "1400"])
+        lowered = worker.exec_run(["ip", "link", "set", "eth0", "mtu", "1400"], user="root")
         assert lowered.exit_code == 0, lowered.output
         proc = cli(cluster, "doctor", "--run", plan.run_id, "--json", cwd=tmp_path)
     finally:

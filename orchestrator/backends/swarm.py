@@ -64,14 +64,17 @@ class MultiHostDockerBackend:
 
     name: BackendName = "docker"
 
-    def __init__(self, clients: Mapping[str, Any], after_start: SetupHook | None = None) -> None:
+    def __init__(self, clients: Mapping[str, Any], after_start: SetupHook | None = None,
+                 user: str | None = None) -> None:
         self.clients = dict(clients)
         self.after_start = after_start
+        self.user = user
         self._nodes: list[DockerNode] = []
 
     @classmethod
-    def from_hosts(cls, hosts: tuple[HostSpec, ...] | list[HostSettings]) -> MultiHostDockerBackend:
-        return cls({h.name: connect_host(h) for h in hosts})
+    def from_hosts(cls, hosts: tuple[HostSpec, ...] | list[HostSettings],
+                   user: str | None = None) -> MultiHostDockerBackend:
+        return cls({h.name: connect_host(h) for h in hosts}, user=user)
 
     def _client(self, plan: ClusterPlan, node: NodeSpec) -> Any:
         host = node.host or plan.hosts[0].name
@@ -134,7 +137,7 @@ class MultiHostDockerBackend:
             network = manager.networks.create(**network_create_kwargs(plan))
         containers = start_containers(
             plan, network.id, lambda node: self._client(plan, node),
-            lambda node: f"{node.name} on {node.host}",
+            lambda node: f"{node.name} on {node.host}", self.user,
         )
         nodes = follow_nodes(plan, containers, sink, self.after_start)
         self._nodes.extend(nodes)

@@ -98,17 +98,19 @@ class DockerBackend:
 
     def __init__(
         self, client: Any, route_table: Path = PROC_NET_ROUTE,
-        after_start: SetupHook | None = None,
+        after_start: SetupHook | None = None, user: str | None = None,
     ) -> None:
         self.client = client
         self.route_table = route_table
         self.after_start = after_start
+        # docker.user: who the workload runs as (None: the invoking user, see container_user).
+        self.user = user
         self._nodes: list[DockerNode] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerBackend:
         """Connect to the configured daemon; DaemonUnavailableError with the fix if none answers."""
-        return cls(connect_settings(settings))
+        return cls(connect_settings(settings), user=settings.docker.user)
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -198,7 +200,8 @@ class DockerBackend:
         """Create the network, create every container concurrently, then start them."""
         with docker_errors(f"creating network {plan.network.name}", plan):
             network = self.client.networks.create(**network_create_kwargs(plan))
-        containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name)
+        containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name,
+                                      self.user)
         nodes = follow_nodes(plan, containers, sink, self.after_start)
         self._nodes.extend(nodes)
         return list(nodes)

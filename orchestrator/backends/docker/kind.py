@@ -88,10 +88,10 @@ class DockerKind:
         if len(settings.hosts) > 1:
             from orchestrator.backends.swarm import MultiHostDockerBackend
 
-            return MultiHostDockerBackend.from_hosts(settings.hosts)
+            return MultiHostDockerBackend.from_hosts(settings.hosts, user=settings.docker.user)
         if settings.hosts:
-            return DockerBackend(connect_host(settings.hosts[0]))
-        return DockerBackend(connect_settings(settings))
+            return DockerBackend(connect_host(settings.hosts[0]), user=settings.docker.user)
+        return DockerBackend(connect_settings(settings), user=settings.docker.user)
 
     def remove(self, settings: Settings, run_id: str | None) -> list[str]:
         from orchestrator.backends.docker import connect_host, connect_settings, down_all

@@ -413,7 +413,7 @@ def start_cluster(client: Any, settings: Settings, name: str, idle_timeout_s: fl
     if any(c.name == name for c in list_clusters(client)):
         raise ConfigError(f"--name {name}: a warm cluster of that name exists; use it with "
                           f"--on {name}, or remove it with `netorch down --run {name}`")
-    backend = DockerBackend(client)
+    backend = DockerBackend(client, user=settings.docker.user)
     backend.preflight(plan)
     if on_start is not None:
         on_start(plan)
