@@ -536,6 +536,8 @@ def down(
 RenderCommandArg = Annotated[Optional[list[str]], typer.Argument(
     metavar="[-- COMMAND [ARGS]...]", show_default=False,
     help="render YOUR job (as netorch run would start it) instead of the benchmark")]
+RenderEnvOpt = Annotated[Optional[list[str]], typer.Option("--env", "-e",
+                                                           help="NAME=VALUE for the job")]
 RENDER_FLAGS = (_exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS,
                 _exclude(RUN_FLAGS, "max_restarts"))
 
@@ -558,7 +560,7 @@ def render_compose_cmd(
     request: SettingsRequest,
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for docker-compose.yml")],
     command_: RenderCommandArg = None,
-    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="NAME=VALUE for the job")] = None,
+    env: RenderEnvOpt = None,
     run_id: RunIdOpt = None,
 ) -> None:
     """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing.
@@ -576,7 +578,7 @@ def render_k8s_cmd(
     request: SettingsRequest,
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="directory for netorch-<run_id>.yaml")],
     command_: RenderCommandArg = None,
-    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="NAME=VALUE for the job")] = None,
+    env: RenderEnvOpt = None,
     flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,

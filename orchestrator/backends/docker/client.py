@@ -17,7 +17,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker.api.client
@@ -34,6 +33,7 @@ from orchestrator.backends.docker.errors import (
     explanation,
 )
 from orchestrator.errors import BackendError, DaemonUnavailableError
+from orchestrator.fanout import attempt_all
 from orchestrator.plan import HostSpec
 from orchestrator.settings import HostSettings, Settings
 
@@ -225,19 +225,7 @@ def concurrently(fn: Callable[[T], None], items: Sequence[T]) -> list[tuple[T, B
     On Ctrl-C the queued calls are cancelled and the running ones awaited, so that nothing is
     created after the caller's teardown has listed what exists.
     """
-    failures: list[tuple[T, BaseException]] = []
-    if not items:
-        return failures
-    pool = ThreadPoolExecutor(max_workers=min(16, len(items)))
-    try:
-        futures = [(item, pool.submit(fn, item)) for item in items]
-        for item, future in futures:
-            exc = future.exception()
-            if exc is not None:
-                failures.append((item, exc))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return failures
+    return attempt_all(fn, items)
 
 
 def retry(
