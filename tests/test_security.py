@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns_daemon import sh, stop_netns_daemon
 from docker_fixtures import docker_client  # noqa: F401  (fixture)
 
 from orchestrator import metrics
@@ -243,8 +244,7 @@ TLS_ROOT = Path("/tmp/netorch-tls-test")
 TLS_URL = f"tcp://{TLS_ADDR_NS}:2376"
 
 
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
+_sh = sh
 
 
 def _openssl_pki(d: Path) -> dict[str, Path]:
@@ -280,20 +280,7 @@ def _openssl_pki(d: Path) -> dict[str, Path]:
 
 
 def _tls_teardown(daemon: subprocess.Popen[bytes] | None) -> None:
-    if daemon is not None and daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(str(TLS_ROOT))]
-    for m in sorted(mounts, key=len, reverse=True):
-        _sh("umount", "-l", m, check=False)
-    shutil.rmtree(TLS_ROOT, ignore_errors=True)
-    _sh("ip", "link", "del", TLS_VETH_HOST, check=False)
-    _sh("ip", "netns", "del", TLS_NETNS, check=False)
+    stop_netns_daemon(daemon, TLS_ROOT, TLS_VETH_HOST, TLS_NETNS)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from typing import Any
 
 import docker.errors
 import pytest
+from netns_daemon import sh, stop_netns_daemon
 from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
 
 import docker
@@ -48,10 +49,6 @@ URL_1 = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 ROOT = Path("/tmp/netorch-swarm-test")
 SOCK_2 = ROOT / "docker.sock"
 PREFIX = "ntsw-"  # cluster.name of every run here: what teardown may remove
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
 
 
 class TwoHosts:
@@ -108,21 +105,7 @@ def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | 
                     break
                 except docker.errors.APIError:
                     time.sleep(0.5)
-    if daemon is not None and daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
-    # Mounts of daemon 2 (overlay2 layers, netns of its containers) must go before its tree.
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(str(ROOT))]
-    for m in sorted(mounts, key=len, reverse=True):
-        sh("umount", "-l", m, check=False)
-    shutil.rmtree(ROOT, ignore_errors=True)
-    sh("ip", "link", "del", VETH_HOST, check=False)
-    sh("ip", "netns", "del", NETNS, check=False)
+    stop_netns_daemon(daemon, ROOT, VETH_HOST, NETNS)
     assert not errors, errors
 
 

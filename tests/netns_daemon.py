@@ -1,0 +1,34 @@
+"""A second dockerd in its own network namespace (the multi-host and TLS tests): shared parts."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a host command (ip, umount, openssl ...); raise on failure when ``check``."""
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
+
+
+def stop_netns_daemon(daemon: subprocess.Popen[bytes] | None, root: Path, veth_host: str,
+                      netns: str) -> None:
+    """Stop the daemon (SIGTERM, then SIGKILL), unmount and delete its tree, drop its veth and
+    namespace. Safe to call after a partial start."""
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+    # Mounts of the daemon (overlay2 layers, netns of its containers) must go before its tree.
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(str(root))]
+    for m in sorted(mounts, key=len, reverse=True):
+        sh("umount", "-l", m, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+    sh("ip", "link", "del", veth_host, check=False)
+    sh("ip", "netns", "del", netns, check=False)
