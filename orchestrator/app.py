@@ -31,7 +31,12 @@ from orchestrator.errors import ConfigError, RankFailedError
 from orchestrator.plots import preload
 from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
 from orchestrator.session import Echo, run_session, run_with_restarts
-from orchestrator.settings import Settings, load_settings, overrides_from_pairs, parse_set_option
+from orchestrator.settings import Settings, load_settings
+from orchestrator.settings_overrides import (
+    overrides_from_pairs,
+    parse_set_option,
+    refuse_flag_set_conflicts,
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,6 @@ class SettingsRequest:
     sets: tuple[str, ...] = ()
 
     def load(self, extra: Mapping[str, Any] | None = None) -> Settings:
-        from orchestrator.settings import refuse_flag_set_conflicts
-
         pairs: dict[str, Any] = dict(parse_set_option(item) for item in self.sets)
         flags = {k: v for k, v in self.flags.items() if v is not None}
         refuse_flag_set_conflicts(flags, pairs)  # `--mtu 1500 --set network.mtu=9000`

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import PlanError
+from orchestrator.grammar import parse_rate_bits
 # Re-exported: a plan is read together with its workload.
 from orchestrator.workloads import CONTAINER_CHECKPOINT_DIR as CONTAINER_CHECKPOINT_DIR
 from orchestrator.workloads import WORKLOADS as WORKLOADS
@@ -25,7 +26,7 @@ from orchestrator.workloads import CheckpointSpec as CheckpointSpec
 from orchestrator.workloads import WorkloadSpec as WorkloadSpec
 from orchestrator.workloads import checkpoint_dir as checkpoint_dir
 from orchestrator.workloads import workload_for as workload_for
-from orchestrator.settings import LinkSettings, Settings, parse_rate_bits
+from orchestrator.settings import LinkSettings, Settings
 
 LABEL_RUN = "io.netorch.run"
 LABEL_ROLE = "io.netorch.role"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from orchestrator.errors import ConfigError
+from orchestrator.grammar import ENV_NAME_RE
 from orchestrator.plan import MountSpec
 from orchestrator.settings import Settings
 from orchestrator.workloads import CheckpointSpec, WorkloadSpec
@@ -32,7 +33,6 @@ CommandKind = Literal["python-module", "python-script", "exec"]
 
 # Docker's own grammar for volume names (daemon/names: RestrictedNamePattern).
 _VOLUME_NAME_RE: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
-_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What marks a mount source as a host path rather than a volume name. Docker's CLI reads only
 # absolute paths as binds; a relative path there becomes a (badly named) volume. We also take
 # ./ ../ and ~ so that `--mount ./data:/data` means the directory the user sees.
@@ -196,7 +196,7 @@ def parse_env(items: Sequence[str], owned: frozenset[str]) -> dict[str, str]:
         name, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"{flag}: no '='; write NAME=VALUE (e.g. --env {item}=1)")
-        if not _ENV_NAME_RE.fullmatch(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"{flag}: {name!r} is not a variable name; use letters, digits and _ "
                 "and do not start with a digit"

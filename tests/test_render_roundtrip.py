@@ -51,7 +51,8 @@ from orchestrator.render.k8s import (
     master_addr,
     render_k8s,
 )
-from orchestrator.settings import load_settings, overrides_from_pairs
+from orchestrator.settings import load_settings
+from orchestrator.settings_overrides import overrides_from_pairs
 
 pytestmark = pytest.mark.usefixtures("isolated")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.settings import load_settings, overrides_from_pairs, parse_set_option, parse_size
+from orchestrator.settings import load_settings, parse_size
+from orchestrator.settings_overrides import overrides_from_pairs, parse_set_option
 
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -152,7 +153,8 @@ def test_set_option_helpers() -> None:
 
 import orchestrator.settings as settings_module  # noqa: E402
 from orchestrator.app import SettingsRequest  # noqa: E402
-from orchestrator.settings import check_image_ref, unknown_env_warnings  # noqa: E402
+from orchestrator.grammar import check_image_ref  # noqa: E402
+from orchestrator.settings import unknown_env_warnings  # noqa: E402
 
 
 @pytest.mark.parametrize("image", [
