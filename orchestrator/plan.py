@@ -139,6 +139,8 @@ class RuntimeSpec:
     cap_add: tuple[str, ...] = ()
     # Hold the workload until the backend's set-up phase (tc, probes) has run in every node.
     start_gate: bool = False
+    # Memory limit of each container (docker.memory, e.g. "4g"); None: no limit.
+    memory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +438,7 @@ def build_plan(
             # workload until the shaping is in place.
             cap_add=("NET_ADMIN",) if link is not None else (),
             start_gate=link is not None,
+            memory=d.memory,
         ),
         nodes=tuple(nodes),
         labels=run_labels,

@@ -242,6 +242,10 @@ class DockerSettings(_Section):
         None, ge=-1, description="memlock ulimit in bytes (-1 = unlimited); default: daemon's"
     )
     stop_timeout_s: int = Field(5, ge=0, le=300, description="grace period before SIGKILL")
+    memory: MemSize | None = Field(
+        None, description="memory limit of each node's container, e.g. 4g (swap included, so a "
+        "node past it is OOM-killed, not swapped); default no limit"
+    )
     user: User | None = Field(
         None, description="uid:gid the containers run as; default the invoking user's (1000:1000 "
         "when netorch runs as root); \"root\" to run them as root"

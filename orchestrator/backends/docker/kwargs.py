@@ -213,6 +213,11 @@ def container_create_kwargs(
         kwargs["ipc_mode"] = rt.ipc_mode
     if rt.cap_add:
         kwargs["cap_add"] = list(rt.cap_add)
+    if rt.memory is not None:
+        # Swap limit equal to the memory limit: past it the node is OOM-killed (and named so),
+        # instead of swapping slowly enough to look like a hang.
+        kwargs["mem_limit"] = rt.memory
+        kwargs["memswap_limit"] = rt.memory
     if rt.memlock is not None:
         # Only when asked: the daemon's hard cap may be low (8 MiB here), and -1 then fails at start.
         kwargs["ulimits"] = [docker.types.Ulimit(name="memlock", soft=rt.memlock, hard=rt.memlock)]
