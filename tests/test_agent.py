@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -242,7 +243,8 @@ def test_jobs_run_in_name_order_each_with_fresh_ranks_and_its_own_env(
     assert starts[0] < exits[0] < starts[1] < exits[1]
     pids: dict[str, set[int]] = {}
     for job, var, lo, hi in (("j1", "first", starts[0], exits[0]), ("j2", "second", starts[1], exits[1])):
-        docs = sorted((json.loads(line) for line in out[lo + 1:hi]), key=lambda d: int(d["rank"]))
+        docs = sorted((json.loads(re.sub(r"^\[rank \d+\] ", "", line)) for line in out[lo + 1:hi]),
+                      key=lambda d: int(d["rank"]))
         assert [d["rank"] for d in docs] == [0, 1]
         for d in docs:
             assert (d["var"], d["port"], d["sum"]) == (var, str(ports[job]), 3.0)

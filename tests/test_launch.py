@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -61,8 +62,13 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+RANK_PREFIX = re.compile(r"^\[rank \d+\] ")
+
+
 def json_lines(out: str) -> list[dict[str, Any]]:
-    docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    """The JSON documents the ranks printed (the launcher's ``[rank N]`` prefix removed)."""
+    lines = (RANK_PREFIX.sub("", line) for line in out.splitlines())
+    docs = [json.loads(line) for line in lines if line.startswith("{")]
     return sorted(docs, key=lambda d: int(d["env"]["RANK"]))
 
 
@@ -225,7 +231,8 @@ def test_gloo_all_reduce_across_two_forked_ranks(tmp_path: Path) -> None:
     """)
     out = launch([*node_args(2), str(script)], tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert sorted(out.stdout.splitlines()) == ["rank 0 of 2 sum 3.0", "rank 1 of 2 sum 3.0"]
+    assert sorted(out.stdout.splitlines()) == ["[rank 0] rank 0 of 2 sum 3.0",
+                                               "[rank 1] rank 1 of 2 sum 3.0"]
 
 
 @pytest.mark.slow
@@ -340,3 +347,19 @@ def test_own_package_is_kept_unless_the_target_path_shadows_it(tmp_path: Path) -
     other = tmp_path / "pkg"
     (other / "train").mkdir(parents=True)
     assert _shadows_own_package(str(other))
+
+
+@pytest.mark.slow
+def test_lines_carry_the_rank_when_ranks_share_a_node(tmp_path: Path) -> None:
+    script = write(tmp_path / "hi.py", """
+        import os, sys
+        print("hello", os.environ["RANK"])
+        print("to", end="", file=sys.stderr)
+        print(" stderr", file=sys.stderr)
+    """)
+    two = launch(["--nproc-per-node", "2", "--master-port", str(free_port()), str(script)], tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert sorted(two.stdout.splitlines()) == ["[rank 0] hello 0", "[rank 1] hello 1"]
+    assert sorted(two.stderr.splitlines()) == ["[rank 0] to stderr", "[rank 1] to stderr"]
+    one = launch(["--nproc-per-node", "1", "--master-port", str(free_port()), str(script)], tmp_path)
+    assert one.stdout.splitlines() == ["hello 0"]  # one rank: the node's prefix says it all

@@ -180,6 +180,46 @@ def _line_buffered(stream: TextIO) -> TextIO:
                             line_buffering=True)
 
 
+class _Prefixed(io.TextIOBase):
+    """A text stream that puts ``prefix`` before every line written to ``inner``.
+
+    Only Python-level writes carry it (what the rank prints, tracebacks); the C++ logs of gloo or
+    NCCL go to the file descriptor directly. ``inner`` is line-buffered, so a prefixed line still
+    reaches the node's stream in one write.
+    """
+
+    def __init__(self, inner: TextIO, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_line_start:
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_line_start = piece.endswith(("\n", "\r"))
+        self._inner.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    def isatty(self) -> bool:
+        return self._inner.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._inner.encoding
+
+
 def _print_exception(e: BaseException) -> None:
     """Print an uncaught exception as ``python`` would: without this module's and runpy's frames."""
     tb = e.__traceback__
@@ -238,6 +278,9 @@ def _run_python(spec: LaunchSpec) -> int:
     """Run the target as ``python [-m] TARGET ARGS`` would, in this process; return its exit status."""
     sys.argv = [spec.target, *spec.args]  # run_module(alter_sys=True) replaces argv[0] by the file
     sys.stdout, sys.stderr = _line_buffered(sys.stdout), _line_buffered(sys.stderr)
+    if spec.nproc_per_node > 1:  # several ranks share the node's stream: say whose line it is
+        prefix = f"[rank {os.environ.get('RANK', '?')}] "
+        sys.stdout, sys.stderr = _Prefixed(sys.stdout, prefix), _Prefixed(sys.stderr, prefix)
     if "numpy" in sys.modules:  # forked ranks would otherwise share numpy's global random state
         sys.modules["numpy"].random.seed()
     # As `python -m MODULE` puts the working directory first, and `python SCRIPT` the script's.
