@@ -8,7 +8,8 @@ any of them behind) and prints what it measured (``pytest -s``).
 
 from __future__ import annotations
 
-import json
+import ipaddress
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -17,15 +18,19 @@ import docker
 import pytest
 
 from docker_fixtures import docker_client  # noqa: F401  (fixture)
+from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.docker.backend import host_routes
 from orchestrator.backends.docker.kwargs import container_create_kwargs
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, NetworkConflictError
 from orchestrator.plan import LABEL_RUN, build_plan
 from orchestrator.settings import load_settings
 from test_docker_backend import (  # noqa: F401  (fixtures)
+    OWNER,
     Tag,
     client,
     netorch,
     netorch_env,
+    start_bench,
     tag,
 )
 
@@ -44,6 +49,17 @@ def labels_gone(client: docker.DockerClient, run_id: str) -> None:
     flt = {"label": f"{LABEL_RUN}={run_id}"}
     assert client.containers.list(all=True, filters=flt, ignore_removed=True) == []
     assert client.networks.list(filters=flt) == []
+
+
+def free_test_subnet(client: docker.DockerClient) -> str:
+    """A /24 in 10.200-250.x.0 that no network and no host route uses (tests run in parallel)."""
+    taken = [ipaddress.ip_network(cfg["Subnet"]) for n in client.api.networks()
+             for cfg in (n.get("IPAM") or {}).get("Config") or [] if "." in cfg.get("Subnet", "")]
+    taken += [route for _, route in host_routes()]
+    while True:
+        cand = ipaddress.ip_network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
+        if not any(cand.overlaps(t) for t in taken):
+            return str(cand)
 
 
 # ---- 1. OOM under docker.memory -------------------------------------------------------------
@@ -78,3 +94,56 @@ def test_oom_killed_node_is_named(client: docker.DockerClient, tag: Tag, tmp_pat
     assert "OOM-killed" in error and f"node {tag.name}-" in error, error
     assert "Traceback" not in proc.stderr
     labels_gone(client, run_id_of(error, tag))
+
+
+# ---- 2. two runs, one subnet ----------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_subnet_taken_after_preflight_is_named(client: docker.DockerClient, tag: Tag) -> None:
+    """The race itself, made certain: preflight passes, then another run's network takes the
+    subnet, then ``up``: the daemon's "Pool overlaps" becomes preflight's message."""
+    subnet = free_test_subnet(client)
+    plan = build_plan(load_settings(overrides={
+        "cluster": {"name": tag.name, "nodes": 2}, "network": {"subnet": subnet}}),
+        "race-1", "docker")
+    backend = DockerBackend(client)
+    backend.preflight(plan)
+    first = client.networks.create(
+        f"{tag.name}-first", driver="bridge", labels={OWNER: tag.name},
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]))
+    try:
+        with pytest.raises(NetworkConflictError) as caught:
+            backend.up(plan, lambda node, line: None)
+    finally:
+        backend.down(plan)
+    message = str(caught.value)
+    print(f"race: {message}")
+    assert f"overlaps Docker network '{first.name}'" in message, message
+    assert "--subnet " in message and subnet not in message.split("--subnet ", 1)[1], message
+    labels_gone(client, plan.run_id)
+
+
+@pytest.mark.docker
+def test_two_runs_on_one_subnet(client: docker.DockerClient, tag: Tag, tmp_path: Path) -> None:
+    """Two benches started together on one subnet: one finishes, the other is refused naming
+    the winner's network and a free subnet, whether preflight or ``networks.create`` saw it."""
+    subnet = free_test_subnet(client)
+    args = ("-n", "2", "--subnet", subnet, "-B", "1M", "-E", "1M")
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+    started = time.monotonic()
+    procs = [start_bench(tag, tmp_path / str(i), *args) for i in range(2)]
+    outs = [(*p.communicate(timeout=240), p.returncode, time.monotonic() - started)
+            for p in procs]
+    for _, err, rc, took in outs:
+        print(f"two runs: exit {rc} after {took:.1f} s: {err.strip()[-300:]}")
+    codes = sorted(rc for _, _, rc, _ in outs)
+    assert codes == [0, 2], outs
+    _, loser_err, _, _ = next(o for o in outs if o[2] == 2)
+    winner_out, _, _, _ = next(o for o in outs if o[2] == 0)
+    assert "Traceback" not in loser_err
+    error = next(line for line in loser_err.splitlines() if line.startswith("error:"))
+    assert f"subnet {subnet} overlaps Docker network '{tag.name}-" in error, error
+    assert "use a free subnet, e.g. --subnet " in error, error
+    assert "avg busbw" in winner_out

@@ -122,10 +122,13 @@ class DockerBackend:
             image = self.client.images.get(plan.runtime.image)
         self._check_gpus(plan, info)
         check_image_runtime(self.client, plan, image)
+        # Routes before networks: a network another run creates in between then shows in the
+        # list (and is named) instead of only as an anonymous bridge route.
+        routes = host_routes(self.route_table) if is_local(self.client) else []
         with docker_errors("listing networks and containers", plan):
             networks = self.client.api.networks()
             containers = self.client.api.containers(all=True)
-        self._check_network(plan, networks)
+        self._check_network(plan, networks, routes)
         self._check_names(plan, containers)
 
     def _check_gpus(self, plan: ClusterPlan, info: dict[str, Any]) -> None:
@@ -142,7 +145,10 @@ class DockerBackend:
                 "restart dockerd, or set gpu.per_node = 0 for a CPU run"
             )
 
-    def _check_network(self, plan: ClusterPlan, networks: list[dict[str, Any]]) -> None:
+    def _check_network(
+        self, plan: ClusterPlan, networks: list[dict[str, Any]],
+        routes: list[tuple[str, ipaddress.IPv4Network]],
+    ) -> None:
         net = plan.network
         wanted = ipaddress.IPv4Network(net.subnet)
         taken: list[ipaddress.IPv4Network] = []
@@ -163,7 +169,6 @@ class DockerBackend:
                 taken.append(sub)
                 if clash is None and sub.overlaps(wanted):
                     clash = (str(other.get("Name")), sub)
-        routes = host_routes(self.route_table) if is_local(self.client) else []
         taken.extend(r for _, r in routes)
         if clash is not None:
             hint = free_subnet_hint(taken, wanted.prefixlen, net.subnet)
@@ -198,13 +203,29 @@ class DockerBackend:
 
     def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
         """Create the network, create every container concurrently, then start them."""
-        with docker_errors(f"creating network {plan.network.name}", plan):
-            network = self.client.networks.create(**network_create_kwargs(plan))
+        network = self._create_network(plan)
         containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name,
                                       self.user)
         nodes = follow_nodes(plan, containers, sink, self.after_start)
         self._nodes.extend(nodes)
         return list(nodes)
+
+    def _create_network(self, plan: ClusterPlan) -> Any:
+        what = f"creating network {plan.network.name}"
+        try:
+            with docker_errors(what, plan):
+                return self.client.networks.create(**network_create_kwargs(plan))
+        except NetworkConflictError as e:
+            if not isinstance(e.__cause__, docker.errors.APIError) or \
+                    "pool overlaps" not in explanation(e.__cause__).lower():
+                raise
+            # Another run took the subnet between our preflight and this create (two runs started
+            # at once): say which network holds it and name a free subnet, as preflight would.
+            routes = host_routes(self.route_table) if is_local(self.client) else []
+            with docker_errors("listing networks", plan):
+                networks = self.client.api.networks()
+            self._check_network(plan, networks, routes)
+            raise  # the clashing network is already gone again: the daemon's words stand
 
     # -- stop / down -----------------------------------------------------------------------
 
