@@ -114,6 +114,9 @@ def main() -> int:
         down = subprocess.run([netorch, "down", "--run", args.name], capture_output=True, text=True)
         print(f"netorch down --run {args.name}: {down.stdout.strip() or down.stderr.strip()}",
               flush=True)
+        if down.returncode != 0:
+            print(f"WARNING: cluster {args.name} may be left behind; remove it with "
+                  f"`netorch down --run {args.name}`", file=sys.stderr, flush=True)
     load.append(os.getloadavg()[0])
     ok = [r for r in runs if r.ok]
     med = {s: statistics.median([r.wall_s for r in ok if r.side == s]) if any(
@@ -152,7 +155,7 @@ def main() -> int:
             "up_s": up_s, "runs": [asdict(r) for r in runs], "median_wall_s": med,
             "paired_ratios": ratios, "median_paired_ratio": ratio}
         args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return 0 if runs and all(r.ok for r in runs) else 1
+    return 0 if runs and all(r.ok for r in runs) and down.returncode == 0 else 1
 
 
 if __name__ == "__main__":
