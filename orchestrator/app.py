@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.backends import Backend, make_backend, resolve_backend
 from orchestrator.backends.registry import backend_kind
-from orchestrator.errors import ConfigError, RankFailedError
+from orchestrator.errors import ConfigError, OutputError, RankFailedError
 from orchestrator.plots import preload
 from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
 from orchestrator.session import Echo, run_session, run_with_restarts
@@ -56,6 +56,19 @@ class SettingsRequest:
         pairs.update(flags)
         pairs.update(extra or {})
         return load_settings(self.config, overrides_from_pairs(pairs))
+
+    def asked_keys(self, environ: Mapping[str, str] | None = None) -> frozenset[str]:
+        """The settings this request names itself (flags, ``--set``, ``NETORCH_*`` variables),
+        as ``section.key``; the config file's values do not count: a warm cluster's shape
+        overrides them silently, while these are refused when they differ from it."""
+        import os
+
+        keys = {k for k, v in self.flags.items() if v is not None}
+        keys |= {parse_set_option(item)[0] for item in self.sets}
+        env = os.environ if environ is None else environ
+        keys |= {name[len("NETORCH_"):].lower().replace("__", ".") for name in env
+                 if name.startswith("NETORCH_")}
+        return frozenset(keys)
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,8 @@ def _notice(hooks: Hooks, text: str) -> None:
 
 def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: Hooks) -> Path:
     """metrics.prom; a Pushgateway push when configured (a failure is a report warning)."""
-    from orchestrator.metrics import push_report, redact_url, write_textfile
+    from orchestrator.metrics import TEXTFILE, push_report, redact_url, write_textfile
+    from orchestrator.report import writing
 
     url = settings.metrics.pushgateway_url
     if url:
@@ -113,11 +127,12 @@ def _publish(report: dict[str, Any], out_dir: Path, settings: Settings, hooks: H
             report.setdefault("warnings", []).append(problem)
         else:
             _notice(hooks, f"pushed {report.get('kind', 'bench')} results to {redact_url(url)}")
-    return write_textfile(report, out_dir)
+    with writing(out_dir / TEXTFILE):
+        return write_textfile(report, out_dir)
 
 
 def _executor(settings: Settings, hooks: Hooks, on: str | None,
-              ) -> tuple[str, Settings, Backend | None]:
+              asked: Collection[str] | None = None) -> tuple[str, Settings, Backend | None]:
     """The backend name, the settings the plan is built from, and a ready executor for runs on
     a warm cluster (``--on NAME``: the cluster's shape wins, see ``fit_to_cluster``)."""
     if on is None:
@@ -137,16 +152,18 @@ def _executor(settings: Settings, hooks: Hooks, on: str | None,
         raise
     if hooks.on_backend is not None:
         hooks.on_backend("docker", f"--on {on}: warm cluster of {cluster.shape.nodes} nodes")
-    return "docker", fit_to_cluster(settings, cluster.shape, on), WarmDockerBackend(client, cluster)
+    return "docker", fit_to_cluster(settings, cluster.shape, on, asked), WarmDockerBackend(
+        client, cluster)
 
 
-def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None) -> RunResult:
+def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
+              asked: Collection[str] | None = None) -> RunResult:
     """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down.
 
     With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``)."""
     from orchestrator.report import build_report, write_report
 
-    name, settings, warm = _executor(settings, hooks, on)
+    name, settings, warm = _executor(settings, hooks, on, asked)
     plan = build_plan(settings, new_run_id(), name, "bench")
     backend = warm or make_backend(name, settings)
     out_dir = settings.output / plan.run_id
@@ -162,20 +179,22 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None)
     return RunResult(plan, report, paths)
 
 
-def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None) -> RunResult:
+def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
+              asked: Collection[str] | None = None) -> RunResult:
     """``netorch train``: the DDP job with checkpoints, gang restarts, metrics and a report.
 
     On a warm cluster (``on``) the checkpoints live in the cluster's folder
     (``OUTPUT/warm/NAME/<run_id>/checkpoints``): a running container takes no new mount."""
     from orchestrator.metrics import write_targets
-    from orchestrator.report import build_train_report, write_train_report
+    from orchestrator.report import build_train_report, write_train_report, writing
     from orchestrator.workloads import train_workload
 
-    name, settings, warm = _executor(settings, hooks, on)
+    name, settings, warm = _executor(settings, hooks, on, asked)
     run_id = new_run_id()
     work = train_workload(settings, run_id)
     out_dir = settings.output / run_id
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with writing(out_dir / "checkpoints"):
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if on is not None:
         from orchestrator.backends.docker.warm import WARM_DIR
 
@@ -190,7 +209,8 @@ def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None)
             ("NETORCH_CHECKPOINT_DIR", f"{WARM_DIR}/{run_id}/checkpoints"),))
     plan = build_plan(settings, run_id, name, work)
     backend = warm or make_backend(name, settings)
-    targets = write_targets(plan, out_dir)
+    with writing(out_dir):
+        targets = write_targets(plan, out_dir)
     if targets is not None:
         _notice(hooks, f"metrics: Prometheus file_sd targets in {targets}")
     if hooks.on_start is not None:
@@ -372,7 +392,7 @@ def render_k8s(settings: Settings, out_dir: Path, flavor: str, namespace: str | 
 
 
 def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None,
-            on: str | None = None) -> RunResult:
+            on: str | None = None, asked: Collection[str] | None = None) -> RunResult:
     """``netorch run``: the user's own command on every rank, on the planned fabric.
 
     Fail fast with a diagnosis, gang restarts up to ``run.max_restarts`` (the job resumes from
@@ -382,7 +402,7 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     from orchestrator.report import build_run_report, write_run_report
     from orchestrator.userjob import run_workload
 
-    name, settings, warm = _executor(settings, hooks, on)
+    name, settings, warm = _executor(settings, hooks, on, asked)
     run_id = new_run_id()
     fabric = backend_kind(name).fabric(settings, run_id)
     work = run_workload(settings, base_dir or Path.cwd(), fabric.in_node_paths)
@@ -400,7 +420,10 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     except RankFailedError as e:
         report = build_run_report(plan, time.monotonic() - started, e.node_exits, e.restarts,
                                   e.failures, str(e), out_dir / "logs")
-        write_run_report(report, out_dir)
+        try:
+            write_run_report(report, out_dir)
+        except OutputError:
+            pass  # the node's failure is the news; a full disk must not hide it
         raise
     exits = {node: ex.reason() for node, ex in outcome.exits}
     report = build_run_report(plan, outcome.elapsed_s, exits, outcome.restarts,

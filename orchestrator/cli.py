@@ -284,7 +284,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
     settings = request.load()
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
     with err.status("benchmark running"):
-        result = usecases.run_bench(settings, hooks, on)
+        result = usecases.run_bench(settings, hooks, on, request.asked_keys())
     report, the_plan = result.report, result.plan
     console.print(results_table(report))
     for item in report["skipped"]:
@@ -337,7 +337,7 @@ def train(request: SettingsRequest,
 
         result = usecases.run_train(settings, Hooks(
             echo=echo, on_backend=_print_backend, on_start=started.append,
-            on_restart=restarted, on_notice=_notice), on)
+            on_restart=restarted, on_notice=_notice), on, request.asked_keys())
     report = result.report
     console.print(train_table(report))
     _finish(result, "the job did not finish its steps with a finite loss")
@@ -377,7 +377,7 @@ def run(
 
     hooks = Hooks(echo=hooks.echo, on_backend=_print_backend, on_start=started.append,
                   on_restart=restarted, on_notice=_notice)
-    result = usecases.run_job(settings, hooks, on=on)
+    result = usecases.run_job(settings, hooks, on=on, asked=request.asked_keys())
     report = result.report
     restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
     console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "

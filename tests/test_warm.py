@@ -78,6 +78,14 @@ def test_a_run_that_asks_for_another_shape_is_refused(client: docker.DockerClien
     name = cluster_name()
     up(tmp_path, tag, name, "10.83.2.0/24", "--nodes", "2")
     try:
+        # A config file's values give way to the cluster's: only what the run names is checked.
+        work = tmp_path / "project"
+        (work / "configs").mkdir(parents=True)
+        (work / "configs" / "default.toml").write_text(
+            '[cluster]\nnodes = 3\n[network]\nmtu = 9000\nsubnet = "10.99.0.0/16"\n')
+        fine = cli(work, "bench", "--on", name, "-q", "-B", "64K", "-E", "64K",
+                   "-o", str(tmp_path / "runs"))
+        assert fine.returncode == 0, fine.stderr
         out = cli(tmp_path, "bench", "--on", name, "--mtu", "9000", "--nodes", "2", "-q")
         assert out.returncode == 2, out.stderr
         assert f"--on {name}: this run asks for network.mtu=9000 (the cluster has 1500)" in (

@@ -17,7 +17,7 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -193,12 +193,21 @@ def find_cluster(client: Any, name: str) -> WarmCluster:
                          "first (netorch ls lists them)")
 
 
-def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str) -> Settings:
+def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
+                   asked: Collection[str] | None = None) -> Settings:
     """``settings`` with the cluster's shape; ConfigError when a run explicitly asks otherwise.
 
-    A setting counts as asked for when any source set it (flag, ``--set``, ``NETORCH_*``, the
-    config file), whatever its value; the rest silently take the cluster's values.
+    ``asked``: the ``section.key`` settings the run named itself (flags, ``--set``,
+    ``NETORCH_*``; the CLI passes them); those are refused when they differ from the cluster's,
+    whatever their value, and everything else silently takes the cluster's value. Without
+    ``asked``, every setting any source set (the config file too) counts as asked.
     """
+
+    def named(section: Any, dotted: str) -> bool:
+        if asked is None:
+            return dotted.split(".", 1)[1] in section.model_fields_set
+        return dotted in asked
+
     c, net, gpu, dk = settings.cluster, settings.network, settings.gpu, settings.docker
     wanted = {
         "cluster.nodes": (c, "nodes", shape.nodes),
@@ -210,9 +219,11 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str) -> Settin
     }
     clashes = [f"{key}={getattr(section, field)!r} (the cluster has {value!r})"
                for key, (section, field, value) in wanted.items()
-               if field in section.model_fields_set and getattr(section, field) != value]
+               if named(section, key) and getattr(section, field) != value]
     link = tuple((k, getattr(net.link, k)) for k in ("rate", "delay", "jitter", "loss"))
-    if net.link.model_fields_set and link != shape.link:
+    link_asked = (bool(net.link.model_fields_set) if asked is None
+                  else any(k.startswith("network.link") for k in asked))
+    if link_asked and link != shape.link:
         clashes.append(f"network.link={dict(link)} (the cluster has {dict(shape.link)})")
     if clashes:
         raise ConfigError(
