@@ -488,7 +488,7 @@ def test_wait_for_master_joins_when_the_port_listens_and_gives_up_after_timeout(
     import socket
     import time
 
-    from train.bench import wait_for_master
+    from train.env import wait_for_master
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))

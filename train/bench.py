@@ -72,7 +72,7 @@ from train.contract import (
     op_spec,
     size_sweep,
 )
-from train.env import rank_info
+from train.env import rank_info, wait_for_master
 from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
 
 FillKind = Literal["sum", "mark_high", "mark_low", "move"]
@@ -1017,32 +1017,6 @@ def _identity_bytes(me: dict[str, Any]) -> bytes:
         return raw
     keep = ("rank", "world_size", "node_rank", "local_rank")
     return json.dumps({k: me[k] for k in keep if k in me}, separators=(",", ":")).encode()
-
-
-MASTER_POLL_S: Final = 0.01
-
-
-def wait_for_master(env: Mapping[str, str], timeout_s: float) -> bool:
-    """On a rank other than 0, wait until rank 0's store accepts connections; True once it does.
-
-    ``init_process_group`` on a rank whose first connection to MASTER_ADDR:MASTER_PORT is
-    refused (rank 0 still importing torch, or its node started later) backs off for about half a
-    second to a second before retrying; a plain connect every MASTER_POLL_S s instead joins
-    within milliseconds of the store coming up. Returns False at once on rank 0 or without
-    MASTER_ADDR/MASTER_PORT, and after ``timeout_s`` (init then reports what is wrong).
-    """
-    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT", "")
-    if env.get("RANK", "0") == "0" or not addr or not port.isdigit():
-        return False
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((addr, int(port)), timeout=1.0).close()
-            return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(MASTER_POLL_S)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import fcntl
 import os
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,3 +181,29 @@ def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
         ipv4=interface_ipv4(ifname),
         mtu=interface_mtu(ifname),
     )
+
+
+MASTER_POLL_S: Final = 0.01
+
+
+def wait_for_master(env: Mapping[str, str], timeout_s: float) -> bool:
+    """On a rank other than 0, wait until rank 0's store accepts connections; True once it does.
+
+    ``init_process_group`` on a rank whose first connection to MASTER_ADDR:MASTER_PORT is
+    refused (rank 0 still importing torch, or its node started later) backs off for about half a
+    second to a second before retrying; a plain connect every MASTER_POLL_S s instead joins
+    within milliseconds of the store coming up. Returns False at once on rank 0 or without
+    MASTER_ADDR/MASTER_PORT, and after ``timeout_s`` (init then reports what is wrong).
+    """
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT", "")
+    if env.get("RANK", "0") == "0" or not addr or not port.isdigit():
+        return False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((addr, int(port)), timeout=1.0).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(MASTER_POLL_S)

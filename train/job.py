@@ -56,7 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.checkpoint import latest_loadable, prune, write_atomic
 from train.contract import TrainArgs
-from train.env import rank_info
+from train.env import rank_info, wait_for_master
 from train.results import SCHEMA_VERSION, encode_progress, encode_result
 from train.telemetry import Telemetry, warn
 
@@ -451,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.set_device(device)  # before init: NCCL binds the communicator to this GPU
     else:
         device = torch.device("cpu")
+    wait_for_master(os.environ, cfg.timeout_s)  # join the store as soon as it listens
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
     try:
         code = train(cfg, device, backend)
