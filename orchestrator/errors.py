@@ -14,10 +14,12 @@ the fix.
     ├── BackendError           the backend failed while applying the plan
     ├── RankFailedError        a node exited non-zero; carries node, exit code, log tail
     └── ResultError            the job finished but produced no (or bad) results
+        └── OutputError        a file of the run's output could not be written (disk full, ...)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 
@@ -59,6 +61,21 @@ class ResultError(NetorchError):
     """The job ended without usable results (none emitted, or wrong values found)."""
 
     exit_code = 4
+
+
+class OutputError(ResultError):
+    """A file of the run's output (a node's log, report.json, results.csv, busbw.png,
+    metrics.prom) could not be written: the results are incomplete, so the run is no success.
+
+    Names the path and the system's words (``No space left on device``) on one line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], error: OSError) -> None:
+        self.path = str(path)
+        super().__init__(
+            f"cannot write {self.path}: {error.strerror or error}; the run's output is "
+            "incomplete; free space there or choose another output directory (--output)"
+        )
 
 
 class RankFailedError(NetorchError):

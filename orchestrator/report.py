@@ -10,11 +10,14 @@ import csv
 import json
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from orchestrator.errors import OutputError
 from orchestrator.plan import ClusterPlan
 
 REPORT_SCHEMA = 1
@@ -116,17 +119,37 @@ def _mtu_advice(plan: ClusterPlan, effective: Any) -> str:
     )
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError in the block (a full disk, a read-only folder) becomes an
+    :class:`~orchestrator.errors.OutputError` naming ``path``: one line, exit 4."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(path, e) from None
+
+
+def _write_json(report: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "report.json"
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write report.json, results.csv and busbw.png into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "csv": out_dir / "results.csv"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
+    """Write report.json, results.csv and busbw.png into ``out_dir``; return their paths.
+
+    Raises OutputError naming the file that could not be written."""
+    paths = {"json": _write_json(report, out_dir), "csv": out_dir / "results.csv"}
+    with writing(paths["csv"]), paths["csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in report["results"]:
             writer.writerow(_csv_row(row))
-    png = plot_busbw(report, out_dir / "busbw.png")
+    with writing(out_dir / "busbw.png"):
+        png = plot_busbw(report, out_dir / "busbw.png")
     if png is not None:
         paths["png"] = png
     return paths
@@ -323,11 +346,11 @@ def build_train_report(
 
 
 def write_train_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write report.json and loss.csv (step, loss) into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "csv": out_dir / "loss.csv"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
+    """Write report.json and loss.csv (step, loss) into ``out_dir``; return their paths.
+
+    Raises OutputError naming the file that could not be written."""
+    paths = {"json": _write_json(report, out_dir), "csv": out_dir / "loss.csv"}
+    with writing(paths["csv"]), paths["csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(("step", "loss"))
         writer.writerows(report["loss_curve"])
@@ -415,8 +438,6 @@ def build_run_report(
 
 
 def write_run_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write report.json into ``out_dir``; return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return {"json": path}
+    """Write report.json into ``out_dir``; return its path. Raises OutputError naming it when
+    it cannot be written."""
+    return {"json": _write_json(report, out_dir)}

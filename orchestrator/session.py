@@ -19,7 +19,13 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import Backend, NodeExit, NodeHandle
-from orchestrator.errors import BackendError, RankFailedError, ResultError
+from orchestrator.errors import (
+    BackendError,
+    ConfigError,
+    OutputError,
+    RankFailedError,
+    ResultError,
+)
 from orchestrator.plan import ClusterPlan, with_restart
 from train.results import RESULT_MARKER, decode_result_lines
 
@@ -43,15 +49,36 @@ class LogBook:
         self._tails: dict[str, collections.deque[str]] = {}
         self._files: dict[str, Any] = {}
         self._results: dict[str, str] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
+        # The first log file that could not be written (disk full): logging to files stops,
+        # tails and results stay in memory, and the session fails the run with it at the end.
+        self.write_error: OutputError | None = None
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot create {log_dir} ({e.strerror or e}); nothing was started; free space "
+                "there or choose another output directory (--output)"
+            ) from None
+
+    def _write(self, node: str, line: str) -> None:
+        """Append ``line`` to the node's log file (lock held); a failure is kept, not raised:
+        this runs in the backend's log reader threads."""
+        if self.write_error is not None:
+            return
+        path = self.log_dir / f"{node}.log"
+        try:
+            fh = self._files.get(node)
+            if fh is None:
+                fh = self._files[node] = open(path, "a", encoding="utf-8")
+            fh.write(line + "\n")
+            fh.flush()
+        except OSError as e:
+            self.write_error = OutputError(path, e)
+            self._close_files()
 
     def sink(self, node: str, line: str) -> None:
         with self._lock:
-            fh = self._files.get(node)
-            if fh is None:
-                fh = self._files[node] = open(self.log_dir / f"{node}.log", "a", encoding="utf-8")
-            fh.write(line + "\n")
-            fh.flush()
+            self._write(node, line)
             is_result = RESULT_MARKER in line
             if is_result:
                 self._results[node] = line
@@ -73,11 +100,17 @@ class LogBook:
             line = self._results.get(node)
         return decode_result_lines([line]) if line else None
 
+    def _close_files(self) -> None:
+        for fh in self._files.values():
+            try:
+                fh.close()
+            except OSError:
+                pass  # a full disk: its buffer was flushed already, or the error is recorded
+        self._files.clear()
+
     def close(self) -> None:
         with self._lock:
-            for fh in self._files.values():
-                fh.close()
-            self._files.clear()
+            self._close_files()
 
 
 @dataclass(frozen=True)
@@ -229,6 +262,8 @@ def run_session(
                 backend.down(plan)
     finally:
         logbook.close()
+    if logbook.write_error is not None:
+        raise logbook.write_error  # the nodes finished, but their logs are incomplete
     elapsed = time.monotonic() - started
     ordered = tuple((n.name, exits[n.name]) for n in plan.nodes if n.name in exits)
     result = logbook.result(plan.master.name)

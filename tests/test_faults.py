@@ -12,12 +12,13 @@ import ipaddress
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from docker_fixtures import docker_client  # noqa: F401  (fixture)
+from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
 from orchestrator.backends.docker import DockerBackend
 from orchestrator.backends.docker.backend import host_routes
 from orchestrator.backends.docker.kwargs import container_create_kwargs
@@ -147,3 +148,54 @@ def test_two_runs_on_one_subnet(client: docker.DockerClient, tag: Tag, tmp_path:
     assert f"subnet {subnet} overlaps Docker network '{tag.name}-" in error, error
     assert "use a free subnet, e.g. --subnet " in error, error
     assert "avg busbw" in winner_out
+
+
+# ---- 3. the output directory full -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only): the output directory that fills up during a run."""
+    mnt = tmp_path / "out"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        require_docker(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("prefill", [False, True], ids=["fills-up", "full-from-start"])
+def test_full_output_directory(client: docker.DockerClient, tag: Tag, tmp_path: Path,
+                               small_tmpfs: Path, prefill: bool) -> None:
+    """No success claimed: exit 4 and one line naming the file and "No space left on device",
+    whether the report (fills up) or the nodes' logs (full from the start) hit the limit."""
+    if prefill:
+        with (small_tmpfs / "ballast").open("wb", buffering=0) as fh:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    fh.write(b"\0" * 4096)
+    started = time.monotonic()
+    proc = subprocess.run(
+        netorch("bench", "--backend", "docker", "--nodes", "2", "-o", str(small_tmpfs),
+                "--set", f"cluster.name={tag.name}", "--subnet", free_test_subnet(client),
+                "-B", "1K", "-E", "4M"),
+        cwd=tmp_path, env=netorch_env(), capture_output=True, text=True, timeout=240)
+    took = time.monotonic() - started
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    print(f"disk full ({'prefilled' if prefill else 'empty'}): exit {proc.returncode} after "
+          f"{took:.1f} s: {errors}")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(errors) == 1, proc.stderr[-2000:]
+    path = errors[0].split()[3].rstrip(":")
+    assert path.startswith(f"{small_tmpfs}/"), errors[0]
+    assert "No space left on device" in errors[0], errors[0]
+    if prefill:
+        assert path.endswith(".log"), errors[0]  # a node's log: the first write
+    run_id = path.removeprefix(f"{small_tmpfs}/").split("/")[0]
+    labels_gone(client, run_id)
