@@ -13,6 +13,7 @@ the fix.
     │   └── NetworkConflictError     subnet / name clashes with something that exists
     ├── BackendError           the backend failed while applying the plan
     ├── RankFailedError        a node exited non-zero; carries node, exit code, log tail
+    ├── Interrupted            Ctrl-C / SIGTERM stopped the command after it cleaned up (exit 130)
     └── ResultError            the job finished but produced no (or bad) results
         └── OutputError        a file of the run's output could not be written (disk full, ...)
 """
@@ -76,6 +77,13 @@ class OutputError(ResultError):
             f"cannot write {self.path}: {error.strerror or error}; the run's output is "
             "incomplete; free space there or choose another output directory (--output)"
         )
+
+
+class Interrupted(NetorchError):
+    """Ctrl-C or SIGTERM stopped the command, and what it had started was cleaned up; the
+    message says what was stopped and what stays as it was. Exit 130, like a shell's."""
+
+    exit_code = 130
 
 
 class RankFailedError(NetorchError):

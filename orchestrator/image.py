@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ import docker.errors
 from docker.client import DockerClient
 
 from orchestrator.backends.docker import connect, docker_errors, explanation
-from orchestrator.errors import ImageError
+from orchestrator.errors import ImageError, Interrupted
+from orchestrator.session import sigterm_as_interrupt
 
 Progress = Callable[[str], None]
 
@@ -91,6 +93,10 @@ LABEL_BASE = "io.netorch.base-image"
 WHEELHOUSE_MANIFEST = "netorch-wheelhouse.json"
 _HASH_SCHEME = "netorch-image-inputs/1"
 _LOG_TAIL_LINES = 30
+# The legacy builder's line for each RUN step's intermediate container.
+_RUNNING_IN = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})\s*$")
+# How long an interrupted build may take to let go of its intermediate containers.
+_CLEANUP_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -435,6 +441,67 @@ def _remove_stale_image(
     _say(progress, f"removed previous image {image_id[:19]}")
 
 
+def _remove_build_containers(client: DockerClient, ids: Sequence[str]) -> list[str]:
+    """Force-remove the builder's intermediate containers ``ids`` (an interrupted build's) and
+    wait until they are gone; the ids still there after :data:`_CLEANUP_S`.
+
+    Removing the running RUN container also ends the build: its step fails, nothing is tagged.
+    The daemon's own ``forcerm`` may be removing them at the same time; both are fine.
+    """
+    deadline = time.monotonic() + _CLEANUP_S
+    left = list(ids)
+    while left and time.monotonic() < deadline:
+        for cid in list(left):
+            try:
+                client.api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                left.remove(cid)
+            except docker.errors.APIError:
+                pass  # "removal already in progress": look again
+        if left:
+            time.sleep(0.25)
+    return left
+
+
+def _stream_build(
+    client: DockerClient, tag: str, options: Mapping[str, Any], wheels: Sequence[Path],
+    progress: Progress | None, running: list[str],
+) -> str | None:
+    """Send the build context, follow the build's output to ``progress``; the built image's id
+    (None when the daemon did not report one). ``options`` are ``api.build``'s keywords;
+    ``running`` collects the intermediate containers the builder names, for the clean-up of
+    an interrupted build."""
+    tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+    built_id: str | None = None
+    with tempfile.TemporaryFile(prefix="netorch-context-") as context:
+        _write_context(
+            context, dockerfile=DOCKERFILE, train_dir=TRAIN_DIR, wheels=wheels
+        )
+        with docker_errors(f"building {tag}", fallback=ImageError):
+            stream: Iterable[dict[str, Any]] = client.api.build(
+                fileobj=context, custom_context=True, tag=tag, decode=True, **options,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    detail = str(chunk.get("error", "")).strip()
+                    log = "\n".join(f"  {line}" for line in tail)
+                    raise ImageError(f"building {tag} failed: {detail}\n{log}")
+                if "stream" in chunk:
+                    for line in str(chunk["stream"]).splitlines():
+                        if line.strip():
+                            tail.append(line)
+                            _say(progress, line)
+                        started = _RUNNING_IN.match(line)
+                        if started:
+                            running.append(started.group(1))
+                elif "status" in chunk:  # pull progress for FROM (online mode)
+                    _say(progress, str(chunk["status"]))
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and "ID" in aux:
+                    built_id = str(aux["ID"])
+    return built_id
+
+
 def build_image(
     client: DockerClient,
     *,
@@ -451,6 +518,9 @@ def build_image(
     Offline: the base defaults to :data:`BASE_ROOTFS_TAG` (made with mmdebstrap when absent)
     and torch is installed from ``wheelhouse`` (downloaded on the host when incomplete).
     Online: the base defaults to :data:`GPU_BASE_IMAGE`, which already has torch.
+
+    Ctrl-C or SIGTERM during the build stops it: its intermediate containers are removed,
+    ``tag`` stays the image it was, and :class:`~orchestrator.errors.Interrupted` says so.
 
     When ``tag`` already carries the current inputs hash, nothing is built and the result
     says ``up_to_date``; ``force`` rebuilds without the layer cache. Build output lines go
@@ -504,44 +574,33 @@ def build_image(
 
     previous_id = _image_id(client, tag)
     _say(progress, f"building {tag} from {base} ({'offline' if offline else 'online'})")
-    tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-    built_id: str | None = None
-    with tempfile.TemporaryFile(prefix="netorch-context-") as context:
-        _write_context(
-            context, dockerfile=DOCKERFILE, train_dir=TRAIN_DIR, wheels=wheels
-        )
-        with docker_errors(f"building {tag}", fallback=ImageError):
-            stream: Iterable[dict[str, Any]] = client.api.build(
-                fileobj=context,
-                custom_context=True,
-                tag=tag,
-                buildargs=build_args,
-                labels={
-                    LABEL_INPUTS_HASH: inputs_hash,
-                    LABEL_MODE: "offline" if offline else "online",
-                    LABEL_BASE: base,
-                },
-                rm=True,
-                forcerm=True,
-                nocache=force,
-                pull=False,
-                decode=True,
-            )
-            for chunk in stream:
-                if "error" in chunk:
-                    detail = str(chunk.get("error", "")).strip()
-                    log = "\n".join(f"  {line}" for line in tail)
-                    raise ImageError(f"building {tag} failed: {detail}\n{log}")
-                if "stream" in chunk:
-                    for line in str(chunk["stream"]).splitlines():
-                        if line.strip():
-                            tail.append(line)
-                            _say(progress, line)
-                elif "status" in chunk:  # pull progress for FROM (online mode)
-                    _say(progress, str(chunk["status"]))
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and "ID" in aux:
-                    built_id = str(aux["ID"])
+    options: dict[str, Any] = {
+        "buildargs": build_args,
+        "labels": {
+            LABEL_INPUTS_HASH: inputs_hash,
+            LABEL_MODE: "offline" if offline else "online",
+            LABEL_BASE: base,
+        },
+        "rm": True,
+        "forcerm": True,
+        "nocache": force,
+        "pull": False,
+    }
+    running: list[str] = []  # the builder's intermediate containers, as it names them
+    try:
+        with sigterm_as_interrupt():
+            built_id = _stream_build(client, tag, options, wheels, progress, running)
+    except KeyboardInterrupt as e:
+        left = _remove_build_containers(client, running)
+        kept = (f"{tag} is still the previous image {previous_id[:19]}" if previous_id
+                else f"{tag} was not created")
+        cleaned = ("its intermediate containers were removed" if not left else
+                   f"intermediate containers {', '.join(c[:12] for c in left)} are still "
+                   "there (docker rm -f them)")
+        raise Interrupted(
+            f"building {tag} was interrupted ({e or 'Ctrl-C'}): the build stopped, {cleaned}; "
+            f"{kept}"
+        ) from None
 
     new_id = _image_id(client, tag)
     if new_id is None or (built_id is not None and built_id != new_id):

@@ -132,8 +132,9 @@ class _Interrupted(KeyboardInterrupt):
 
 
 @contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C for the duration (main thread only)."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C for the duration (main thread only): a KeyboardInterrupt
+    whose text is ``received SIGTERM``, so ``finally`` and ``except`` blocks clean up."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -254,7 +255,7 @@ def run_session(
     logbook = LogBook(out_dir / "logs", echo, on_result=_prefetch_report(plan))
     started = time.monotonic()
     try:
-        with _signals_raise():
+        with sigterm_as_interrupt():
             try:
                 handles = backend.up(plan, logbook.sink)
                 exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)

@@ -199,3 +199,75 @@ def test_full_output_directory(client: docker.DockerClient, tag: Tag, tmp_path: 
         assert path.endswith(".log"), errors[0]  # a node's log: the first write
     run_id = path.removeprefix(f"{small_tmpfs}/").split("/")[0]
     labels_gone(client, run_id)
+
+
+# ---- 4. SIGTERM during `netorch image build` ------------------------------------------------
+
+BASE = "netorch-base:bookworm"
+# `netorch image build` with the Dockerfile replaced by a throw-away one (the build context is
+# otherwise netorch's own): the same code path, a build of seconds instead of minutes.
+BUILD_WITH = (
+    "import pathlib, sys, orchestrator.image as image\n"
+    "image.DOCKERFILE = pathlib.Path(sys.argv.pop(1))\n"
+    "from orchestrator.cli import app\n"
+    "app()\n"
+)
+
+
+def image_build(dockerfile: Path, tag: str) -> list[str]:
+    # --force: the inputs hash covers netorch's own Dockerfile, not this one.
+    return [*netorch()[:1], "-c", BUILD_WITH, str(dockerfile), "image", "build", "--online",
+            "--base-image", BASE, "--tag", tag, "--force"]
+
+
+@pytest.mark.docker
+def test_sigterm_stops_image_build(client: docker.DockerClient, tmp_path: Path, tag: Tag) -> None:
+    try:
+        client.images.get(BASE)
+    except docker.errors.ImageNotFound:
+        require_docker(f"base image {BASE} is missing; `netorch image build` makes it")
+    image_tag = f"{tag.name}:tmp"
+    marker = f"{tag.name}-building"
+    quick, slow = tmp_path / "Dockerfile.quick", tmp_path / "Dockerfile.slow"
+    quick.write_text(f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {tag.name} > /previous\n")
+    slow.write_text(f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker}; sleep 300\n")
+    try:
+        done = subprocess.run(image_build(quick, image_tag), cwd=tmp_path, env=netorch_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        previous = client.images.get(image_tag).id
+        proc = subprocess.Popen(image_build(slow, image_tag), cwd=tmp_path, env=netorch_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            seen: list[str] = []
+            for line in proc.stderr:  # the RUN step is under way once it prints the marker
+                seen.append(line)
+                if line.strip() == marker:
+                    break
+            else:
+                raise AssertionError("the build never reached its RUN step:\n" + "".join(seen))
+            signalled = time.monotonic()
+            proc.terminate()
+            rest = proc.communicate(timeout=60)[1]
+            took = time.monotonic() - signalled
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        errors = [line for line in rest.splitlines() if line.startswith("error:")]
+        print(f"image build: SIGTERM -> exit {proc.returncode} in {took:.1f} s: {errors}")
+        assert proc.returncode == 130, rest
+        assert len(errors) == 1 and "Traceback" not in rest, rest
+        assert f"building {image_tag} was interrupted (received SIGTERM)" in errors[0]
+        assert "intermediate containers were removed" in errors[0]
+        assert f"{image_tag} is still the previous image {previous[:19]}" in errors[0]
+        # Nothing of the builder left: no container runs (or waits in "created") the step.
+        steps = [c.id[:12] for c in client.containers.list(all=True, ignore_removed=True)
+                 if marker in " ".join(c.attrs["Config"].get("Cmd") or [])]
+        assert steps == [], steps
+        assert client.images.get(image_tag).id == previous
+    finally:
+        try:
+            client.images.remove(image_tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass
