@@ -31,7 +31,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from train.bench import Case, Comm, bench_case, buffer_shape  # noqa: E402
+from train.bench import bench_case  # noqa: E402
+from train.collectives import Case, Comm, buffer_shape  # noqa: E402
 
 MIB = 1 << 20
 ACCEPT_FROM_BYTES = 16 * MIB

@@ -13,8 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train import bench
-from train.bench import (
+from train import bench, collectives
+from train.bench import parse_config, variants
+from train.collectives import (
     DTYPES,
     EXACT_INT_LIMIT,
     IMPLS,
@@ -26,9 +27,7 @@ from train.bench import (
     fill_kind,
     fill_values,
     op_impl,
-    parse_config,
     sentinel_value,
-    variants,
 )
 from train.contract import OP_NAMES, OPS, REDUCE_OP_NAMES, op_spec
 from train.env import default_route_ifname, interface_ipv4, interface_mtu, rank_info, resolve_ifname
@@ -457,7 +456,7 @@ def test_expected_output_in_blocks_equals_whole(op: str) -> None:
 
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_case_buffers_follow_nccl_layout(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench, "CHECK_BLOCK_ELEMS", 7)  # exercise the block-wise fill
+    monkeypatch.setattr(collectives, "CHECK_BLOCK_ELEMS", 7)  # exercise the block-wise fill
     n, rank = 4, 1
     comm = bench.Comm(rank=rank, world_size=n, device=torch.device("cpu"))
     shape = buffer_shape(op, 4 * 4 * 25, 4, n)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from train.bench import buffer_shape, variants
+from train.bench import variants
+from train.collectives import buffer_shape
 from train.contract import OP_NAMES, OPS, size_sweep
 from train.results import RESULT_MARKER, decode_result_lines
 
