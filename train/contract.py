@@ -5,7 +5,7 @@ layout, root, minimum world size), which dtypes and reductions exist, how a size
 which flags each workload takes. It never imports torch: the host orchestrator imports it to
 validate settings and to build the argv it hands to ``python -m train.bench`` / ``train.job``,
 and the host may have no torch installed. The ranks' side (torch calls, buffers, expected
-results) lives in train/bench.py, keyed by the names registered here.
+results) lives in train/collectives.py, keyed by the names registered here.
 
 A workload config crosses from host to node as argv, and only through one pair of functions::
 
@@ -15,7 +15,7 @@ A workload config crosses from host to node as argv, and only through one pair o
 ``from_argv(to_argv(x)) == x`` for every valid ``x`` (floats travel as ``repr``, so exactly).
 
 Adding an op: one :class:`OpSpec` entry in :data:`OPS` here, and its implementation entry in
-train/bench.py's ``IMPLS``; nothing else (bench.py checks at import that the two agree).
+train/collectives.py's ``IMPLS``; nothing else (collectives.py checks at import that the two agree).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Final, Literal, Self, TypeVar, cast
 
 @dataclass(frozen=True)
 class OpSpec:
-    """What one collective is, in nccl-tests' terms (its torch implementation is in train/bench.py).
+    """What one collective is, in nccl-tests' terms (its torch implementation is in train/collectives.py).
 
     ``forms``: the ``in_place`` flags torch offers, out-of-place (False) first. ``form_reason``:
     why a form is missing (None when both exist). ``bus_scale`` and ``bus_over_peers`` give
