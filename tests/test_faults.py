@@ -23,7 +23,7 @@ from orchestrator.backends.docker import DockerBackend
 from orchestrator.backends.docker.backend import host_routes
 from orchestrator.backends.docker.kwargs import container_create_kwargs
 from orchestrator.errors import ConfigError, NetworkConflictError
-from orchestrator.plan import LABEL_RUN, build_plan
+from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, build_plan
 from orchestrator.settings import load_settings
 from test_docker_backend import (  # noqa: F401  (fixtures)
     OWNER,
@@ -271,3 +271,113 @@ def test_sigterm_stops_image_build(client: docker.DockerClient, tmp_path: Path, 
             client.images.remove(image_tag, force=True)
         except docker.errors.ImageNotFound:
             pass
+
+
+# ---- 5. the daemon restarted mid-run --------------------------------------------------------
+
+DAEMON_ROOT = Path("/tmp/netorch-faults-daemon")
+DAEMON_NETNS = "ntfaults"
+DAEMON_URL = f"unix://{DAEMON_ROOT / 'docker.sock'}"
+
+
+class SecondDaemon:
+    """A dockerd of this module's own, in a network namespace (its iptables and bridges cannot
+    touch the main daemon's) with its own data-root: one that may be stopped and restarted."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> docker.DockerClient:
+        log = (DAEMON_ROOT / "dockerd.log").open("ab")
+        # nsenter, not `ip netns exec`: that one hides the cgroup mounts dockerd needs.
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{DAEMON_NETNS}", "dockerd",
+             "--data-root", str(DAEMON_ROOT / "data"), "--exec-root", str(DAEMON_ROOT / "exec"),
+             "--pidfile", str(DAEMON_ROOT / "dockerd.pid"), "-H", DAEMON_URL,
+             "--bridge=none", "--iptables=false", "--ip-masq=false",
+             "--storage-driver", "overlay2"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                c2 = docker.DockerClient(base_url=DAEMON_URL, timeout=300)
+                c2.ping()
+                return c2
+            except Exception:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the second daemon did not start: " + (
+                        DAEMON_ROOT / "dockerd.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def second_daemon(docker_client: docker.DockerClient) -> Iterator[SecondDaemon]:  # noqa: F811
+    import os
+    import shutil
+
+    from netns_daemon import sh, stop_netns_daemon
+
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("nsenter"):
+        require_docker("a second daemon needs root, dockerd and nsenter")
+    daemon = SecondDaemon()
+    stop_netns_daemon(None, DAEMON_ROOT, "ntfaults-none", DAEMON_NETNS)  # an earlier run's
+    try:
+        DAEMON_ROOT.mkdir(parents=True)
+        sh("ip", "netns", "add", DAEMON_NETNS)
+        sh("ip", "netns", "exec", DAEMON_NETNS, "ip", "link", "set", "lo", "up")
+        c2 = daemon.start()
+        # Its image store is its own: the image travels by save -> load.
+        c2.images.load(docker_client.images.get("netorch:latest").save(named=True))
+        c2.close()
+        yield daemon
+    finally:
+        stop_netns_daemon(daemon.process, DAEMON_ROOT, "ntfaults-none", DAEMON_NETNS)
+
+
+@pytest.mark.docker
+def test_daemon_restarted_mid_run(client: docker.DockerClient, second_daemon: SecondDaemon,
+                                  tmp_path: Path) -> None:
+    c2 = docker.DockerClient(base_url=DAEMON_URL, timeout=60)
+    proc = subprocess.Popen(
+        netorch("bench", "--backend", "docker", "-n", "2", "--quiet", "-o", str(tmp_path / "runs"),
+                "--set", f"docker.host={DAEMON_URL}", "--subnet", free_test_subnet(client),
+                "--set", "bench.iters=100000", "-B", "1M", "-E", "1M"),
+        cwd=tmp_path, env=netorch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(c2.containers.list(filters={"label": f"{LABEL_MANAGED}=true"})) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.3)
+        time.sleep(3)  # the collectives are under way
+        stopped = time.monotonic()
+        assert second_daemon.process is not None
+        second_daemon.process.terminate()  # SIGTERM, as a service manager's restart sends it
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c2.close()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    print(f"daemon restart: exit {proc.returncode} {took:.1f} s after SIGTERM: {errors}")
+    assert proc.returncode == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"the Docker daemon at {DAEMON_URL} stopped answering during run " in errors[0]
+    run_id = errors[0].split("during run ", 1)[1].split(",")[0]
+    assert f"`netorch down --run {run_id}`" in errors[0]
+    assert took < 15, took
+
+    second_daemon.process.wait(timeout=60)
+    c2 = second_daemon.start()
+    try:
+        flt = {"label": f"{LABEL_RUN}={run_id}"}
+        left = [c.name for c in c2.containers.list(all=True, filters=flt)]
+        print(f"after the restart, run {run_id} left: {left}")
+        done = subprocess.run(
+            netorch("down", "--run", run_id, "--set", f"docker.host={DAEMON_URL}"),
+            cwd=tmp_path, env=netorch_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        labels_gone(c2, run_id)
+    finally:
+        c2.close()

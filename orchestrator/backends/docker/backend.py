@@ -36,7 +36,12 @@ from orchestrator.backends.docker.nodes import (
     follow_nodes,
     start_containers,
 )
-from orchestrator.errors import BackendError, NetworkConflictError, PreflightError
+from orchestrator.errors import (
+    BackendError,
+    DaemonUnavailableError,
+    NetworkConflictError,
+    PreflightError,
+)
 from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, BackendName, ClusterPlan
 from orchestrator.settings import Settings
 
@@ -258,9 +263,23 @@ class DockerBackend:
         concurrently(stop_one, running)
 
     def down(self, plan: ClusterPlan) -> None:
-        """Force-remove the run's containers, then its network, found by label. Idempotent."""
+        """Force-remove the run's containers, then its network, found by label. Idempotent.
+
+        When the daemon stopped answering (restarted, crashed), DaemonUnavailableError names
+        it and the ``netorch down --run`` that removes the leftovers once it is back."""
         try:
             remove_by_label(self.client, plan.run_id)
+        except (DaemonUnavailableError, BackendError) as e:
+            # A daemon shutting down still serves open connections for a moment: a ping may
+            # answer while new requests fail. A transport failure itself is the proof.
+            if isinstance(e, BackendError) and daemon_answers(self.client):
+                raise
+            raise DaemonUnavailableError(
+                f"the Docker daemon at {daemon_address(self.client)} stopped answering during "
+                f"run {plan.run_id}, so the run is lost and its containers and network may be "
+                f"left there; once the daemon is back, remove them with `netorch down --run "
+                f"{plan.run_id}` (same docker.host)"
+            ) from None
         finally:
             # Removal ends every log stream and wait; give the threads a moment to notice.
             deadline = time.monotonic() + 2.0
@@ -277,6 +296,23 @@ class DockerBackend:
             "network": nets[0].attrs if nets else None,
             "containers": {c.name: c.attrs for c in self._list_containers(plan.run_id)},
         }
+
+
+def daemon_address(client: Any) -> str:
+    """Where ``client``'s daemon is, for messages: ``unix:///path`` for a socket (the SDK's
+    base URL then says only ``http+docker://localhost``), else the base URL."""
+    adapter = getattr(client.api, "_custom_adapter", None)
+    socket_path = getattr(adapter, "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(client.api.base_url)
+
+
+def daemon_answers(client: Any) -> bool:
+    """True when the daemon answers a ping now."""
+    try:
+        client.ping()
+    except DOCKER_ERRORS:
+        return False
+    return True
 
 
 def _still_attached(e: BaseException) -> bool:
