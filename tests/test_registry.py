@@ -89,6 +89,9 @@ class MemoryKind:
     def probe(self, settings: Settings) -> str | None:
         return "only on request"
 
+    def ready(self, settings: Settings) -> str:
+        return "simulated"
+
     def create(self, settings: Settings) -> Backend:
         return self.executor
 

@@ -18,11 +18,10 @@ def resolve_backend(settings: Settings) -> tuple[str, str]:
         return settings.backend, f"--backend {settings.backend}"
     reasons: list[str] = []
     for name in backend_names():
-        problem = backend_kind(name).probe(settings)
+        kind = backend_kind(name)
+        problem = kind.probe(settings)
         if problem is None:
-            if not reasons:
-                return name, f"auto: {backend_kind(name).summary}"
-            return name, f"auto: {'; '.join(reasons)}; using {name}"
+            return name, "auto: " + "; ".join([*reasons, kind.ready(settings)])
         reasons.append(f"{name}: {problem}")
     return "process", "auto: " + "; ".join(reasons)
 

@@ -109,6 +109,10 @@ class BackendKind(Protocol):
         """None when this host can run plans on this backend now, else why not (``auto``)."""
         ...
 
+    def ready(self, settings: Settings) -> str:
+        """Why ``auto`` chose this backend after its probe passed, in a few words."""
+        ...
+
     def create(self, settings: Settings) -> Backend:
         """The executor for ``settings`` (connects to what it drives; may raise PreflightError)."""
         ...

@@ -274,6 +274,9 @@ class ProcessKind:
             return "torch is not installed in this interpreter"
         return None
 
+    def ready(self, settings: Settings) -> str:
+        return "running nodes as local processes"
+
     def create(self, settings: Settings) -> Backend:
         return ProcessBackend()
 

@@ -82,6 +82,9 @@ class DockerKind:
             return "no Docker daemon"
         return None
 
+    def ready(self, settings: Settings) -> str:
+        return f"Docker daemon answers and {settings.cluster.image} exists"
+
     def create(self, settings: Settings) -> Backend:
         from orchestrator.backends.docker import DockerBackend, connect_host, connect_settings
 
