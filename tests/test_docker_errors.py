@@ -233,4 +233,4 @@ def test_auto_backend_finds_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
     absent = load_settings(overrides={"backend": "auto",
                                       "cluster": {"image": "netorch-test-absent:never"}})
     name, why = resolve_backend(absent)
-    assert (name, "image missing" in why) == ("process", True)
+    assert (name, "image netorch-test-absent:never missing" in why) == ("process", True)
