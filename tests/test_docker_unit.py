@@ -549,6 +549,9 @@ class _RunningImage:
         self.output, self.error = output, error
         self.calls: list[dict[str, Any]] = []
 
+    def list(self, **kwargs: Any) -> list[Any]:
+        return []
+
     def run(self, image: str, command: list[str], **kwargs: Any) -> bytes:
         self.calls.append({"image": image, "command": command, **kwargs})
         if self.error is not None:

@@ -605,3 +605,64 @@ def test_cli_hostile_user_job(kind: str, tmp_path: Path) -> None:
         text = (out / k8s_file_name(plan)).read_text(encoding="utf-8")
         assert check_header(text, k8s_header(plan, "jobset"), "---\n") == render_k8s(plan,
                                                                                     "jobset")
+
+
+# ---- hostile values through a TOML config file (hypothesis) ----------------------------------
+
+TOML_CASES = 120
+
+
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (JSON's escapes are TOML's, bar DEL and surrogates)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_for(field: str, value: str) -> str:
+    section, key = field.split(".", 1)
+    return f"[{section}]\n{key} = {_toml_string(value)}\n"
+
+
+HOSTILE_TEXT = st.text(
+    alphabet=st.one_of(st.sampled_from(list("\n\r\t$#'\"{}()[]:,-.& ~!=\\")),
+                       st.characters(blacklist_categories=("Cs",))),
+    max_size=60)
+
+
+@settings(max_examples=TOML_CASES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(CLI_FIELDS), value=HOSTILE_TEXT,
+       kind=st.sampled_from(["compose", "k8s"]))
+def test_toml_hostile_values(field: str, value: str, kind: str, tmp_path: Path) -> None:
+    """Through ``--config FILE``: exit 0 with a render that parses back to the plan's documents,
+    or exit 2 with one line naming the field; never a traceback."""
+    case = tmp_path / secrets_token()
+    case.mkdir()
+    config = case / "hostile.toml"
+    config.write_text(_toml_for(field, value), encoding="utf-8")
+    out = case / "out"
+    result = _render_cli(kind, out, ["-c", str(config)])
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert field.split(".")[-1].lower() in lines[0].lower() or "hostile.toml" in lines[0], (
+            lines[0])
+        return
+    plan = build_plan(load_settings(config), "cli-hostile", "docker")
+    if kind == "compose":
+        text = (out / COMPOSE_FILE_NAME).read_text(encoding="utf-8")
+        assert check_header(text, compose_header(plan), "version: ") == [render_compose(plan)]
+    else:
+        text = (out / k8s_file_name(plan)).read_text(encoding="utf-8")
+        assert check_header(text, k8s_header(plan, "jobset"), "---\n") == render_k8s(plan,
+                                                                                      "jobset")
+
+
+def secrets_token() -> str:
+    import secrets
+
+    return secrets.token_hex(4)

@@ -289,6 +289,9 @@ def test_image_without_python_or_torch_is_refused_before_anything_exists(
     assert out.returncode == 2, out.stderr
     assert "netorch-base:bookworm has no `python` on its PATH" in out.stderr, out.stderr
     assert tag.netorch_made() == []
+    # The throw-away check container, whose start failed, is gone too.
+    assert client.containers.list(all=True, filters={
+        "ancestor": "netorch-base:bookworm", "label": "io.netorch.managed=true"}) == []
     out = run(tmp_path, *docker_args(tag, "10.81.6.0/24"), "--nodes", "2",
               "--image", f"nt-missing-{secrets.token_hex(3)}:none", "--", "python", "x.py")
     assert out.returncode == 2 and "netorch never pulls" in out.stderr, out.stderr

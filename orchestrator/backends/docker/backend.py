@@ -7,6 +7,7 @@ name, so teardown cannot touch a user's own containers or networks.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -412,10 +413,11 @@ def check_image_runtime(client: Any, plan: ClusterPlan, image: Any) -> None:
     name = plan.runtime.image
     launcher = plan.master.command[0]
     interpreter = "python" if launcher == "python" else "python3"
+    labels = {LABEL_MANAGED: "true", LABEL_RUN: plan.run_id}
     try:
         output = client.containers.run(
             name, [interpreter, "-c", _RUNTIME_CHECK], remove=True, network_disabled=True,
-            stdout=True, stderr=True, labels={LABEL_MANAGED: "true", LABEL_RUN: plan.run_id},
+            stdout=True, stderr=True, labels=labels,
         )
     except docker.errors.ContainerError as e:
         raise PreflightError(
@@ -430,6 +432,12 @@ def check_image_runtime(client: Any, plan: ClusterPlan, image: Any) -> None:
                 "torch (e.g. one built FROM netorch:latest)"
             ) from None
         raise translate_error(e, f"checking image {name}", plan) from e
+    finally:
+        # ``run(remove=True)`` leaves a container whose start failed in "created": remove it.
+        with contextlib.suppress(*DOCKER_ERRORS):
+            for leftover in client.containers.list(
+                    all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]}):
+                leftover.remove(force=True)
     text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
     line = next((x for x in text.splitlines() if x.startswith("NETORCH_MISSING=")), None)
     if line is None:
