@@ -92,6 +92,10 @@ def free_subnet_hint(
     return None
 
 
+# How long a create that lost a subnet race waits for the winner's network to be listed.
+RACE_LIST_S = 3.0
+
+
 class DockerBackend:
     """Applies a plan as one labelled bridge network plus one labelled container per node.
 
@@ -227,11 +231,17 @@ class DockerBackend:
                 raise
             # Another run took the subnet between our preflight and this create (two runs started
             # at once): say which network holds it and name a free subnet, as preflight would.
-            routes = host_routes(self.route_table) if is_local(self.client) else []
-            with docker_errors("listing networks", plan):
-                networks = self.client.api.networks()
-            self._check_network(plan, networks, routes)
-            raise  # the clashing network is already gone again: the daemon's words stand
+            # The daemon reserves the pool before the other network is listed, so look again
+            # for a moment until it shows.
+            deadline = time.monotonic() + RACE_LIST_S
+            while True:
+                routes = host_routes(self.route_table) if is_local(self.client) else []
+                with docker_errors("listing networks", plan):
+                    networks = self.client.api.networks()
+                self._check_network(plan, networks, routes)
+                if time.monotonic() > deadline:
+                    raise  # the clashing network is gone again: the daemon's words stand
+                time.sleep(0.1)
 
     # -- stop / down -----------------------------------------------------------------------
 
