@@ -118,6 +118,13 @@ def has_nul(value: object) -> bool:
 # --- Docker: images, names, daemon URLs, container options ------------------------------------
 
 
+def _fullmatch(pattern: str, value: str, message: str) -> str:
+    """``value`` when all of it matches ``pattern``, else ValueError(``message``)."""
+    if not re.fullmatch(pattern, value):
+        raise ValueError(message)
+    return value
+
+
 def check_image_ref(value: str) -> str:
     """``value`` if it is a Docker image reference ``[host[:port]/]name[:tag][@digest]``, else
     ValueError naming the value and the fix (lowercase repository, no blanks, length limits)."""
@@ -200,9 +207,10 @@ def check_docker_url(value: str) -> str:
 
 def check_host_name(value: str) -> str:
     """``value`` if it names a ``[[hosts]]`` entry: 1-31 of ``[a-z0-9-]``."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", value):
-        raise ValueError(f"{value!r} is not a usable host name; use 1-31 of [a-z0-9-]")
-    return value
+    return _fullmatch(
+        r"[a-z0-9][a-z0-9-]{0,30}", value,
+        f"{value!r} is not a usable host name; use 1-31 of [a-z0-9-]",
+    )
 
 
 def check_mem_size(value: str) -> str:
@@ -238,23 +246,26 @@ def check_user(value: str) -> str:
 
 def check_gpu_driver(value: str) -> str:
     """A device driver name such as ``nvidia``."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", value):
-        raise ValueError(f"{value!r} is not a device driver name; write e.g. nvidia")
-    return value
+    return _fullmatch(
+        r"[a-z0-9][a-z0-9_.-]{0,63}", value,
+        f"{value!r} is not a device driver name; write e.g. nvidia",
+    )
 
 
 def check_gpu_capability(value: str) -> str:
     """A driver capability such as ``gpu``, ``compute`` or ``utility``."""
-    if not re.fullmatch(r"[a-z0-9_]{1,32}", value):
-        raise ValueError(f"{value!r} is not a driver capability; write e.g. gpu, compute, utility")
-    return value
+    return _fullmatch(
+        r"[a-z0-9_]{1,32}", value,
+        f"{value!r} is not a driver capability; write e.g. gpu, compute, utility",
+    )
 
 
 def check_gpu_id(value: str) -> str:
     """A GPU index (``0``) or UUID (``GPU-...``)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}", value):
-        raise ValueError(f"{value!r} is not a GPU id; write an index (0) or a UUID (GPU-...)")
-    return value
+    return _fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}", value,
+        f"{value!r} is not a GPU id; write an index (0) or a UUID (GPU-...)",
+    )
 
 
 # --- the fabric: subnets, interfaces, MTU, link emulation ----------------------------------------
@@ -297,16 +308,18 @@ def check_mtu(value: int) -> int:
 
 def check_bridge_name(value: str) -> str:
     """A Linux interface name for the host-side bridge (1-15 characters)."""
-    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", value):
-        raise ValueError(f"{value!r} is not a Linux interface name; use 1-15 of [a-zA-Z0-9_.-]")
-    return value
+    return _fullmatch(
+        r"[a-zA-Z0-9_.-]{1,15}", value,
+        f"{value!r} is not a Linux interface name; use 1-15 of [a-zA-Z0-9_.-]",
+    )
 
 
 def check_interface_name(value: str) -> str:
     """The container interface name NCCL/gloo are told to use, such as ``eth0``."""
-    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", value):
-        raise ValueError(f"{value!r} is not an interface name; use e.g. eth0")
-    return value
+    return _fullmatch(
+        r"[a-zA-Z0-9_.-]{1,15}", value,
+        f"{value!r} is not an interface name; use e.g. eth0",
+    )
 
 
 def parse_rate_bits(value: str) -> int:
