@@ -161,7 +161,7 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
     """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down.
 
     With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``)."""
-    from orchestrator.report import build_report, write_report
+    from orchestrator.report import build_report, prefetch_hook, write_report
 
     name, settings, warm = _executor(settings, hooks, on, asked)
     plan = build_plan(settings, new_run_id(), name, "bench")
@@ -171,7 +171,7 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
     if hooks.on_start is not None:
         hooks.on_start(plan)
     outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
-                          echo=hooks.echo, on_tick=hooks.on_tick)
+                          echo=hooks.echo, on_tick=hooks.on_tick, on_result=prefetch_hook(plan))
     report = build_report(plan, outcome.result, outcome.elapsed_s)
     prom = _publish(report, out_dir, settings, hooks)
     paths = write_report(report, out_dir)

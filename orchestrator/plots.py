@@ -40,11 +40,6 @@ def new_axes(width: float = 8.0, height: float = 4.5) -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
-def planned() -> bool:
-    """Whether this process announced a report plot (:func:`preload` was called)."""
-    return _preloading is not None
-
-
 def _decorate(fig: Any, ax: Any, title: str, fontsize: float | None) -> None:
     ax.set_title(title, **({"fontsize": fontsize} if fontsize else {}))
     ax.grid(True, which="both", alpha=0.3)

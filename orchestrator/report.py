@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator.errors import OutputError
 from orchestrator.plan import ClusterPlan
+from train.results import decode_result_lines
 
 REPORT_SCHEMA = 1
 CSV_FIELDS = (
@@ -229,6 +230,28 @@ def prefetch_busbw(plan: ClusterPlan, result: dict[str, Any]) -> None:
     with _prefetch_lock:
         if inputs not in _prefetched:
             _prefetched[inputs] = _Prefetch(inputs)
+
+
+def prefetch_hook(plan: ClusterPlan) -> Callable[[str, str], None]:
+    """A session ``on_result`` hook that starts drawing the busbw plot when rank 0's result line
+    arrives, so the drawing overlaps the nodes' teardown (see :func:`prefetch_busbw`)."""
+
+    def hook(node: str, line: str) -> None:
+        if node != plan.master.name:
+            return
+
+        def start() -> None:
+            try:
+                doc = decode_result_lines([line])
+                if doc is not None and doc.get("kind") == "bench":
+                    prefetch_busbw(plan, doc)
+            except Exception:  # noqa: BLE001 - only a head start: the report draws it anyway
+                pass
+
+        # Off the log reader's thread: decoding and building the report take milliseconds.
+        threading.Thread(target=start, name="prefetch-report", daemon=True).start()
+
+    return hook
 
 
 def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:

@@ -203,39 +203,6 @@ def supervise(
         time.sleep(poll_s)
 
 
-def _prefetch_report(plan: ClusterPlan) -> Callable[[str, str], None] | None:
-    """When this run's report will have a busbw plot, a result hook that starts drawing it.
-
-    The plot is drawn while the nodes are torn down instead of after (see
-    ``orchestrator.report.prefetch_busbw``). Only when the caller announced a plot
-    (``orchestrator.plots.preload``, as ``netorch bench`` does): a sweep writes none, and
-    drawing one would take CPU from its next measurement.
-    """
-    from orchestrator import plots
-
-    if not plan.emits_result or not plots.planned():
-        return None
-
-    def hook(node: str, line: str) -> None:
-        if node != plan.master.name:
-            return
-
-        def start() -> None:
-            from orchestrator.report import prefetch_busbw
-
-            try:
-                doc = decode_result_lines([line])
-                if doc is not None and doc.get("kind") == "bench":
-                    prefetch_busbw(plan, doc)
-            except Exception:  # noqa: BLE001 - only a head start: the report draws it anyway
-                pass
-
-        # Off the log reader's thread: decoding and building the report take milliseconds.
-        threading.Thread(target=start, name="prefetch-report", daemon=True).start()
-
-    return hook
-
-
 def run_session(
     backend: Backend,
     plan: ClusterPlan,
@@ -244,15 +211,18 @@ def run_session(
     echo: Echo | None = None,
     on_tick: Callable[[int, int], None] | None = None,
     preflight: bool = True,
+    on_result: Callable[[str, str], None] | None = None,
 ) -> SessionOutcome:
     """Apply ``plan`` on ``backend`` and bring back rank 0's results. Always tears down.
 
     ``preflight=False`` is for a gang restart: the same plan passed preflight moments ago, and the
     checks would now trip over the previous attempt's sockets in TIME_WAIT on the master port.
+    ``on_result(node, line)`` is called (from a log reader thread) when a node prints its result
+    line, before teardown.
     """
     if preflight:
         backend.preflight(plan)
-    logbook = LogBook(out_dir / "logs", echo, on_result=_prefetch_report(plan))
+    logbook = LogBook(out_dir / "logs", echo, on_result=on_result)
     started = time.monotonic()
     try:
         with sigterm_as_interrupt():
