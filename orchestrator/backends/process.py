@@ -131,19 +131,20 @@ class ProcessNode:
         return self._exit
 
 
-def run_processes(run_id: str) -> list[psutil.Process]:
-    """Every live process carrying this run's ``NETORCH_RUN_ID``: torchrun and its ranks.
+def run_processes(run_id: str | None) -> list[psutil.Process]:
+    """Every live process carrying this run's ``NETORCH_RUN_ID`` (None: any run's): the
+    launchers and their ranks.
 
-    torchrun starts each rank in a session of its own, so killing torchrun's group leaves ranks
-    behind; the run id in their environment finds them wherever they were re-parented.
+    A launcher's ranks may outlive its group (torchrun starts each in a session of its own); the
+    run id in their environment finds them wherever they were re-parented.
     """
-    marker = f"{run_id}"
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid == os.getpid():
                 continue
-            if proc.environ().get("NETORCH_RUN_ID") == marker:
+            owner = proc.environ().get("NETORCH_RUN_ID")
+            if owner is not None and (run_id is None or owner == run_id):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
@@ -282,8 +283,7 @@ class ProcessKind:
 
     def remove(self, settings: Settings, run_id: str | None) -> list[str]:
         """Kill what is left of a run's processes (found by NETORCH_RUN_ID in their env)."""
-        procs = run_processes(run_id) if run_id else [
-            p for p in _netorch_processes()]
+        procs = run_processes(run_id)
         for proc in procs:
             try:
                 proc.kill()
@@ -291,17 +291,6 @@ class ProcessKind:
                 pass
         psutil.wait_procs(procs, timeout=5)
         return [f"process {p.pid}" for p in procs]
-
-
-def _netorch_processes() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid != os.getpid() and "NETORCH_RUN_ID" in proc.environ():
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
-    return found
 
 
 PROCESS = ProcessKind()
