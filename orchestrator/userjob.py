@@ -136,16 +136,17 @@ def _normalise_target(flag: str, target: str) -> str:
     return normal
 
 
-def _resolve_bind_source(flag: str, source: str, base_dir: Path) -> str:
+def _host_path(flag: str, source: str, base_dir: Path) -> Path:
+    """``source`` as an absolute, resolved host path (``~`` expanded, relative to ``base_dir``)."""
     try:
         path = Path(source).expanduser()
     except RuntimeError as e:  # `~nosuchuser/...`
         raise ConfigError(f"{flag}: cannot expand {source!r} ({e}); give the full path") from e
-    resolved = (base_dir / path).resolve()  # base_dir is ignored when path is absolute
-    if not resolved.exists():
-        raise ConfigError(
-            f"{flag}: host path {str(resolved)!r} does not exist; create it or fix the path"
-        )
+    return (base_dir / path).resolve()  # base_dir is ignored when path is absolute
+
+
+def _mountable(flag: str, resolved: Path) -> str:
+    """``resolved`` as a bind source, refused when Docker could not express it."""
     if ":" in str(resolved):
         # The daemon takes binds as SRC:DST:MODE strings: a ':' in SRC cannot be expressed.
         raise ConfigError(
@@ -153,6 +154,15 @@ def _resolve_bind_source(flag: str, source: str, base_dir: Path) -> str:
             "use a path without ':' (a symlink to it works)"
         )
     return str(resolved)
+
+
+def _resolve_bind_source(flag: str, source: str, base_dir: Path) -> str:
+    resolved = _host_path(flag, source, base_dir)
+    if not resolved.exists():
+        raise ConfigError(
+            f"{flag}: host path {str(resolved)!r} does not exist; create it or fix the path"
+        )
+    return _mountable(flag, resolved)
 
 
 def check_mounts(
@@ -337,10 +347,9 @@ def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> Wor
         workdir_source = _existing_dir("--workdir", run.workdir, base_dir)
     checkpoint = None
     if run.checkpoint_dir is not None:
-        host = Path(run.checkpoint_dir).expanduser()
-        host = host if host.is_absolute() else base_dir / host
+        host = _host_path("--checkpoint-dir", run.checkpoint_dir, base_dir)
         host.mkdir(parents=True, exist_ok=True)
-        checkpoint = CheckpointSpec(str(host.resolve()), CHECKPOINTS_DIR, master_only=False)
+        checkpoint = CheckpointSpec(str(host), CHECKPOINTS_DIR, master_only=False)
     mounts = tuple(parse_mount(text, base_dir) for text in run.mounts)
     if mounts and not in_node_paths:
         raise ConfigError(
@@ -371,12 +380,8 @@ def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> Wor
 
 
 def _existing_dir(flag: str, text: str, base_dir: Path) -> str:
-    path = Path(text).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    path = _host_path(flag, text, base_dir)
     if not path.is_dir():
         raise ConfigError(f"{flag} {text}: no such directory ({path}); give the folder with "
                           "your code")
-    if ":" in str(path.resolve()):
-        raise ConfigError(f"{flag} {text}: the path contains ':', which Docker cannot mount; "
-                          "use a path without ':' (a symlink to it works)")
-    return str(path.resolve())
+    return _mountable(flag, path)
