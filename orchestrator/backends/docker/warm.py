@@ -12,6 +12,7 @@ its leftovers are removed by the next ``up``, ``ls`` or ``--on``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -30,7 +31,6 @@ from orchestrator.errors import BackendError, ConfigError, PreflightError
 from orchestrator.plan import (
     LABEL_MANAGED,
     LABEL_RANK,
-    LABEL_RUN,
     BackendName,
     ClusterPlan,
     MountSpec,
@@ -102,20 +102,19 @@ def _mount_keys(plan: ClusterPlan) -> tuple[str, ...]:
 
 
 def agent_workload(name: str, idle_timeout_s: float, warm_dir: str,
-                   base: WorkloadSpec | None = None, shape: str = "") -> WorkloadSpec:
+                   base: WorkloadSpec | None = None) -> WorkloadSpec:
     """The workload of a warm cluster's nodes: the agent, idle until jobs arrive, with the host
     folder ``warm_dir`` at WARM_DIR. ``base`` (a user job's workload) lends its mounts, workdir,
     checkpoint folder and image."""
     target = ("python", "-P", "-m", "train.agent", SPOOL_DIR,
               "--idle-timeout", repr(float(idle_timeout_s)))
-    labels = ((LABEL_CLUSTER, name), *(((LABEL_SHAPE, shape),) if shape else ()))
+    agent = WorkloadSpec(kind="cluster", target=target, emits_result=False, launcher=False,
+                         labels=((LABEL_CLUSTER, name),))
     own = MountSpec(warm_dir, WARM_DIR)
     if base is None:
-        return WorkloadSpec(kind="cluster", target=target, emits_result=False, launcher=False,
-                            labels=labels, mounts=(own,))
-    return WorkloadSpec(
-        kind="cluster", target=target, emits_result=False, launcher=False, labels=labels,
-        mounts=(*base.mounts, own), checkpoint=base.checkpoint, workdir=base.workdir,
+        return dataclasses.replace(agent, mounts=(own,))
+    return dataclasses.replace(
+        agent, mounts=(*base.mounts, own), checkpoint=base.checkpoint, workdir=base.workdir,
         workdir_source=base.workdir_source, workdir_read_only=base.workdir_read_only,
         image=base.image,
     )
@@ -416,11 +415,12 @@ def start_cluster(client: Any, settings: Settings, name: str, idle_timeout_s: fl
     from orchestrator.plan import build_plan
 
     Path(warm_dir).mkdir(parents=True, exist_ok=True)
-    first = build_plan(settings, name, "docker",
-                       agent_workload(name, idle_timeout_s, warm_dir, base))
-    shape = ClusterShape.of(settings, first, idle_timeout_s)
     plan = build_plan(settings, name, "docker",
-                      agent_workload(name, idle_timeout_s, warm_dir, base, shape.to_label()))
+                      agent_workload(name, idle_timeout_s, warm_dir, base))
+    # Every node carries the cluster's shape, so a later `--on` run can be checked against it.
+    shape = (LABEL_SHAPE, ClusterShape.of(settings, plan, idle_timeout_s).to_label())
+    plan = dataclasses.replace(plan, nodes=tuple(
+        dataclasses.replace(node, labels=(*node.labels, shape)) for node in plan.nodes))
     if any(c.name == name for c in list_clusters(client)):
         raise ConfigError(f"--name {name}: a warm cluster of that name exists; use it with "
                           f"--on {name}, or remove it with `netorch down --run {name}`")
@@ -467,7 +467,7 @@ def wait_ready(containers: Mapping[str, Any], timeout_s: float = READY_TIMEOUT_S
 
 
 __all__ = [
-    "LABEL_CLUSTER", "LABEL_RUN", "ClusterShape", "WarmCluster", "WarmDockerBackend",
+    "LABEL_CLUSTER", "ClusterShape", "WarmCluster", "WarmDockerBackend",
     "agent_workload", "check_job_fits", "find_cluster", "fit_to_cluster", "list_clusters",
     "remove_expired", "wait_ready",
 ]
