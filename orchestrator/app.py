@@ -507,6 +507,6 @@ def clusters(settings: Settings, hooks: Hooks = Hooks()) -> list[ClusterInfo]:
     from orchestrator.backends.docker.warm import list_clusters, remove_expired
 
     with connect_settings(settings) as client:
-        found = [_info(c) for c in list_clusters(client)]
-        remove_expired(client)
-    return found
+        found = list_clusters(client)
+        remove_expired(client, found)
+    return [_info(c) for c in found]

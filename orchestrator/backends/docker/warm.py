@@ -161,10 +161,11 @@ def list_clusters(client: Any) -> list[WarmCluster]:
     return sorted(clusters, key=lambda w: w.created or 0.0)
 
 
-def remove_expired(client: Any) -> list[str]:
-    """Remove what is left of clusters whose agents all exited (idle timeout). Returns names."""
+def remove_expired(client: Any, clusters: list[WarmCluster] | None = None) -> list[str]:
+    """Remove what is left of clusters whose agents all exited (idle timeout); ``clusters``: as
+    :func:`list_clusters` just returned them (listed again when None). Returns the names."""
     gone = []
-    for cluster in list_clusters(client):
+    for cluster in list_clusters(client) if clusters is None else clusters:
         if cluster.state == "expired":
             remove_by_label(client, cluster.name)
             gone.append(cluster.name)
