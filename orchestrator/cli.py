@@ -13,7 +13,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -335,9 +335,8 @@ def train(request: SettingsRequest,
             err.print(f"[bold yellow]restart {count}/{settings.train.max_restarts}:[/] "
                       f"{escape(str(error))}; resuming from the latest checkpoint")
 
-        result = usecases.run_train(settings, Hooks(
-            echo=echo, on_backend=_print_backend, on_start=started.append,
-            on_restart=restarted, on_notice=_notice), on, request.asked_keys())
+        result = usecases.run_train(settings, replace(hooks, echo=echo, on_restart=restarted),
+                                    on, request.asked_keys())
     report = result.report
     console.print(train_table(report))
     _finish(result, "the job did not finish its steps with a finite loss")
@@ -369,15 +368,14 @@ def run(
     variables = parse_env(env or [], OWNED_ENV)
     settings = request.load({"run.command": list(command_),
                              **({"run.env": variables} if variables else {})})
-    hooks, started = _run_hooks(settings.cluster.name, quiet)
+    hooks, _ = _run_hooks(settings.cluster.name, quiet)
 
     def restarted(count: int, error: RankFailedError) -> None:
         err.print(f"[bold yellow]restart {count}/{settings.run.max_restarts}:[/] "
                   f"{escape(str(error))}; starting every node again")
 
-    hooks = Hooks(echo=hooks.echo, on_backend=_print_backend, on_start=started.append,
-                  on_restart=restarted, on_notice=_notice)
-    result = usecases.run_job(settings, hooks, on=on, asked=request.asked_keys())
+    result = usecases.run_job(settings, replace(hooks, on_restart=restarted), on=on,
+                              asked=request.asked_keys())
     report = result.report
     restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
     console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "
