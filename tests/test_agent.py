@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from test_launch import gone, wait_gone
 from train.agent import BadJob, JobRequest, parse_job
 from train.launch import parse_args
 
@@ -94,27 +95,6 @@ def wait_for_pids(folder: Path, ranks: int, timeout: float = 60) -> list[int]:
         assert time.monotonic() < deadline, f"never written: {paths}"
         time.sleep(0.05)
     return sorted({int(pid) for p in paths for pid in p.read_text().split()})
-
-
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie awaiting a reaper that is not us counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(pids: list[int], timeout: float) -> bool:
-    """True when every pid is gone within ``timeout``; else kill the survivors (no strays) and return False."""
-    deadline = time.monotonic() + timeout
-    while not all(gone(p) for p in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                if not gone(pid):
-                    os.kill(pid, signal.SIGKILL)
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class AgentProcess:
