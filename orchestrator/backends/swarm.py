@@ -44,10 +44,6 @@ SWARM_FIX = (
 )
 
 
-# The name callers know for connect_host: a client of one configured host.
-host_client = connect_host
-
-
 def swarm_state(client: Any) -> dict[str, Any]:
     """The daemon's ``info()['Swarm']`` section."""
     swarm: dict[str, Any] = client.info().get("Swarm") or {}

@@ -63,9 +63,6 @@ from orchestrator.backends.docker.nodes import (
     start_containers,
 )
 
-# The name callers (cli.py) know; connect_settings is the function.
-client_from_settings = connect_settings
-
 __all__ = [
     "BRIDGE_NAME_OPTION",
     "DAEMON_FIX",
@@ -82,7 +79,6 @@ __all__ = [
     "LineSplitter",
     "SetupHook",
     "apply_link",
-    "client_from_settings",
     "concurrently",
     "connect",
     "connect_host",

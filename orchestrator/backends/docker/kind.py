@@ -86,15 +86,13 @@ class DockerKind:
         return f"Docker daemon answers and {settings.cluster.image} exists"
 
     def create(self, settings: Settings) -> Backend:
-        from orchestrator.backends.docker import DockerBackend, connect_host, connect_settings
+        from orchestrator.backends.docker import DockerBackend
 
         if len(settings.hosts) > 1:
             from orchestrator.backends.swarm import MultiHostDockerBackend
 
             return MultiHostDockerBackend.from_hosts(settings.hosts, user=settings.docker.user)
-        if settings.hosts:
-            return DockerBackend(connect_host(settings.hosts[0]), user=settings.docker.user)
-        return DockerBackend(connect_settings(settings), user=settings.docker.user)
+        return DockerBackend.from_settings(settings)  # docker.host, or the one [[hosts]] entry
 
     def remove(self, settings: Settings, run_id: str | None) -> list[str]:
         from orchestrator.backends.docker import connect_host, connect_settings, down_all
@@ -110,8 +108,7 @@ class DockerKind:
             finally:
                 for c in clients.values():
                     c.close()
-        client = connect_host(settings.hosts[0]) if settings.hosts else connect_settings(settings)
-        with client:
+        with connect_settings(settings) as client:
             return down_all(client, run_id)
 
 
