@@ -16,6 +16,20 @@ pytest_plugins = ["docker_fixtures"]
 #: The repository root (examples/, configs/ live there).
 REPO = Path(__file__).resolve().parent.parent
 
+#: A developer's own build of the image (``NT_TEST_IMAGE=netorch:mine``) for tests that go through
+#: ``isolated`` or ``netorch_env()``; unset (CI) means the default ``netorch:latest``.
+TEST_IMAGE = os.environ.get("NT_TEST_IMAGE", "")
+
+
+def netorch_env(columns: int = 400) -> dict[str, str]:
+    """The environment for a ``netorch`` subprocess: none of the caller's ``NETORCH_*`` settings,
+    plain unwrapped output so assertions can search it, and ``NT_TEST_IMAGE`` as the image."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": str(columns)})
+    if TEST_IMAGE:
+        env["NETORCH_CLUSTER__IMAGE"] = TEST_IMAGE
+    return env
+
 
 @pytest.fixture
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -25,5 +39,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for key in list(os.environ):
         if key.startswith(("NETORCH_", "DOCKER_")):
             monkeypatch.delenv(key)
+    if TEST_IMAGE:
+        monkeypatch.setenv("NETORCH_CLUSTER__IMAGE", TEST_IMAGE)
     monkeypatch.chdir(tmp_path)
     return tmp_path
