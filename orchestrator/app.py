@@ -18,6 +18,7 @@ Layers (each imports only those below it)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -32,6 +33,7 @@ from orchestrator.plots import preload
 from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
 from orchestrator.session import Echo, run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings
+from orchestrator.versions import versions
 from orchestrator.settings_overrides import (
     overrides_from_pairs,
     parse_set_option,
@@ -173,6 +175,7 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
     outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
                           echo=hooks.echo, on_tick=hooks.on_tick, on_result=prefetch_hook(plan))
     report = build_report(plan, outcome.result, outcome.elapsed_s)
+    report["versions"] = versions(settings, name, report.get("torch_version"))
     prom = _publish(report, out_dir, settings, hooks)
     paths = write_report(report, out_dir)
     paths["prom"] = prom
@@ -220,6 +223,7 @@ def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
         max_restarts=settings.train.max_restarts, echo=hooks.echo, on_restart=hooks.on_restart)
     report = build_train_report(plan, outcome.result, outcome.elapsed_s, outcome.restarts,
                                 outcome.failures)
+    report["versions"] = versions(settings, name, report.get("torch_version"))
     prom = _publish(report, out_dir, settings, hooks)
     paths = write_train_report(report, out_dir)
     paths["prom"] = prom
@@ -305,7 +309,19 @@ def sweep(
     with connect_settings(base) as client:
         summary = run_sweep(variants, options, client, sweep_id, out_dir, hooks.echo,
                             point_started, fresh=fresh)
+    summary["versions"] = versions(base, "docker", _node_torch(out_dir, summary))
     return SweepResult(summary, write_sweep(summary, out_dir))
+
+
+def _node_torch(out_dir: Path, summary: dict[str, Any]) -> str | None:
+    """The torch version the sweep's ranks ran (from its first run's report)."""
+    for run in summary.get("runs", []):
+        try:
+            return str(json.loads((out_dir / run["run_id"] / "report.json").read_text())
+                       ["torch_version"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
 
 
 def _variant_subnets(base: Settings, count: int) -> list[str | None]:
@@ -420,6 +436,7 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     except RankFailedError as e:
         report = build_run_report(plan, time.monotonic() - started, e.node_exits, e.restarts,
                                   e.failures, str(e), out_dir / "logs")
+        report["versions"] = versions(settings, name)
         try:
             write_run_report(report, out_dir)
         except OutputError:
@@ -428,6 +445,7 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     exits = {node: ex.reason() for node, ex in outcome.exits}
     report = build_run_report(plan, outcome.elapsed_s, exits, outcome.restarts,
                               outcome.failures, None, outcome.log_dir)
+    report["versions"] = versions(settings, name)
     return RunResult(plan, report, write_run_report(report, out_dir))
 
 

@@ -18,8 +18,10 @@ Three ways a run's numbers reach Prometheus:
   (``http://user:pass@host:9091``) are sent as HTTP basic auth, never in the URL, and every
   message shows the URL through :func:`redact_url`.
 
-Names follow Prometheus conventions (base units: seconds, bytes; ``_ratio`` for 0..1) and labels
-stay low-cardinality: op, dtype, size_bytes, in_place for bench rows; quantile for step times.
+Names follow Prometheus conventions (base units: seconds, bytes; ``_ratio`` for 0..1; ``_total``
+only on counters; distributions as summaries or histograms; ``_info`` gauges of value 1 carry the
+descriptive labels) and labels stay low-cardinality: op, dtype, size_bytes, in_place for bench rows.
+Every output passes ``promtool check metrics`` (tests/test_prometheus_conventions.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client.metrics_core import Metric
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -143,10 +146,14 @@ def report_registry(report: dict[str, Any]) -> CollectorRegistry:
     """A registry holding a finished run's report as gauges (bench rows or training figures)."""
     registry = CollectorRegistry()
     kind = str(report.get("kind", "bench"))
+    versions = report.get("versions") or {}
     info = Gauge("netorch_run_info", "The run these numbers come from (value 1).",
-                 ["run_id", "kind", "backend", "dist_backend"], registry=registry)
+                 ["run_id", "kind", "backend", "dist_backend", "netorch_version",
+                  "torch_version"], registry=registry)
     info.labels(run_id=str(report["run_id"]), kind=kind, backend=str(report["backend"]),
-                dist_backend=str(report["dist_backend"])).set(1)
+                dist_backend=str(report["dist_backend"]),
+                netorch_version=str(versions.get("netorch") or ""),
+                torch_version=str(report.get("torch_version") or "")).set(1)
     _gauge(registry, "netorch_run_world_size", "Ranks in the run.", report.get("world_size"))
     _gauge(registry, "netorch_run_elapsed_seconds", "Wall time of the run.", report.get("elapsed_s"))
     _gauge(registry, "netorch_run_success", "1 when the run's report is ok.",
@@ -193,13 +200,90 @@ def _train_gauges(registry: CollectorRegistry, report: dict[str, Any]) -> None:
     _gauge(registry, "netorch_train_restarts", "Gang restarts during the run.",
            report.get("restarts"))
     times = report.get("step_time_s") or {}
-    if times:
-        g = Gauge("netorch_train_step_duration_quantile_seconds",
-                  "Rank 0's step wall time at a quantile (0.5, 0.95) and the mean.",
-                  ["quantile"], registry=registry)
-        for label, key in (("0.5", "p50"), ("0.95", "p95"), ("mean", "mean")):
-            if times.get(key) is not None:
-                g.labels(quantile=label).set(float(times[key]))
+    if times.get("p50") is not None:
+        registry.register(_Families([_step_summary(times)]))
+
+
+class _Families:
+    """A collector that yields fixed metric families (types prometheus_client has no setter for)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def describe(self) -> list[Metric]:
+        return self._families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _step_summary(times: dict[str, Any]) -> Metric:
+    """Rank 0's step times as a Prometheus summary: quantiles 0.5 and 0.95, and ``_sum`` /
+    ``_count`` when the report has them (a report of an older image has only the quantiles)."""
+    name = "netorch_train_final_step_duration_seconds"
+    summary = Metric(name, "Rank 0's step wall time over the run's last attempt (quantiles over "
+                     "its steps).", "summary")
+    for q, key in (("0.5", "p50"), ("0.95", "p95")):
+        if times.get(key) is not None:
+            summary.add_sample(name, {"quantile": q}, float(times[key]))
+    if times.get("count") is not None and times.get("sum") is not None:
+        summary.add_sample(name + "_count", {}, float(times["count"]))
+        summary.add_sample(name + "_sum", {}, float(times["sum"]))
+    return summary
+
+
+def sweep_registry(summary: dict[str, Any]) -> CollectorRegistry:
+    """A registry holding a sweep's comparison: busbw over repeats per configuration and size,
+    the TCP baseline per configuration, and whether each configuration was verified."""
+    registry = CollectorRegistry()
+    info = Gauge("netorch_sweep_info", "The sweep these numbers come from (value 1).",
+                 ["sweep_id", "netorch_version"], registry=registry)
+    info.labels(sweep_id=str(summary["sweep_id"]),
+                netorch_version=str(summary.get("versions", {}).get("netorch", ""))).set(1)
+    names = ["link_rate", "mtu", "op", "dtype", "in_place", "size_bytes"]
+    stats = {
+        stat: Gauge(f"netorch_sweep_busbw_{stat}_bytes_per_second",
+                    f"Bus bandwidth over the sweep's repeats: the {stat}.", names,
+                    registry=registry)
+        for stat in ("median", "min", "max")
+    }
+    efficiency = Gauge("netorch_sweep_efficiency_ratio",
+                       "Median busbw over the single-stream TCP throughput of the configuration.",
+                       names, registry=registry)
+    config = ["link_rate", "mtu"]
+    tcp = {
+        kind: Gauge(f"netorch_sweep_tcp_{kind}_bytes_per_second",
+                    f"TCP throughput between ring neighbours, {kind.replace('_', ' ')} (median).",
+                    config, registry=registry)
+        for kind in ("single_stream", "parallel_streams")
+    }
+    verified = Gauge("netorch_sweep_verified",
+                     "1 when every run of the configuration got its MTU end to end.", config,
+                     registry=registry)
+    for row in summary.get("rows", []):
+        labels = {"link_rate": str(row["link_rate"]), "mtu": str(row["mtu"]),
+                  "op": str(row["op"]), "dtype": str(row["dtype"]),
+                  "in_place": "true" if row["in_place"] else "false",
+                  "size_bytes": str(row["size_bytes"])}
+        for stat, gauge in stats.items():
+            gauge.labels(**labels).set(float(row[f"busbw_{stat}"]) * 1e9)
+        if row.get("efficiency") is not None:
+            efficiency.labels(**labels).set(float(row["efficiency"]))
+        cfg = {"link_rate": labels["link_rate"], "mtu": labels["mtu"]}
+        for kind, key in (("single_stream", "tcp_single_gbps"),
+                          ("parallel_streams", "tcp_parallel_gbps")):
+            if row.get(key) is not None:
+                tcp[kind].labels(**cfg).set(float(row[key]) * 1e9)
+        verified.labels(**cfg).set(1.0 if row["verified"] else 0.0)
+    return registry
+
+
+def write_sweep_textfile(summary: dict[str, Any], out_dir: Path) -> Path:
+    """Write the sweep's ``metrics.prom`` (Prometheus text format, atomically) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / TEXTFILE
+    write_to_textfile(str(path), sweep_registry(summary))
+    return path
 
 
 def write_textfile(report: dict[str, Any], out_dir: Path) -> Path:

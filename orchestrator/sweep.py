@@ -404,16 +404,19 @@ def summarize(records: list[dict[str, Any]], variants: Mapping[VariantKey, Setti
 
 
 def write_sweep(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """sweep.json, sweep.csv and busbw.png into ``out_dir``; return their paths."""
+    """sweep.json, sweep.csv, metrics.prom and busbw.png into ``out_dir``; return their paths."""
+    from orchestrator.metrics import write_sweep_textfile
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv",
-             "png": out_dir / "busbw.png"}
+             "prom": out_dir / "metrics.prom", "png": out_dir / "busbw.png"}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in summary["rows"]:
             writer.writerow({k: row[k] for k in CSV_FIELDS})
+    write_sweep_textfile(summary, out_dir)
     plot_sweep(summary, paths["png"])
     return paths
 

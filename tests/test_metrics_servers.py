@@ -198,4 +198,6 @@ def test_pushgateway_receives_bench_results(pushgateway: str, tmp_path: Path) ->
         assert 'cluster="netorch"' in line
         assert float(line.rsplit(" ", 1)[1]) == pytest.approx(row["busbw_gbps"] * 1e9)
     assert f'netorch_run_info{{backend="process",cluster="netorch",dist_backend="gloo",' \
-           f'instance="",job="netorch_bench",kind="bench",run_id="{report["run_id"]}"}} 1' in text
+           f'instance="",job="netorch_bench",kind="bench",' \
+           f'netorch_version="{report["versions"]["netorch"]}",run_id="{report["run_id"]}",' \
+           f'torch_version="{report["torch_version"]}"}} 1' in text

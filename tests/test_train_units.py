@@ -134,7 +134,7 @@ def test_train_report_and_textfile(tmp_path: Path) -> None:
     text = write_textfile(report, tmp_path).read_text()
     assert 'netorch_run_info{backend="process",dist_backend="gloo",kind="train",' in text
     assert "netorch_train_samples_per_second 1000.0" in text
-    assert 'netorch_train_step_duration_quantile_seconds{quantile="0.95"} 0.02' in text
+    assert 'netorch_train_final_step_duration_seconds{quantile="0.95"} 0.02' in text
     assert "netorch_train_restarts 1.0" in text
 
 

@@ -422,6 +422,8 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
                 "mean": sum(step_times) / len(step_times),
                 "p50": percentile(step_times, 50),
                 "p95": percentile(step_times, 95),
+                "count": len(step_times),
+                "sum": sum(step_times),
             } if step_times else None,
             "comm_share": sum(comm_in_flight) / len(comm_in_flight) if comm_in_flight else None,
             "comm_exposed_share": sum(comm_exposed) / len(comm_exposed) if comm_exposed else None,

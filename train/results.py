@@ -36,7 +36,7 @@ Document shape (``schema`` 1, ``kind`` "train", from ``python -m train.job``)::
     final_loss      float               mean over ranks of the last step's loss
     loss_curve      [[step, loss]]      a few points, mean over ranks
     samples_per_s   float               global samples / wall time of this attempt's training loop
-    step_time_s     {mean, p50, p95}    rank 0's step wall times (first step of an attempt excluded)
+    step_time_s     {mean, p50, p95, count, sum} rank 0's step wall times (first step of an attempt excluded)
     comm_share      float | null        share of step time with a gradient allreduce in flight
     comm_exposed_share float | null     share of step time spent after the last bucket was launched
     weights_sha256  str                 SHA-256 over the final parameters (names + raw bytes)

@@ -1,0 +1,60 @@
+"""Which software produced a result: netorch, torch, Docker engine, kernel, host.
+
+``netorch --version`` prints :func:`netorch_version`; every report carries :func:`versions` as
+``report["versions"]`` (and the metrics' ``_info`` gauges its netorch and torch versions), so a
+number can be traced back to what measured it. The package version has one source, the
+installed distribution's metadata (pyproject.toml's ``[project] version``).
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+UNKNOWN = "unknown"
+
+
+def netorch_version() -> str:
+    """The installed netorch's version (``unknown`` when run from a tree that was not installed)."""
+    try:
+        return metadata.version("netorch")
+    except metadata.PackageNotFoundError:
+        return UNKNOWN
+
+
+def host_torch_version() -> str | None:
+    """The host's torch version, without importing torch (None when it is not installed)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def docker_engine_version(settings: Any) -> str | None:
+    """The configured daemon's engine version, or None when none answers (a report is written
+    anyway: a version is information, never a reason to fail)."""
+    try:
+        from orchestrator.backends.docker import connect_settings
+
+        with connect_settings(settings, timeout=5) as client:
+            return str(client.version().get("Version") or UNKNOWN)
+    except Exception:  # no daemon, no SDK, a remote host down: the report says null
+        return None
+
+
+def versions(settings: Any, backend: str, node_torch: Any = None) -> dict[str, Any]:
+    """The versions a report records: ``node_torch`` is the torch the ranks ran (from their
+    result), ``host_torch`` the host's; the Docker engine only for container backends."""
+    uname = platform.uname()
+    return {
+        "netorch": netorch_version(),
+        "torch": node_torch,
+        "host_torch": host_torch_version(),
+        "python": platform.python_version(),
+        "docker_engine": docker_engine_version(settings) if backend != "process" else None,
+        "kernel": uname.release,
+        "os": platform.platform(terse=True),
+        "host": uname.node,
+        "machine": uname.machine,
+    }
