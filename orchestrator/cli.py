@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +48,10 @@ app.add_typer(render_app, name="render")
 app.add_typer(image_app, name="image")
 app.add_typer(swarm_app, name="swarm")
 
-# Reports are read in CI logs and pipes too: don't squeeze tables to 80 columns there.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+# Tables fit the console's width (orchestrator/tables.py): a terminal's, or COLUMNS when set
+# (a pipe has no width of its own); in a pipe without COLUMNS, 140 (CI logs are wide).
+console = Console(highlight=False,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -195,7 +199,12 @@ def command(
 
 
 def _fail(error: NetorchError) -> typer.Exit:
-    text = error.diagnosis() if isinstance(error, RankFailedError) else str(error)
+    if isinstance(error, RankFailedError):
+        verdict = str(error)
+        for line in error.screen_lines():
+            err.print(f"[bold red]error:[/] {escape(line)}" if line == verdict else escape(line))
+        return typer.Exit(error.exit_code)
+    text = str(error)
     first, _, rest = text.partition("\n")
     err.print(f"[bold red]error:[/] {escape(first)}")
     if rest:
@@ -219,6 +228,32 @@ def _node_echo(plan_prefix: Callable[[], str], quiet: bool) -> Callable[[str, st
             err.print(f"[dim]{escape(short):>10} |[/] {escape(line)}")
 
     return echo
+
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="print the report as JSON on stdout (logs and progress stay on stderr)")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from orchestrator.versions import host_torch_version, netorch_version
+
+        torch = host_torch_version()
+        sys.stdout.write(f"netorch {netorch_version()}"
+                         + (f" (host torch {torch})" if torch else "") + "\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="print netorch's version and exit")] = False) -> None:
+    """Launch multi-node torch.distributed stacks (local processes or Docker), measure the
+    interconnect like nccl-tests, and tune it."""
 
 
 def _print_backend(name: str, why: str) -> None:
@@ -253,8 +288,14 @@ def plan(
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
-def _finish(result: usecases.RunResult, failure: str) -> None:
+def _finish(result: usecases.RunResult, failure: str, as_json: bool = False) -> None:
     """A run's tail: its warnings, where the report is, and exit 4 when it is not ok."""
+    if as_json:
+        _print_json(result.report)
+        if not result.ok:
+            err.print(f"[bold red]error:[/] {failure}; see {result.paths['json']}")
+            raise typer.Exit(4)
+        return
     for warning in result.report["warnings"]:
         console.print(f"[bold yellow]WARNING:[/] {escape(warning)}")
     console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
@@ -274,7 +315,8 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
-def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -> None:
+def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
+          as_json: JsonOpt = False) -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
     Exit code 0 only when every rank succeeded and no value was wrong.
@@ -286,7 +328,10 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
     with err.status("benchmark running"):
         result = usecases.run_bench(settings, hooks, on, request.asked_keys())
     report, the_plan = result.report, result.plan
-    console.print(results_table(report))
+    if as_json:
+        _finish(result, f"{report['wrong_total']} wrong values", as_json=True)
+        return
+    console.print(results_table(report, console.width))
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
     for note in report["notes"]:
@@ -307,7 +352,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
 def train(request: SettingsRequest,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
                                               "(progress stays)")] = False,
-          on: OnOpt = None) -> None:
+          on: OnOpt = None, as_json: JsonOpt = False) -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
     Exit code 0 when the job finished all steps (restarts included) with a finite loss.
@@ -338,8 +383,9 @@ def train(request: SettingsRequest,
         result = usecases.run_train(settings, replace(hooks, echo=echo, on_restart=restarted),
                                     on, request.asked_keys())
     report = result.report
-    console.print(train_table(report))
-    _finish(result, "the job did not finish its steps with a finite loss")
+    if not as_json:
+        console.print(train_table(report))
+    _finish(result, "the job did not finish its steps with a finite loss", as_json)
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,
@@ -356,6 +402,7 @@ def run(
         "(MASTER_ADDR, RANK, ...) are refused")] = None,
     quiet: QuietOpt = False,
     on: OnOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run YOUR training command on every node: your image, code, data and checkpoints, with
     the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...).
@@ -377,6 +424,9 @@ def run(
     result = usecases.run_job(settings, replace(hooks, on_restart=restarted), on=on,
                               asked=request.asked_keys())
     report = result.report
+    if as_json:
+        _print_json(report)
+        return
     restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
     console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "
                   f"x {report['nproc_per_node']} rank(s){restarts} in "
@@ -443,6 +493,7 @@ def sweep(
     fresh: Annotated[bool, typer.Option("--fresh", help="new containers for every run instead of "
                                         "one warm cluster per variant")] = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
     a TCP line-rate baseline, a table, CSV/JSON, a plot and a recommendation.
@@ -466,13 +517,25 @@ def sweep(
         if not quiet:
             err.print(f"[dim]{escape(node):>28} |[/] {escape(line)}")
 
+    started = time.monotonic()
+
     def on_point(point: Any, run_id: str, total: int) -> None:
-        err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] MTU {point.mtu}, link "
-                  f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
+        done = point.index
+        eta = ""
+        if done:  # the runs so far say how long the rest will take
+            left = (time.monotonic() - started) / done * (total - done)
+            eta = f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+        err.print(f"[cyan]sweep run {done + 1} of {total}:[/] MTU {point.mtu}, link "
+                  f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id}{eta})")
 
     result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
                             tcp_pairs, Hooks(echo=echo), on_point, fresh)
-    console.print(sweep_table(result.summary))
+    if as_json:
+        _print_json(result.summary)
+        if result.problems:
+            raise typer.Exit(4)
+        return
+    console.print(sweep_table(result.summary, console.width))
     for line in result.problems:
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")
     for verdict in result.summary["recommendations"]:

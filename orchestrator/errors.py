@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 class NetorchError(Exception):
@@ -114,7 +115,30 @@ class RankFailedError(NetorchError):
         self.reason = reason
         self.log_tail = tuple(log_tail)
         self.container = container
+        # Set by the session: where every node's log file is, and how many stack-trace lines
+        # of each node were kept off the terminal (they are in its log file).
+        self.log_dir: Path | None = None
+        self.hidden_lines: Mapping[str, int] = {}
         super().__init__(f"node {node} failed: {reason}")
+
+    def screen_lines(self) -> list[str]:
+        """The diagnosis for a terminal: the failed node's last lines first, then the verdict,
+        then where the logs are; so the verdict stays in view as the last lines printed."""
+        lines = []
+        if self.log_tail:
+            lines.append(f"last {len(self.log_tail)} log lines of {self.node}:")
+            lines.extend(f"    {line}" for line in self.log_tail)
+        lines.append(str(self))
+        if self.container:
+            lines.append(f"  container: {self.container}")
+        if not self.log_tail:
+            lines.append(f"  last log lines of {self.node}: none (it printed nothing)")
+        if self.log_dir is not None:
+            hidden = {n: c for n, c in self.hidden_lines.items() if c}
+            kept = (f"; {sum(hidden.values())} stack-trace lines of {len(hidden)} node(s) are "
+                    "there, not shown here") if hidden else ""
+            lines.append(f"  logs: {self.log_dir}/<node>.log{kept}")
+        return lines
 
     def diagnosis(self) -> str:
         """Multi-line explanation: which node, how it died, its last log lines."""

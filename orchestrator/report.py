@@ -93,10 +93,30 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
         "skipped": result.get("skipped", []),
         "notes": result.get("notes", []),
         "wrong_total": wrong_total,
-        "warnings": warnings,
+        "warnings": merge_node_warnings(warnings),
         "elapsed_s": round(elapsed_s, 3),
         "ok": bool(results) and (wrong_total in (0, None)),
     }
+
+
+def merge_node_warnings(warnings: list[str]) -> list[str]:
+    """One warning for the nodes that share it: ``node a: X`` and ``node b: X`` become
+    ``nodes a, b: X`` (an overlay's MTU warning on every node is one line, naming them)."""
+    by_text: dict[str, list[str]] = {}
+    for warning in warnings:
+        head, sep, text = warning.partition(": ")
+        per_node = bool(sep) and head.startswith("node ") and " " not in head[5:]
+        key = text if per_node else warning
+        by_text.setdefault(key, []).append(head[5:] if per_node else "")
+    merged = []
+    for text, nodes in by_text.items():
+        if len(nodes) > 1 and all(nodes):
+            merged.append(f"nodes {', '.join(nodes)}: {text}")
+        elif all(nodes):
+            merged.append(f"node {nodes[0]}: {text}")
+        else:
+            merged.append(text)
+    return merged
 
 
 def _effective_mtu(nodes: list[dict[str, Any]]) -> int | None:
@@ -279,29 +299,26 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
-def results_table(report: dict[str, Any]) -> Table:
+def results_table(report: dict[str, Any], width: int = 120) -> Table:
     """nccl-tests-like table: out-of-place and in-place side by side per (op, dtype, size).
 
-    A side no row has (torch offers no out-of-place all_reduce) gets no columns.
+    A side no row has (torch offers no out-of-place all_reduce) gets no columns; the columns
+    that do not fit ``width`` are left out, busbw last (one line per row, see tables.py).
     """
-    table = Table(
-        title=f"netorch {report['run_id']} · {report['world_size']} ranks · "
-        f"{report['dist_backend']} on {report['backend']}",
-        title_justify="left",
-    )
-    for col in ("op", "dtype", "size", "count"):
-        table.add_column(col, justify="right" if col in ("size", "count") else "left")
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("op", priority=4), Column("dtype", priority=3),
+               Column("size", "right", 5), Column("count", "right", 1)]
     sides = [s for s in (False, True) if any(bool(r["in_place"]) == s for r in report["results"])]
     for side in sides:
         tag = "in" if side else "out"
-        table.add_column(f"{tag}: time us", justify="right")
-        table.add_column("algbw GB/s", justify="right")
-        table.add_column("busbw GB/s", justify="right")
-        table.add_column("#wrong", justify="right")
+        columns += [Column(f"{tag}: time us", "right", 3), Column("algbw GB/s", "right", 2),
+                    Column("busbw GB/s", "right", 5), Column("#wrong", "right", 4)]
     grouped: dict[tuple[str, str, int], dict[bool, dict[str, Any]]] = {}
     for row in report["results"]:
         key = (row["op"], row["dtype"], int(row["size_bytes"]))
         grouped.setdefault(key, {})[bool(row["in_place"])] = row
+    rows = []
     for (op, dtype, size), by_side in grouped.items():
         count = next(iter(by_side.values()))["count"]
         cells = [op, dtype, format_size(size), str(count)]
@@ -317,8 +334,10 @@ def results_table(report: dict[str, Any]) -> Table:
                 f"{row['busbw_gbps']:.3f}",
                 "-" if wrong is None else (str(wrong) if wrong == 0 else f"[bold red]{wrong}[/]"),
             ]
-        table.add_row(*cells)
-    return table
+        rows.append(cells)
+    title = (f"netorch {report['run_id']} · {report['world_size']} ranks · "
+             f"{report['dist_backend']} on {report['backend']}")
+    return fit_table(title, columns, rows, width)
 
 
 def avg_busbw(report: dict[str, Any], min_bytes: int = 0) -> float:

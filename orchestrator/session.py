@@ -11,7 +11,7 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +34,50 @@ LOG_TAIL_LINES = 30
 Echo = Callable[[str, str], None]
 
 
+TRACEBACK_START = "Traceback (most recent call last):"
+TRACEBACK_GLUE = ("During handling of the above exception", "The above exception was the direct")
+
+
+class TracebackFilter:
+    """Tells a node's Python stack-trace lines from the rest, for the terminal.
+
+    When one node dies, every survivor prints a traceback (gloo's "connection closed by peer",
+    torchrun's SignalException as it is stopped): a hundred lines that bury the one that matters.
+    Those lines stay in the node's log file; the terminal gets the exception's last line only
+    (``RuntimeError: ...``). A traceback is recognised by its header, keeps the header's prefix
+    (``[rank0]: `` from torch's per-rank redirection) and ends at the first line under that prefix
+    that is not indented: the exception line.
+    """
+
+    def __init__(self) -> None:
+        self._prefix: dict[str, str] = {}  # node -> the prefix of its open traceback
+        self.hidden: dict[str, int] = {}   # node -> traceback lines kept off the terminal
+
+    def show(self, node: str, line: str) -> bool:
+        """False for a line of a traceback (counted in ``hidden``); True otherwise."""
+        at = line.find(TRACEBACK_START)
+        if at >= 0:
+            self._prefix[node] = line[:at]
+            self.hidden[node] = self.hidden.get(node, 0) + 1
+            return False
+        prefix = self._prefix.get(node)
+        if prefix is None:
+            return True
+        rest = line[len(prefix):] if line.startswith(prefix) else None
+        if rest is not None and (not rest.strip() or rest[:1].isspace() or rest.startswith("^")
+                                 or rest.startswith(TRACEBACK_GLUE)):
+            self.hidden[node] = self.hidden.get(node, 0) + 1
+            return False
+        del self._prefix[node]  # the exception line: the traceback's one line worth showing
+        return True
+
+
 class LogBook:
     """Collects every node's log lines: a file per node, a tail for diagnoses, the result line.
 
-    Fed from backend reader threads, hence the lock.
+    Fed from backend reader threads, hence the lock. Every node has a log file, even one that
+    printed nothing (:meth:`touch`). Stack traces go to the files but not to ``echo`` nor to the
+    tail a diagnosis shows (:class:`TracebackFilter`; ``hidden`` counts them per node).
     """
 
     def __init__(self, log_dir: Path, echo: Echo | None = None,
@@ -49,6 +89,8 @@ class LogBook:
         self._tails: dict[str, collections.deque[str]] = {}
         self._files: dict[str, Any] = {}
         self._results: dict[str, str] = {}
+        self._filter = TracebackFilter()
+        self.hidden = self._filter.hidden
         # The first log file that could not be written (disk full): logging to files stops,
         # tails and results stay in memory, and the session fails the run with it at the end.
         self.write_error: OutputError | None = None
@@ -61,7 +103,10 @@ class LogBook:
             ) from None
 
     def _write(self, node: str, line: str) -> None:
-        """Append ``line`` to the node's log file (lock held); a failure is kept, not raised:
+        self._write_lines(node, [line])
+
+    def _write_lines(self, node: str, lines: list[str]) -> None:
+        """Append ``lines`` to the node's log file (lock held); a failure is kept, not raised:
         this runs in the backend's log reader threads."""
         if self.write_error is not None:
             return
@@ -70,25 +115,35 @@ class LogBook:
             fh = self._files.get(node)
             if fh is None:
                 fh = self._files[node] = open(path, "a", encoding="utf-8")
-            fh.write(line + "\n")
+            for line in lines:
+                fh.write(line + "\n")
             fh.flush()
         except OSError as e:
             self.write_error = OutputError(path, e)
             self._close_files()
 
+    def touch(self, nodes: Iterable[str]) -> None:
+        """Create every node's log file now: a node killed before it printed a line still has
+        one (empty), so the report's log paths always exist."""
+        with self._lock:
+            for node in nodes:
+                self._write_lines(node, [])
+
     def sink(self, node: str, line: str) -> None:
         with self._lock:
             self._write(node, line)
             is_result = RESULT_MARKER in line
+            show = False
             if is_result:
                 self._results[node] = line
-            else:
+            elif self._filter.show(node, line):
+                show = True
                 self._tails.setdefault(node, collections.deque(maxlen=LOG_TAIL_LINES)).append(line)
         if is_result:
             if self.on_result is not None:
                 self.on_result(node, line)
             return
-        if self.echo is not None:
+        if show and self.echo is not None:
             self.echo(node, line)
 
     def tail(self, node: str, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -223,6 +278,7 @@ def run_session(
     if preflight:
         backend.preflight(plan)
     logbook = LogBook(out_dir / "logs", echo, on_result=on_result)
+    logbook.touch(n.name for n in plan.nodes)
     started = time.monotonic()
     try:
         with sigterm_as_interrupt():
@@ -231,6 +287,12 @@ def run_session(
                 exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
             finally:
                 backend.down(plan)
+    except RankFailedError as e:
+        # The survivors' tracebacks arrive while they are stopped: the counts are final only
+        # after ``down``; the error keeps the live mapping for whoever prints it.
+        e.log_dir = out_dir / "logs"
+        e.hidden_lines = logbook.hidden
+        raise
     finally:
         logbook.close()
     if logbook.write_error is not None:

@@ -456,26 +456,34 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
                   f"x {summary['procs_per_node']}, {reps} repeat(s) per MTU", fontsize=10)
 
 
-def sweep_table(summary: dict[str, Any]) -> Table:
-    """The comparison: one row per (link, op, size, MTU) with spread, TCP baseline, efficiency."""
-    table = Table(title=f"netorch sweep {summary['sweep_id']} · {summary['nnodes']} nodes x "
-                  f"{summary['procs_per_node']} · order {' '.join(summary['order'])}",
-                  title_justify="left")
-    for col, right in (("link", False), ("op", False), ("size", True), ("MTU", True),
-                       ("busbw GB/s (median)", True), ("min..max", True), ("stdev", True),
-                       ("n", True), ("TCP 1 stream GB/s", True), ("TCP N streams GB/s", True),
-                       ("efficiency", True), ("verified", False)):
-        table.add_column(col, justify="right" if right else "left")
+def sweep_table(summary: dict[str, Any], width: int = 120) -> Table:
+    """The comparison: one row per (link, op, size, MTU) with spread, TCP baseline, efficiency;
+    the columns that do not fit ``width`` are left out (one line per row, see tables.py)."""
+    from orchestrator.tables import Column, fit_table
+
+    rows = summary["rows"]
+    one_link = len({r["link_rate"] for r in rows}) <= 1
+    one_op = len({(r["op"], r["dtype"], r["in_place"]) for r in rows}) <= 1
+    columns = (
+        Column("link", priority=0 if one_link else 4), Column("op", priority=1 if one_op else 4),
+        Column("size", "right", 5), Column("MTU", "right", 5),
+        Column("busbw GB/s", "right", 5), Column("min..max", "right", 3),
+        Column("stdev", "right", 1), Column("n", "right", 1),
+        Column("TCP 1 GB/s", "right", 3), Column("TCP N GB/s", "right", 1),
+        Column("effic.", "right", 2), Column("verified", priority=4),
+    )
 
     def f(v: float | None, spec: str = ".3f") -> str:
         return "-" if v is None else format(v, spec)
 
-    for r in summary["rows"]:
-        table.add_row(
-            r["link_rate"], f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
-            format_size(r["size_bytes"]), str(r["mtu"]), f(r["busbw_median"]),
-            f"{r['busbw_min']:.3f}..{r['busbw_max']:.3f}", f(r["busbw_stdev"]), str(r["repeats"]),
-            f(r["tcp_single_gbps"]), f(r["tcp_parallel_gbps"]), f(r["efficiency"], ".0%"),
-            "yes" if r["verified"] else "[bold red]NO[/]",
-        )
-    return table
+    cells = [[
+        r["link_rate"], f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
+        format_size(r["size_bytes"]), str(r["mtu"]), f(r["busbw_median"]),
+        f"{r['busbw_min']:.3f}..{r['busbw_max']:.3f}", f(r["busbw_stdev"]), str(r["repeats"]),
+        f(r["tcp_single_gbps"]), f(r["tcp_parallel_gbps"]), f(r["efficiency"], ".0%"),
+        "yes" if r["verified"] else "[bold red]NO[/]",
+    ] for r in rows]
+    title = (f"netorch sweep {summary['sweep_id']} · {summary['nnodes']} nodes x "
+             f"{summary['procs_per_node']} · busbw median over repeats · order "
+             f"{' '.join(summary['order'])}")
+    return fit_table(title, columns, cells, width)

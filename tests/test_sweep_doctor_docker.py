@@ -23,6 +23,7 @@ import docker.errors
 import pytest
 
 from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
+from test_prometheus_conventions import promtool_metrics
 from orchestrator.backends.docker import DockerBackend, remove_by_label
 from orchestrator.doctor import sleeping_plan
 from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, build_plan, new_run_id
@@ -69,9 +70,10 @@ def cluster(docker_client: docker.DockerClient) -> Iterator[Cluster]:  # noqa: F
     assert not c.cleanup(), "netorch left resources of these runs behind"
 
 
-def cli(cluster: Cluster, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(cluster: Cluster, *args: str, cwd: Path, columns: int = 300,
+        ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "300"})
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": str(columns)})
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args, "--set", f"cluster.name={cluster.name}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
@@ -93,11 +95,20 @@ def test_sweep_1500_vs_9000(cluster: Cluster, tmp_path: Path, nodes: int, repeat
     proc = cli(cluster, "sweep", "--mtu", "1500,9000", "--repeats", str(repeats), "-n", str(nodes),
                "--subnet", subnet, "-B", "1M", "-E", "2M", "-w", "1", "-i", "3",
                "--tcp-seconds", "1", "--tcp-streams", "2", "-q", "-o", str(tmp_path / "runs"),
-               cwd=tmp_path)
+               cwd=tmp_path, columns=80)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "recommendation:" in proc.stdout
     out = sweep_dir(tmp_path)
     summary = json.loads((out / "sweep.json").read_text())
+    # Piped at 80 columns: the table fits, one line per row (one per MTU and size).
+    lines = proc.stdout.splitlines()
+    body = [line for line in lines if line.startswith("│")]
+    assert len(body) == len(summary["rows"]), proc.stdout
+    assert all(len(line) <= 80 for line in lines if line[:1] in "┏┃┡│└"), proc.stdout
+    assert all(f"sweep run {i} of {2 * repeats}:" in proc.stderr for i in range(1, 2 * repeats + 1))
+    assert "left)" in proc.stderr  # an estimate from the second run on
+    promtool_metrics((out / "metrics.prom").read_text())
+    assert summary["versions"]["netorch"] and summary["versions"]["docker_engine"]
     expected_order = ["none/1500", "none/9000"] * repeats
     assert summary["order"] == expected_order
     for run in summary["runs"]:

@@ -1,0 +1,159 @@
+"""Output that fits and says where it came from: --version, versions in reports, tables that fit
+80 columns one line per row, --json, and a failed run that ends with its diagnosis (the
+survivors' stack traces stay in their log files).
+
+Real runs on the process backend; the sweep's 80-column table is checked on a real sweep in
+test_sweep_doctor_docker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import netorch_env
+from orchestrator.report import merge_node_warnings
+from orchestrator.session import LogBook, TracebackFilter
+from orchestrator.tables import Column, fit_table
+from test_metrics_servers import free_port
+
+NETORCH = [sys.executable, "-m", "orchestrator.cli"]
+BENCH = ["bench", "--backend", "process", "--nodes", "2", "-B", "4K", "-E", "64K", "-f", "4",
+         "-w", "1", "-i", "2", "--quiet"]
+
+KILL_NODE = """\
+import os, signal, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+if int(os.environ["GROUP_RANK"]) == 1:
+    time.sleep(0.5)
+    os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole node: its launcher and its rank
+while True:
+    dist.all_reduce(t)
+    time.sleep(0.01)
+"""
+
+
+def netorch(*args: str, columns: int = 400, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """stdout and stderr in one stream, as a terminal shows them."""
+    return subprocess.run([*NETORCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=netorch_env(columns), cwd=cwd, timeout=300)
+
+
+def only_report(out: Path) -> dict[str, object]:
+    (path,) = out.glob("*/report.json")
+    report: dict[str, object] = json.loads(path.read_text())
+    return report
+
+
+def test_version() -> None:
+    proc = netorch("--version")
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.split()[:2] == ["netorch", metadata.version("netorch")]
+
+
+@pytest.mark.slow
+def test_bench_piped_at_80_columns_one_line_per_row_with_versions(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    proc = netorch(*BENCH, "--output", str(out), "--master-port", str(free_port()), columns=80)
+    assert proc.returncode == 0, proc.stdout
+    report = only_report(out)
+    lines = proc.stdout.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= 80 for line in table), proc.stdout
+    body = [line for line in table if line.startswith("│")]
+    assert len(body) == len(report["results"]), proc.stdout  # type: ignore[arg-type]
+    assert "busbw GB/s" in proc.stdout
+    versions = report["versions"]
+    assert versions == {
+        "netorch": metadata.version("netorch"), "torch": report["torch_version"],
+        "host_torch": metadata.version("torch"), "python": platform.python_version(),
+        "docker_engine": None, "kernel": platform.release(),
+        "os": platform.platform(terse=True), "host": platform.node(),
+        "machine": platform.machine(),
+    }
+
+
+@pytest.mark.slow
+def test_bench_json_is_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [*NETORCH, *BENCH, "--json", "--output", str(out), "--master-port", str(free_port())],
+        capture_output=True, text=True, env=netorch_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == only_report(out)
+
+
+@pytest.mark.slow
+def test_killed_node_ends_with_its_diagnosis_and_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text(KILL_NODE)
+    out = tmp_path / "runs"
+    proc = netorch("run", "--backend", "process", "--nodes", "3", "--output", str(out),
+                   "--master-port", str(free_port()), "--workdir", str(tmp_path),
+                   "--", "python", "job.py", columns=100, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout
+    lines = proc.stdout.splitlines()
+    last = "\n".join(lines[-5:])
+    assert "error: node " in last and "worker-1 failed: killed by SIGKILL" in last, proc.stdout
+    assert "Traceback" not in proc.stdout and '  File "' not in proc.stdout, proc.stdout
+    (run_dir,) = out.iterdir()
+    logs = sorted(p.name for p in (run_dir / "logs").iterdir())
+    assert logs == [f"netorch-{run_dir.name}-{n}.log" for n in ("master", "worker-1", "worker-2")]
+    kept = [p for p in (run_dir / "logs").iterdir() if "Traceback" in p.read_text()]
+    assert kept, "the survivors' stack traces are not in their log files"
+    assert f"logs: {run_dir / 'logs'}/<node>.log;" in last
+    assert "stack-trace lines of" in last
+
+
+def test_traceback_filter_keeps_the_exception_line() -> None:
+    f = TracebackFilter()
+    lines = ["step 1", "[rank0]: Traceback (most recent call last):",
+             '[rank0]:   File "x.py", line 3, in <module>', "[rank0]:     f()",
+             "[rank0]:     ^^^", "[rank0]: RuntimeError: peer closed", "done"]
+    assert [line for line in lines if f.show("n", line)] == [
+        "step 1", "[rank0]: RuntimeError: peer closed", "done"]
+    assert f.hidden == {"n": 4}
+
+
+def test_logbook_files_for_every_node_and_no_traceback_in_the_tail(tmp_path: Path) -> None:
+    echoed: list[str] = []
+    book = LogBook(tmp_path, lambda node, line: echoed.append(line))
+    book.touch(["a", "b"])
+    for line in ("Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: x"):
+        book.sink("a", line)
+    book.close()
+    assert (tmp_path / "b.log").read_text() == ""
+    assert len((tmp_path / "a.log").read_text().splitlines()) == 3
+    assert echoed == book.tail("a") == ["ValueError: x"]
+
+
+def test_same_warning_for_many_nodes_is_one_line() -> None:
+    assert merge_node_warnings([
+        "node m: effective MTU 1400 differs", "node w-1: effective MTU 1400 differs",
+        "node w-2: no rank reported", "run x: other",
+    ]) == ["nodes m, w-1: effective MTU 1400 differs", "node w-2: no rank reported",
+           "run x: other"]
+
+
+def test_fit_table_drops_low_priority_columns_and_never_wraps() -> None:
+    columns = [Column("name", priority=2), Column("detail", priority=0),
+               Column("value", "right", 2)]
+    rows = [["a" * 10, "d" * 60, "1.0"], ["b", "e", "2.0"]]
+    for width, shown in ((120, 3), (40, 2)):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))
+        console.print(fit_table("t", columns, rows, width))
+        text = console.export_text()
+        assert sum(line.startswith("│") for line in text.splitlines()) == 2, text
+        assert text.splitlines()[1].count("┳") == shown - 1, text
+        below = " ".join(text.split("└")[1].split())  # the caption, wrapped to the table
+        assert ("not shown at this width: detail" in below) == (width == 40), text
