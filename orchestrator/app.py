@@ -92,6 +92,8 @@ class RunResult:
     plan: ClusterPlan
     report: dict[str, Any]
     paths: dict[str, Path]
+    # ``netorch run --tensorboard``: the server, still serving (the caller stops it).
+    tensorboard: Any = None
 
     @property
     def ok(self) -> bool:
@@ -415,16 +417,40 @@ def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = 
     its own checkpoints; ``NETORCH_RESTART_COUNT`` / ``TORCHELASTIC_RESTART_COUNT`` say which
     attempt it is), logs per node, and a ``kind: run`` report written also when the job failed.
     """
-    from orchestrator.report import build_run_report, write_run_report
     from orchestrator.userjob import run_workload
 
     name, settings, warm = _executor(settings, hooks, on, asked)
     run_id = new_run_id()
     fabric = backend_kind(name).fabric(settings, run_id)
-    work = run_workload(settings, base_dir or Path.cwd(), fabric.in_node_paths)
+    out_dir = settings.output / run_id
+    board = None
+    if settings.run.tensorboard:
+        from orchestrator.tensorboard import TensorBoard
+
+        board = TensorBoard((out_dir / "tensorboard").resolve(), settings.run.tensorboard_port)
+    work = run_workload(settings, base_dir or Path.cwd(), fabric.in_node_paths,
+                        board.logdir if board is not None else None)
     plan = build_plan(settings, run_id, name, work)
     backend = warm or make_backend(name, settings)
-    out_dir = settings.output / plan.run_id
+    if board is not None:
+        url = board.start()
+        _notice(hooks, f"TensorBoard: {url} serves {board.logdir} (NETORCH_TENSORBOARD_DIR in "
+                "every node)")
+    try:
+        result = _run_job(settings, hooks, plan, backend, out_dir, name)
+    except BaseException:
+        if board is not None:
+            board.stop()
+            _notice(hooks, f"TensorBoard stopped; serve the logs again with: tensorboard "
+                    f"--logdir {board.logdir}")
+        raise
+    return dataclasses.replace(result, tensorboard=board)
+
+
+def _run_job(settings: Settings, hooks: Hooks, plan: ClusterPlan, backend: Backend,
+             out_dir: Path, name: str) -> RunResult:
+    from orchestrator.report import build_run_report, write_run_report
+
     if hooks.on_start is not None:
         hooks.on_start(plan)
     started = time.monotonic()

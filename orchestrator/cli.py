@@ -145,6 +145,11 @@ RUN_FLAGS = (
                                                       "folder at /checkpoints on every node")),
     Flag("max_restarts", "run.max_restarts", _opt(int, "--max-restarts", help="gang restarts "
                                                   "after a node dies (default 0)")),
+    Flag("tensorboard", "run.tensorboard", _opt(bool, "--tensorboard", help="a TensorBoard log "
+                                                "folder at the same path in every node "
+                                                "($NETORCH_TENSORBOARD_DIR), served on "
+                                                "127.0.0.1:run.tensorboard_port during the run "
+                                                "and after it until Ctrl-C")),
 )
 
 
@@ -424,14 +429,26 @@ def run(
     result = usecases.run_job(settings, replace(hooks, on_restart=restarted), on=on,
                               asked=request.asked_keys())
     report = result.report
-    if as_json:
-        _print_json(report)
-        return
-    restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
-    console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} node(s) "
-                  f"x {report['nproc_per_node']} rank(s){restarts} in "
-                  f"{report['elapsed_s']:.1f} s")
-    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    try:
+        if as_json:
+            _print_json(report)
+        else:
+            restarts = f", {report['restarts']} restart(s)" if report["restarts"] else ""
+            console.print(f"run {report['run_id']}: every rank exited 0 on {report['nnodes']} "
+                          f"node(s) x {report['nproc_per_node']} rank(s){restarts} in "
+                          f"{report['elapsed_s']:.1f} s")
+            console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+        board = result.tensorboard
+        if board is not None and settings.run.tensorboard_keep:
+            err.print(f"[cyan]TensorBoard keeps serving {board.url} (logs in {board.logdir}); "
+                      "Ctrl-C to stop[/]")
+            try:
+                board.serve_until_interrupted()
+            except KeyboardInterrupt:
+                err.print("TensorBoard stopped")
+    finally:
+        if result.tensorboard is not None:
+            result.tensorboard.stop()
 
 
 @command(app, PLAN_FLAGS, _exclude(RUN_FLAGS, "max_restarts"))

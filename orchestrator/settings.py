@@ -386,6 +386,12 @@ class RunSettings(_Section):
         default_factory=dict, description="variables for the job (any valid name but the plan's)")
     max_restarts: int = Field(
         0, ge=0, le=100, description="gang restarts after a node dies (the job resumes itself)")
+    tensorboard: bool = Field(
+        False, description="a TensorBoard log folder in every node (NETORCH_TENSORBOARD_DIR), "
+        "served by TensorBoard on 127.0.0.1")
+    tensorboard_port: int = Field(6006, ge=1024, le=65535, description="TensorBoard's port")
+    tensorboard_keep: bool = Field(
+        True, description="keep serving TensorBoard after the run until Ctrl-C")
 
     @field_validator("env")
     @classmethod

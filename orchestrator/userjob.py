@@ -324,7 +324,8 @@ OWNED_ENV: frozenset[str] = frozenset({
 })
 
 
-def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> WorkloadSpec:
+def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool,
+                 tensorboard_dir: Path | None = None) -> WorkloadSpec:
     """The user's job from ``[run]`` (the ``netorch run`` flags): command, mounts, env.
 
     ``base_dir`` resolves relative host paths (the user's current directory). With
@@ -332,6 +333,8 @@ def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> Wor
     ``run.workdir_writable``) and the checkpoint directory at /checkpoints on every node; on
     the process backend nodes run on this host, so the workdir is their working directory and
     ``{checkpoint_dir}`` / ``NETORCH_CHECKPOINT_DIR`` name the host directory itself.
+    ``tensorboard_dir`` (``--tensorboard``) is mounted read-write at the same path in every node
+    (orchestrator.tensorboard.IN_NODE_DIR), named by ``NETORCH_TENSORBOARD_DIR``.
     Raises ConfigError (one line: flag, value, fix) before anything exists.
     """
     run = settings.run
@@ -362,8 +365,16 @@ def run_workload(settings: Settings, base_dir: Path, in_node_paths: bool) -> Wor
         owned[CHECKPOINTS_DIR] = "--checkpoint-dir"
     if workdir_source is not None:
         owned[WORKSPACE_DIR] = "--workdir"
+    if tensorboard_dir is not None:
+        owned["/netorch"] = "netorch's own folders (--tensorboard)"
     check_mounts(mounts, owned)
     env = parse_env([f"{k}={v}" for k, v in run.env.items()], OWNED_ENV)
+    if tensorboard_dir is not None:
+        from orchestrator.tensorboard import ENV_VAR, IN_NODE_DIR
+
+        if in_node_paths:
+            mounts = (*mounts, VolumeMount(str(tensorboard_dir), IN_NODE_DIR, False, "bind"))
+        env[ENV_VAR] = IN_NODE_DIR if in_node_paths else str(tensorboard_dir)
     return WorkloadSpec(
         kind="run",
         target=target,
