@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 NETORCH := $(VENV)/bin/netorch
 # A pinned torch: on this kind of machine pip takes the CPU build on disk. Elsewhere, see the
 # README ("Installing PyTorch") for a CPU-only or CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# The version has one source, orchestrator/versions.py (TORCH_VERSION), which the image build uses too.
+TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION = "\(.*\)"$$/\1/p' orchestrator/versions.py)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
 BACKEND ?= process
 BENCH_ARGS ?=
 PYTEST_ARGS ?=

@@ -678,15 +678,32 @@ def image_build(
     offline: Annotated[bool, typer.Option(
         "--offline/--online",
         help="offline: mmdebstrap base + torch wheels from the host (no registry); online: a "
-        "CUDA PyTorch base image that already has torch")] = True,
+        "CUDA runtime base and the pinned torch's CUDA build from PyTorch's index")] = True,
     tag: Annotated[str, typer.Option("--tag", help="image tag")] = "netorch:latest",
     base_image: Annotated[Optional[str], typer.Option("--base-image", help="override the base image")] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild without the layer cache")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the summary")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be built (base, "
+                                          "build arguments, torch, wheels); build nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: print JSON")] = False,
 ) -> None:
     """Build the training image through the Docker SDK; a no-op when its inputs are unchanged."""
     from orchestrator.backends.docker import connect
-    from orchestrator.image import build_image
+    from orchestrator.image import build_image, image_build_spec
+
+    if dry_run:
+        spec = image_build_spec(tag=tag, offline=offline, base_image=base_image)
+        if as_json:
+            _print_json(spec.to_dict())
+            return
+        console.print(f"would build {spec.tag} ({spec.mode}) from {spec.base_image}")
+        console.print(f"  torch: {spec.torch}")
+        for key, value in spec.build_args:
+            console.print(f"  build arg {key}={escape(value)}")
+        if spec.wheelhouse is not None:
+            console.print(f"  wheels in {spec.wheelhouse}: " + (", ".join(spec.wheels) or
+                          "none yet (pip downloads them on the host first)"))
+        return
 
     def progress(line: str) -> None:
         if not quiet:

@@ -6,7 +6,11 @@ Two modes:
   rootfs made on the host by ``mmdebstrap`` and imported as ``netorch-base:bookworm``; torch and
   its dependencies come from a wheelhouse downloaded on the host (``.cache/wheelhouse``) and are
   installed with ``pip --no-index`` during the build.
-* **online** (GPU hosts): the base is a CUDA PyTorch runtime image that already carries torch.
+* **online** (GPU hosts): the base is a CUDA runtime image; the build installs the pinned torch
+  (:data:`~orchestrator.versions.TORCH_VERSION`, its CUDA build from PyTorch's wheel index), so
+  GPU hosts run the torch version everything else is tested with.
+
+:func:`image_build_spec` says what a build would use (``netorch image build --dry-run``).
 
 Every build is labelled with a hash of its inputs (:data:`LABEL_INPUTS_HASH`); when the tag
 already carries the hash of the current inputs, :func:`build_image` returns without building.
@@ -40,6 +44,7 @@ from docker.client import DockerClient
 from orchestrator.backends.docker import connect, docker_errors, explanation
 from orchestrator.errors import ImageError, Interrupted
 from orchestrator.session import sigterm_as_interrupt
+from orchestrator.versions import GPU_BASE_IMAGE, TORCH_CUDA_INDEX_URL, TORCH_VERSION
 
 Progress = Callable[[str], None]
 
@@ -50,15 +55,15 @@ WHEELHOUSE_DIR = REPO_ROOT / ".cache" / "wheelhouse"
 
 DEFAULT_TAG = "netorch:latest"
 BASE_ROOTFS_TAG = "netorch-base:bookworm"
-# Default base for GPU hosts (online mode): already carries torch, torchrun and CUDA.
-GPU_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
-
 # The local "+cpu" label pins the CPU build: a bare "torch==2.13.0" may resolve to the
 # multi-GB CUDA wheels on PyPI when no CPU wheel is on the find-links path.
-TORCH_REQUIREMENT = "torch==2.13.0+cpu"
+TORCH_REQUIREMENT = f"torch=={TORCH_VERSION}+cpu"
+# Online (GPU hosts): the same version's CUDA build, from PyTorch's index for TORCH_CUDA.
+CUDA_TORCH_REQUIREMENT = f"torch=={TORCH_VERSION}"
 # numpy too: torch warns "Failed to initialize NumPy" at every import without it.
 # prometheus-client: ranks serve metrics from inside the containers (train/telemetry.py).
-WHEELHOUSE_REQUIREMENTS = (TORCH_REQUIREMENT, "numpy>=1.26,<3", "prometheus-client>=0.20")
+RUNTIME_REQUIREMENTS = ("numpy>=1.26,<3", "prometheus-client>=0.20")
+WHEELHOUSE_REQUIREMENTS = (TORCH_REQUIREMENT, *RUNTIME_REQUIREMENTS)
 # Debian bookworm's python3 is 3.11 with glibc 2.36.
 WHEEL_PYTHON_VERSION = "3.11"
 WHEEL_ABI = "cp311"
@@ -502,6 +507,56 @@ def _stream_build(
     return built_id
 
 
+def image_build_args(offline: bool, base: str,
+                     requirements: Sequence[str] = WHEELHOUSE_REQUIREMENTS) -> dict[str, str]:
+    """The Dockerfile's build arguments: offline the wheelhouse's requirements; online the
+    pinned torch's CUDA build, its wheel index and the runtime requirements from PyPI."""
+    if offline:
+        return {"BASE_IMAGE": base, "PIP_REQUIREMENTS": " ".join(requirements)}
+    return {
+        "BASE_IMAGE": base,
+        "PIP_REQUIREMENTS": " ".join(RUNTIME_REQUIREMENTS),
+        "TORCH_REQUIREMENT": CUDA_TORCH_REQUIREMENT,
+        "TORCH_INDEX_URL": TORCH_CUDA_INDEX_URL,
+    }
+
+
+@dataclass(frozen=True)
+class ImageBuildSpec:
+    """What ``netorch image build`` would build (``--dry-run`` prints it; nothing is built)."""
+
+    tag: str
+    mode: str
+    base_image: str
+    build_args: tuple[tuple[str, str], ...]
+    torch: str
+    # Offline: the wheelhouse and the wheels it holds (empty: pip would download them first).
+    wheelhouse: str | None
+    wheels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "mode": self.mode, "base_image": self.base_image,
+                "build_args": dict(self.build_args), "torch": self.torch,
+                "wheelhouse": self.wheelhouse, "wheels": list(self.wheels)}
+
+
+def image_build_spec(
+    *, tag: str = DEFAULT_TAG, offline: bool, base_image: str | None = None,
+    wheelhouse: Path = WHEELHOUSE_DIR, requirements: Sequence[str] = WHEELHOUSE_REQUIREMENTS,
+) -> ImageBuildSpec:
+    """The build :func:`build_image` would run for these options; reads the wheelhouse only."""
+    base = base_image or (BASE_ROOTFS_TAG if offline else GPU_BASE_IMAGE)
+    args = image_build_args(offline, base, requirements)
+    wheels: tuple[str, ...] = ()
+    if offline and wheelhouse_is_complete(wheelhouse, requirements):
+        wheels = tuple(p.name for p in _wheel_files(wheelhouse))
+    torch = (f"{TORCH_REQUIREMENT} (CPU build, from the wheelhouse)" if offline else
+             f"{CUDA_TORCH_REQUIREMENT} (CUDA build, from {TORCH_CUDA_INDEX_URL})")
+    return ImageBuildSpec(tag, "offline" if offline else "online", base,
+                          tuple(sorted(args.items())), torch,
+                          str(wheelhouse) if offline else None, wheels)
+
+
 def build_image(
     client: DockerClient,
     *,
@@ -517,7 +572,8 @@ def build_image(
 
     Offline: the base defaults to :data:`BASE_ROOTFS_TAG` (made with mmdebstrap when absent)
     and torch is installed from ``wheelhouse`` (downloaded on the host when incomplete).
-    Online: the base defaults to :data:`GPU_BASE_IMAGE`, which already has torch.
+    Online: the base defaults to :data:`GPU_BASE_IMAGE` (a CUDA runtime) and the pinned torch's
+    CUDA build is installed from PyTorch's index (:func:`image_build_args`).
 
     Ctrl-C or SIGTERM during the build stops it: its intermediate containers are removed,
     ``tag`` stays the image it was, and :class:`~orchestrator.errors.Interrupted` says so.
@@ -551,10 +607,7 @@ def build_image(
         # May be absent: the legacy builder pulls it for FROM.
         base_id = _image_id(client, base)
 
-    build_args = {
-        "BASE_IMAGE": base,
-        "PIP_REQUIREMENTS": " ".join(requirements) if offline else "",
-    }
+    build_args = image_build_args(offline, base, requirements)
     inputs_hash = compute_inputs_hash(
         wheels=wheels, base_image_id=base_id or base, build_args=build_args
     )

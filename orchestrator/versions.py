@@ -14,6 +14,15 @@ from typing import Any
 
 UNKNOWN = "unknown"
 
+# The torch every part of netorch runs: the Makefile's TORCH_SPEC reads this line, the image
+# build installs it (the CPU build offline, the CUDA build of the same version on GPU hosts),
+# and a test holds pyproject.toml's `torch` extra to it.
+TORCH_VERSION = "2.13.0"
+# The GPU image: PyTorch's wheel index of one CUDA flavour, on a CUDA runtime base of that major.
+TORCH_CUDA = "cu128"
+TORCH_CUDA_INDEX_URL = f"https://download.pytorch.org/whl/{TORCH_CUDA}"
+GPU_BASE_IMAGE = "nvidia/cuda:12.8.1-runtime-ubuntu24.04"
+
 
 def netorch_version() -> str:
     """The installed netorch's version (``unknown`` when run from a tree that was not installed)."""
