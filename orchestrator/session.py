@@ -51,25 +51,35 @@ class TracebackFilter:
 
     def __init__(self) -> None:
         self._prefix: dict[str, str] = {}  # node -> the prefix of its open traceback
+        self._ended: dict[str, str] = {}   # node -> the prefix of the traceback that just ended
         self.hidden: dict[str, int] = {}   # node -> traceback lines kept off the terminal
+
+    def _hide(self, node: str) -> bool:
+        self.hidden[node] = self.hidden.get(node, 0) + 1
+        return False
 
     def show(self, node: str, line: str) -> bool:
         """False for a line of a traceback (counted in ``hidden``); True otherwise."""
         at = line.find(TRACEBACK_START)
         if at >= 0:
             self._prefix[node] = line[:at]
-            self.hidden[node] = self.hidden.get(node, 0) + 1
-            return False
+            self._ended.pop(node, None)
+            return self._hide(node)
+        ended = self._ended.get(node)
+        if ended is not None:  # a chained exception's glue: blank lines and "During handling"
+            glue = line[len(ended):] if line.startswith(ended) else line
+            if not glue.strip() or glue.startswith(TRACEBACK_GLUE):
+                return self._hide(node)
+            del self._ended[node]
         prefix = self._prefix.get(node)
         if prefix is None:
             return True
         rest = line[len(prefix):] if line.startswith(prefix) else None
         if rest is not None and (not rest.strip() or rest[:1].isspace() or rest.startswith("^")
                                  or rest.startswith(TRACEBACK_GLUE)):
-            self.hidden[node] = self.hidden.get(node, 0) + 1
-            return False
-        del self._prefix[node]  # the exception line: the traceback's one line worth showing
-        return True
+            return self._hide(node)
+        self._ended[node] = self._prefix.pop(node)
+        return True  # the exception line: the traceback's one line worth showing
 
 
 class LogBook:

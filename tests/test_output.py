@@ -123,6 +123,12 @@ def test_traceback_filter_keeps_the_exception_line() -> None:
     assert [line for line in lines if f.show("n", line)] == [
         "step 1", "[rank0]: RuntimeError: peer closed", "done"]
     assert f.hidden == {"n": 4}
+    chained = ["Traceback (most recent call last):", '  File "a.py", line 1', "KeyError: 1", "",
+               "During handling of the above exception, another exception occurred:", "",
+               "Traceback (most recent call last):", '  File "b.py", line 2',
+               "SignalException: got signal: 15", "after"]
+    assert [line for line in chained if f.show("m", line)] == [
+        "KeyError: 1", "SignalException: got signal: 15", "after"]
 
 
 def test_logbook_files_for_every_node_and_no_traceback_in_the_tail(tmp_path: Path) -> None:
