@@ -14,6 +14,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -22,6 +23,8 @@ from conftest import netorch_env
 from orchestrator.report import merge_node_warnings
 from orchestrator.session import LogBook, TracebackFilter
 from orchestrator.tables import Column, fit_table
+from test_docker_backend import client, tag  # noqa: F401  (fixtures)
+from test_faults import free_test_subnet
 from test_metrics_servers import free_port
 
 NETORCH = [sys.executable, "-m", "orchestrator.cli"]
@@ -163,3 +166,56 @@ def test_fit_table_drops_low_priority_columns_and_never_wraps() -> None:
         assert text.splitlines()[1].count("┳") == shown - 1, text
         below = " ".join(text.split("└")[1].split())  # the caption, wrapped to the table
         assert ("not shown at this width: detail" in below) == (width == 40), text
+
+
+LOOP = """\
+import os, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+if os.environ["RANK"] == "0":
+    print("all ranks joined", flush=True)
+while True:
+    dist.all_reduce(t)
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_killed_container_ends_with_its_diagnosis_and_every_node_has_a_log(
+        tag: Any, client: Any, tmp_path: Path) -> None:  # noqa: F811
+    code = tmp_path / "code"  # 0755: the containers' user reads it (tmp_path is 0700)
+    code.mkdir()
+    (code / "loop.py").write_text(LOOP)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [*NETORCH, "run", "--backend", "docker", "--nodes", "3", "--subnet",
+         free_test_subnet(client), "--set", f"cluster.name={tag.name}", "-o", str(out),
+         "--workdir", str(code), "--", "python", "loop.py"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=netorch_env(100))
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "all ranks joined" in line:
+                break
+        (worker,) = [c for c in tag.containers() if c.name.endswith("-worker-1")]
+        worker.kill()  # SIGKILL: the node dies mid-run, having printed nothing
+        lines.extend(proc.stdout)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    assert proc.returncode == 3, text
+    last = "\n".join(text.splitlines()[-5:])
+    assert "worker-1 failed: killed by SIGKILL" in last, text
+    assert "Traceback" not in text and '  File "' not in text, text
+    (run_dir,) = out.iterdir()
+    logs = {p.name.rsplit("-", 1)[-1]: p for p in (run_dir / "logs").iterdir()}
+    assert sorted(logs) == ["1.log", "2.log", "master.log"]
+    assert logs["1.log"].read_text() == ""
+    assert any("Traceback" in p.read_text() for p in logs.values())
