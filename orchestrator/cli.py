@@ -110,6 +110,8 @@ BENCH_FLAGS = (
     Flag("check", "bench.check", _opt(bool, "--check/--no-check",
                                       help="exact correctness check (nccl-tests -c)")),
     Flag("in_place", "bench.in_place", _opt(str, "--in-place", help="both | on | off")),
+    Flag("blocking", "bench.blocking", _opt(str, "--blocking", "-z", help="1: wait for each op "
+                                            "(default); 0: several ops in flight (nccl-tests -z)")),
 )
 TRAIN_FLAGS = (
     Flag("steps", "train.steps", _opt(int, "--steps", help="optimizer steps")),

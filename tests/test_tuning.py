@@ -1,0 +1,45 @@
+"""Tuning features end to end on the process backend: non-blocking bench (``-z 0``), the
+baseline gate (``--baseline``), line rate, ``compare``. Real ranks on loopback, the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_process_backend import netorch, run_dir
+from train.contract import BenchArgs
+
+pytestmark = pytest.mark.slow
+
+
+def test_blocking_flag_round_trips_through_argv() -> None:
+    for blocking in (True, False):
+        args = BenchArgs(blocking=blocking, run_id="x")
+        assert BenchArgs.from_argv(args.to_argv()) == args
+        assert args.settings()["blocking"] is blocking
+    assert "--blocking" in BenchArgs(blocking=False).to_argv()
+
+
+def test_nonblocking_every_op_is_exact_and_says_its_mode(tmp_path: Path) -> None:
+    proc = netorch(
+        "bench", "--nodes", "2", "--ops", "all", "-B", "64K", "-E", "1M", "-f", "16",
+        "-w", "1", "-i", "4", "-z", "0", "--quiet", out=tmp_path,
+    )
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    report = json.loads((run_dir(tmp_path) / "report.json").read_text())
+    assert report["settings"]["blocking"] is False
+    assert report["wrong_total"] == 0
+    assert {r["op"] for r in report["results"]} == set(BenchArgs().ops)
+    assert all(r["wrong"] == 0 and r["busbw_gbps"] > 0 for r in report["results"])
+    assert "non-blocking (-z 0)" in output
+
+
+def test_blocking_value_is_validated(tmp_path: Path) -> None:
+    proc = netorch("bench", "-z", "2", out=tmp_path)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, output
+    assert "bench.blocking" in output
+    assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
