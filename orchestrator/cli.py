@@ -239,6 +239,36 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' l
 OnOpt = Annotated[Optional[str], typer.Option(
     "--on", help="run on the warm cluster NAME (netorch up): fresh ranks in seconds")]
 RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")]
+BaselineOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--baseline", help="compare with this saved report.json, run folder or sweep folder "
+    "(repeatable: several runs are repeats); exit 5 on a regression beyond the noise")]
+ToleranceOpt = Annotated[str, typer.Option(
+    "--tolerance", help="auto: the baseline's own spread (max-min over its runs, at least 20%; "
+    "50% against a single run); or the percentage drop allowed, e.g. 10")]
+
+
+def _baseline_gate(paths: list[Path] | None, tolerance: str) -> Callable[[usecases.RunResult,
+                                                                          str], None]:
+    """Check ``--baseline``/``--tolerance`` now (exit 2 before anything runs); return the step
+    that compares a finished run with it, prints the deltas, saves baseline.json and exits 5 on
+    a regression (nothing without ``--baseline``)."""
+    from orchestrator.baseline import compare, delta_table, gate, load_baseline, parse_tolerance
+
+    allowed = parse_tolerance(tolerance)
+    if not paths:
+        return lambda result, unit: None
+    baseline = load_baseline(paths)
+
+    def check(result: usecases.RunResult, unit: str) -> None:
+        deltas = compare(result.report, baseline, allowed)
+        console.print(delta_table(deltas, baseline, unit))
+        out = result.paths["json"].parent / "baseline.json"
+        _writable(out.parent, lambda: out.write_text(json.dumps({
+            "baseline": list(baseline.sources), "baseline_runs": list(baseline.run_ids),
+            "tolerance": tolerance, "deltas": [d.to_dict() for d in deltas]}, indent=2) + "\n"))
+        gate(deltas, baseline)
+
+    return check
 
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
@@ -276,14 +306,17 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
-def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -> None:
+def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
+          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto") -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
-    Exit code 0 only when every rank succeeded and no value was wrong.
+    Exit code 0 only when every rank succeeded and no value was wrong; 5 when --baseline is
+    given and a size's busbw fell below it beyond the noise.
     """
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
+    check_baseline = _baseline_gate(baseline, tolerance)
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
     with err.status("benchmark running"):
         result = usecases.run_bench(settings, hooks, on, request.asked_keys())
@@ -303,21 +336,25 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
         console.print(f"overlay {escape(net['name'])}: requested MTU {net['mtu']}, effective "
                       f"MTU {net['effective_mtu']}")
     _finish(result, f"{report['wrong_total']} wrong values")
+    check_baseline(result, "busbw GB/s")
 
 
 @command(app, PLAN_FLAGS, TRAIN_FLAGS)
 def train(request: SettingsRequest,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
                                               "(progress stays)")] = False,
-          on: OnOpt = None) -> None:
+          on: OnOpt = None, baseline: BaselineOpt = None,
+          tolerance: ToleranceOpt = "auto") -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
-    Exit code 0 when the job finished all steps (restarts included) with a finite loss.
+    Exit code 0 when the job finished all steps (restarts included) with a finite loss; 5 when
+    --baseline is given and samples/s fell below it beyond the noise.
     """
     from orchestrator.report import train_table
     from train.results import decode_progress
 
     settings = request.load()
+    check_baseline = _baseline_gate(baseline, tolerance)
     hooks, started = _run_hooks(settings.cluster.name, quiet)
     node_echo = hooks.echo
     assert node_echo is not None
@@ -342,6 +379,7 @@ def train(request: SettingsRequest,
     report = result.report
     console.print(train_table(report))
     _finish(result, "the job did not finish its steps with a finite loss")
+    check_baseline(result, "samples/s")
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,
