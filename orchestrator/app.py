@@ -257,8 +257,7 @@ class SweepResult:
 
 def sweep(
     request: SettingsRequest,
-    mtus: list[int],
-    rates: list[str | None] | None,
+    axes: list[Any],
     repeats: int,
     tcp_seconds: float,
     tcp_streams: int,
@@ -267,36 +266,34 @@ def sweep(
     on_point: Callable[[Any, str, int], None] | None = None,
     fresh: bool = False,
 ) -> SweepResult:
-    """``netorch sweep``: every (MTU, link rate) variant, validated up front like ``bench``, run
-    ``repeats`` times interleaved on the docker backend; summary, CSV/JSON, plot, verdicts."""
+    """``netorch sweep``: every variant of ``axes`` (:class:`orchestrator.sweep.Axis`, their
+    Cartesian product), validated up front like ``bench``, run ``repeats`` times interleaved on
+    the docker backend; summary, CSV/JSON, plot, verdicts."""
     from orchestrator.backends.docker import connect_settings
-    from orchestrator.sweep import SweepOptions, run_sweep, write_sweep
+    from orchestrator.sweep import SweepOptions, run_sweep, variants_of, write_sweep
 
     base = request.load({"backend": "docker"})
     single_host(base, "sweep")
-    chosen_rates: list[str | None] = rates if rates else [None]
-    subnets: list[str | None] = [None] * (len(mtus) * len(chosen_rates))
+    keys = [a.key for a in axes]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"sweep: {', '.join(twice)} is varied twice (--mtu/--link-rate are "
+                          "--vary network.mtu / network.link.rate); give each key once")
+    combos = variants_of(axes)
+    subnets: list[str | None] = [None] * len(combos)
     if not fresh:
         subnets = _variant_subnets(base, len(subnets))
     # Every variant is validated before the first container exists.
-    variants: dict[tuple[int, str | None], Settings] = {}
-    for rate in chosen_rates:
-        for mtu in mtus:
-            extra: dict[str, Any] = {"backend": "docker", "network.mtu": mtu}
-            if rate is not None:
-                extra["network.link.rate"] = rate
-            subnet = subnets[len(variants)]
-            if subnet is not None:
-                extra["network.subnet"] = subnet
-            variants[(mtu, rate)] = request.load(extra)
-    if rates is None and base.network.link.rate is not None:
-        variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
-        chosen_rates = [base.network.link.rate]
-    options = SweepOptions(tuple(mtus), tuple(chosen_rates), repeats, tcp_seconds, tcp_streams,
-                           tcp_pairs)
+    variants: dict[Any, Settings] = {}
+    for variant, subnet in zip(combos, subnets):
+        extra: dict[str, Any] = {"backend": "docker", **dict(variant)}
+        if subnet is not None:
+            extra["network.subnet"] = subnet
+        variants[variant] = request.load(extra)
+    options = SweepOptions(tuple(axes), repeats, tcp_seconds, tcp_streams, tcp_pairs)
     sweep_id = new_run_id()
     out_dir = base.output / f"sweep-{sweep_id}"
-    total = len(mtus) * len(chosen_rates) * repeats
+    total = len(combos) * repeats
 
     def point_started(point: Any, run_id: str) -> None:
         if on_point is not None:

@@ -464,6 +464,12 @@ def ls(request: SettingsRequest,
     console.print(table)
 
 
+SOCKET_PRESET_HELP = (
+    "gloo: env.GLOO_SOCKET_IFNAME = the interface listed 1, 2, 4 times",
+    "nccl: env.NCCL_SOCKET_NTHREADS = 1,2,4 x env.NCCL_NSOCKS_PERTHREAD = 1,4",
+)
+
+
 def _comma_items(text: str, what: str) -> list[str]:
     items = [part.strip() for part in text.split(",") if part.strip()]
     if not items:
@@ -474,9 +480,11 @@ def _comma_items(text: str, what: str) -> list[str]:
 @command(app, _exclude(PLAN_FLAGS, "backend", "mtu"), BENCH_FLAGS)
 def sweep(
     request: SettingsRequest,
-    mtus: Annotated[str, typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000")] = "1500,9000",
-    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per MTU, interleaved")] = 3,
-    link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped")] = None,
+    mtus: Annotated[Optional[str], typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000 (= --vary network.mtu=...; default 1500,9000 when nothing else is varied)")] = None,
+    vary: Annotated[Optional[list[str]], typer.Option("--vary", help="KEY=V1,V2: compare these values of any setting (network.mtu, network.link.rate, env.NCCL_SOCKET_NTHREADS, env.GLOO_SOCKET_IFNAME, cluster.procs_per_node, cluster.dist_backend, bench.blocking, ...); a JSON list for values with commas: 'env.GLOO_SOCKET_IFNAME=[\"eth0\",\"eth0,eth0\"]'; repeatable: the sweep runs every combination")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="sockets: the socket parallelism of the run's backend: " + "; ".join(SOCKET_PRESET_HELP))] = None,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per variant, interleaved")] = 3,
+    link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped (= --vary network.link.rate=...)")] = None,
     tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="duration of each TCP baseline test (whole seconds with iperf3)")] = 2.0,
     tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
     tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
@@ -484,34 +492,48 @@ def sweep(
                                         "one warm cluster per variant")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
-    a TCP line-rate baseline, a table, CSV/JSON, a plot and a recommendation.
+    """Compare settings on the Docker backend (MTU, link rate, NCCL/gloo variables, any key):
+    interleaved repeats, verified variants, a TCP line-rate baseline, a table, CSV/JSON, a plot
+    and a recommendation per varied setting.
 
     Writes OUTPUT/sweep-<id>/. Exit 0 when every run succeeded (a recommendation of "no
-    significant difference" is a result, not a failure); 4 when a run's MTU could not be verified.
+    significant difference" is a result, not a failure); 4 when a run's variant could not be
+    verified (its MTU, or a rank's environment).
     """
-    from orchestrator.sweep import NO_LINK, sweep_table
+    from orchestrator.sweep import Axis, parse_vary, sockets_preset, sweep_table
 
-    mtu_list: list[int] = []
-    for item in _comma_items(mtus, "--mtu"):
-        if not item.isdigit():
-            raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
-        mtu_list.append(int(item))
-    rates: list[str | None] | None = None
+    axes: list[Axis] = []
+    if mtus is not None:
+        mtu_list: list[int] = []
+        for item in _comma_items(mtus, "--mtu"):
+            if not item.isdigit():
+                raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
+            mtu_list.append(int(item))
+        axes.append(Axis("network.mtu", tuple(mtu_list)))
     if link_rate is not None:
-        rates = [None if r.lower() in (NO_LINK, "off") else r
-                 for r in _comma_items(link_rate, "--link-rate")]
+        axes.insert(0, parse_vary(f"network.link.rate={link_rate}"))
+    axes += [parse_vary(item) for item in vary or ()]
+    if preset is not None:
+        if preset != "sockets":
+            raise ConfigError(f"--preset: {preset!r} is not a preset; the one preset is sockets")
+        base = request.load({"backend": "docker"})
+        backend = base.cluster.dist_backend
+        if backend == "auto":
+            backend = "nccl" if base.gpu.per_node or base.gpu.device_ids else "gloo"
+        axes += sockets_preset(backend, base.network.interface)
+    if not axes or all(a.key == "network.link.rate" for a in axes):
+        axes.append(Axis("network.mtu", (1500, 9000)))
 
     def echo(node: str, line: str) -> None:
         if not quiet:
             err.print(f"[dim]{escape(node):>28} |[/] {escape(line)}")
 
     def on_point(point: Any, run_id: str, total: int) -> None:
-        err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] MTU {point.mtu}, link "
-                  f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
+        err.print(f"[cyan]sweep {point.index + 1}/{total}:[/] {escape(point.label)}, repeat "
+                  f"{point.repeat + 1} (run {run_id})")
 
-    result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
-                            tcp_pairs, Hooks(echo=echo), on_point, fresh)
+    result = usecases.sweep(request, axes, repeats, tcp_seconds, tcp_streams, tcp_pairs,
+                            Hooks(echo=echo), on_point, fresh)
     console.print(sweep_table(result.summary))
     for line in result.problems:
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")

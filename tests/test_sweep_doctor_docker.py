@@ -98,7 +98,7 @@ def test_sweep_1500_vs_9000(cluster: Cluster, tmp_path: Path, nodes: int, repeat
     assert "recommendation:" in proc.stdout
     out = sweep_dir(tmp_path)
     summary = json.loads((out / "sweep.json").read_text())
-    expected_order = ["none/1500", "none/9000"] * repeats
+    expected_order = ["network.mtu=1500", "network.mtu=9000"] * repeats
     assert summary["order"] == expected_order
     for run in summary["runs"]:
         # Every run verified its MTU in every container and on every path, both directions.

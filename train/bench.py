@@ -53,7 +53,7 @@ from train.collectives import DTYPES, buffer_shape, count_wrong_local
 from train.collectives import Case as Case
 from train.collectives import Comm as Comm
 from train.contract import NONBLOCKING_DEPTH, BenchArgs, InPlaceMode, op_spec, size_sweep
-from train.env import rank_info, wait_for_master
+from train.env import rank_info, tuning_env, wait_for_master
 from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
 
 
@@ -444,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         comm = Comm.current(device)
-        me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size)
+        me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size,
+                  env=tuning_env())
         rows, skipped, notes, identities = measure_sweep(cfg, comm, _identity_bytes(me))
         ranks = [json.loads(raw) for raw in identities]
         if comm.rank == 0:
