@@ -36,7 +36,7 @@ import docker  # noqa: E402
 from orchestrator.netprobe import run_in  # noqa: E402
 from orchestrator.plan import ClusterPlan, new_run_id  # noqa: E402
 from orchestrator.settings import load_settings  # noqa: E402
-from orchestrator.sweep import Axis, SweepOptions, SweepPoint, run_sweep  # noqa: E402
+from orchestrator.sweep import Axis, SweepOptions, SweepPoint, Variant, run_sweep  # noqa: E402
 
 MIB = 1 << 20
 TOLERANCE = 0.10
@@ -95,7 +95,7 @@ def main() -> int:
             "network": {"subnet": args.subnet},
             "bench": {"ops": "all_reduce", "min_bytes": min(sizes), "max_bytes": max(sizes),
                       "warmup": args.warmup, "iters": args.iters, "check": False}}
-    variants = {}
+    variants: dict[Variant, Any] = {}
     for mtu in mtus:
         cfg = json.loads(json.dumps(base))
         cfg["network"]["mtu"] = mtu

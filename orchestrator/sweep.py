@@ -635,8 +635,10 @@ def sweep_table(summary: dict[str, Any]) -> Table:
         return "-" if v is None else format(v, spec)
 
     for r in summary["rows"]:
+        short = " ".join(part.removeprefix("network.").removeprefix("env.")
+                         for part in r["variant"].split(" "))
         table.add_row(
-            r["variant"], f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
+            short, f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
             format_size(r["size_bytes"]), f(r["busbw_median"]),
             f"{r['busbw_min']:.3f}..{r['busbw_max']:.3f}", f(r["busbw_stdev"]), str(r["repeats"]),
             f(r["tcp_single_gbps"]), f(r["tcp_parallel_gbps"]), f(r["efficiency"], ".0%"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_process_backend import netorch, run_dir
+from test_process_backend import netorch, run_dir
 from train.contract import BenchArgs
 
 pytestmark = pytest.mark.slow
