@@ -29,7 +29,9 @@ from orchestrator.backends import Backend, make_backend, resolve_backend
 from orchestrator.backends.registry import backend_kind
 from orchestrator.errors import ConfigError, OutputError, RankFailedError
 from orchestrator.plots import preload
-from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
+from orchestrator.linerate import LineRate, LineRateOptions
+from orchestrator.linerate import annotate as annotate_line_rate
+from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id, with_start_gate
 from orchestrator.session import Echo, run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings
 from orchestrator.settings_overrides import (
@@ -157,15 +159,21 @@ def _executor(settings: Settings, hooks: Hooks, on: str | None,
 
 
 def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
-              asked: Collection[str] | None = None) -> RunResult:
+              asked: Collection[str] | None = None,
+              line_rate: LineRateOptions | None = None) -> RunResult:
     """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down.
 
-    With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``)."""
+    With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``).
+    With ``line_rate``, the TCP line rate between ring neighbours is measured first, on idle
+    nodes (see orchestrator.linerate), and the report gives busbw as a share of it."""
     from orchestrator.report import build_report, prefetch_hook, write_report
 
     name, settings, warm = _executor(settings, hooks, on, asked)
     plan = build_plan(settings, new_run_id(), name, "bench")
     backend = warm or make_backend(name, settings)
+    line = _line_rate_setup(backend, plan, line_rate, hooks) if line_rate else None
+    if line is not None and warm is None and name == "docker":
+        plan = with_start_gate(plan)  # the hook measures between up and the workload's start
     out_dir = settings.output / plan.run_id
     preload()  # the plot's imports, while the nodes work
     if hooks.on_start is not None:
@@ -173,10 +181,35 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
     outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
                           echo=hooks.echo, on_tick=hooks.on_tick, on_result=prefetch_hook(plan))
     report = build_report(plan, outcome.result, outcome.elapsed_s)
+    if line is not None:
+        annotate_line_rate(report, line)
     prom = _publish(report, out_dir, settings, hooks)
     paths = write_report(report, out_dir)
     paths["prom"] = prom
     return RunResult(plan, report, paths)
+
+
+def _line_rate_setup(backend: Backend, plan: ClusterPlan, options: LineRateOptions,
+                     hooks: Hooks) -> LineRate:
+    """Arrange for the line rate to be measured before the benchmark: over loopback now
+    (process backend), in the set-up phase of a gated plan (docker), or on a warm cluster's idle
+    nodes now (``--on``). ConfigError for a backend where none of these applies."""
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node
+    from orchestrator.linerate import container_hook, measure_loopback
+
+    _notice(hooks, "line rate: measuring TCP between ring neighbours before the benchmark")
+    if backend.name == "process":
+        return measure_loopback(options)
+    line = LineRate()
+    if isinstance(backend, WarmDockerBackend):
+        container_hook(options, line)(plan, containers_by_node(plan, backend.cluster))
+        return line
+    if type(backend) is DockerBackend:
+        backend.after_start = container_hook(options, line)
+        return line
+    raise ConfigError(f"--line-rate: the {backend.name} backend of this run (several hosts) has "
+                      "no set-up phase to measure in; run on one host or drop --line-rate")
 
 
 def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,

@@ -307,21 +307,33 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
 def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
-          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto") -> None:
+          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto",
+          line_rate: Annotated[bool, typer.Option(
+              "--line-rate", help="first measure single-stream and parallel TCP between ring "
+              "neighbours (as the sweep does) and report busbw as a share of it")] = False,
+          tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="with "
+                                 "--line-rate: duration of each TCP test")] = 2.0,
+          tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="with "
+                                 "--line-rate: streams of the parallel TCP test")] = 4) -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
     Exit code 0 only when every rank succeeded and no value was wrong; 5 when --baseline is
     given and a size's busbw fell below it beyond the noise.
     """
+    from orchestrator.linerate import LineRateOptions, line_rate_table
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
     check_baseline = _baseline_gate(baseline, tolerance)
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
     with err.status("benchmark running"):
-        result = usecases.run_bench(settings, hooks, on, request.asked_keys())
+        result = usecases.run_bench(
+            settings, hooks, on, request.asked_keys(),
+            LineRateOptions(tcp_seconds, tcp_streams) if line_rate else None)
     report, the_plan = result.report, result.plan
     console.print(results_table(report))
+    if "line_rate" in report:
+        console.print(line_rate_table(report))
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
     for note in report["notes"]:

@@ -40,7 +40,9 @@ from rich.table import Table
 
 from orchestrator.backends.docker import DockerBackend, remove_by_label
 from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node, start_cluster
-from orchestrator.errors import BackendError, ConfigError, NetorchError
+from orchestrator.errors import ConfigError, NetorchError
+from orchestrator.linerate import LineRate, LineRateOptions, measure_between
+from orchestrator.linerate import ring_pairs as ring_pairs
 from orchestrator.netprobe import (
     PathMtuResult,
     ProbeNode,
@@ -247,16 +249,6 @@ class RunProbes:
         }
 
 
-def ring_pairs(plan: ClusterPlan, limit: int) -> list[tuple[int, int]]:
-    """(sender, receiver) node indices i -> i+1 around the ring, at most ``limit`` of them:
-    the links a ring all_reduce uses."""
-    n = len(plan.nodes)
-    if n < 2:
-        return []
-    ring = [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
-    return ring[: max(0, limit)]
-
-
 def probe_hook(
     probes: RunProbes, options: SweepOptions
 ) -> Callable[[ClusterPlan, Mapping[str, Any]], None]:
@@ -270,16 +262,9 @@ def probe_hook(
             mtu = plan.network.mtu
             probes.path_mtu.extend(concurrently(
                 lambda p: path_mtu(p[0], p[1].name, p[1].ip, mtu), pairs(nodes)))
-        # One TCP test at a time: concurrent tests would share the host's CPUs and undercount.
-        for src, dst in ring_pairs(plan, options.tcp_pairs):
-            try:
-                probes.tcp_single.append(
-                    tcp_throughput(nodes[dst], nodes[src], options.tcp_seconds, 1))
-                if options.tcp_streams > 1:
-                    probes.tcp_parallel.append(tcp_throughput(
-                        nodes[dst], nodes[src], options.tcp_seconds, options.tcp_streams))
-            except RuntimeError as e:
-                raise BackendError(f"TCP baseline: {e}") from e
+        line = LineRate(probes.tcp_single, probes.tcp_parallel)  # fills the probes' lists
+        measure_between(nodes, plan, LineRateOptions(
+            options.tcp_seconds, options.tcp_streams, options.tcp_pairs), line)
 
     return hook
 

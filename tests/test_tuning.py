@@ -43,3 +43,18 @@ def test_blocking_value_is_validated(tmp_path: Path) -> None:
     assert proc.returncode == 2, output
     assert "bench.blocking" in output
     assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
+
+
+def test_line_rate_gives_each_size_its_share_of_tcp(tmp_path: Path) -> None:
+    proc = netorch("bench", "--nodes", "2", "-B", "256K", "-E", "1M", "-f", "4", "-w", "1",
+                   "-i", "3", "--line-rate", "--tcp-seconds", "1", "--tcp-streams", "2",
+                   "--quiet", out=tmp_path)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    report = json.loads((run_dir(tmp_path) / "report.json").read_text())
+    line = report["line_rate"]
+    assert line["single_gbps"] > 0 and line["parallel_gbps"] > 0
+    assert [t["streams"] for t in line["tcp_single"] + line["tcp_parallel"]] == [1, 2]
+    for row in report["results"]:
+        assert row["line_share"] == pytest.approx(row["busbw_gbps"] / line["single_gbps"])
+    assert "share of 1 stream" in output and "line rate: TCP 1 stream" in output

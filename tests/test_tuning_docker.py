@@ -91,3 +91,19 @@ def test_baseline_gate_catches_a_slow_link_and_not_noise(
                    "-o", str(tmp_path / f"same{attempt}"), cwd=tmp_path)
         assert same.returncode == 0, f"false alarm on try {attempt + 1}: {same.stdout}{same.stderr}"
         assert "REGRESSED" not in same.stdout
+
+
+def test_line_rate_is_measured_in_the_containers_first(
+        cluster: Cluster, tmp_path: Path, docker_client: docker.DockerClient,  # noqa: F811
+) -> None:
+    proc = cli(cluster, "bench", "-n", "2", "--subnet", free_test_subnet(docker_client), "-B",
+               "1M", "-E", "1M", "-w", "1", "-i", "3", "--line-rate", "--tcp-seconds", "1",
+               "--tcp-streams", "2", "-q", "-o", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (saved,) = (tmp_path / "runs").glob("*/report.json")
+    report = json.loads(saved.read_text())
+    (single,) = report["line_rate"]["tcp_single"]
+    names = {n["name"] for n in report["nodes"]}
+    assert {single["src"], single["dst"]} == names  # between the two containers, not the host
+    (row,) = report["results"]
+    assert row["line_share"] == pytest.approx(row["busbw_gbps"] / report["line_rate"]["single_gbps"])
