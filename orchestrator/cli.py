@@ -556,6 +556,25 @@ def sweep(
         raise typer.Exit(4)
 
 
+@command(app, CONFIG_FLAGS)
+def compare(
+    request: SettingsRequest,
+    runs: Annotated[list[str], typer.Argument(
+        help="two or more runs: a report.json, a run folder, or a run id under the output "
+        "folder (settings' output, default runs/)", show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="folder for compare.html, "
+                                      "compare.png and compare.json")] = Path("compare"),
+) -> None:
+    """Compare runs: overlaid busbw curves, a delta table and a diff of everything that differed
+    (settings, env, MTU, versions, hosts, line rate) in one self-contained compare.html, plus
+    compare.png and compare.json."""
+    from orchestrator.compare import load_reports, write_compare
+
+    reports = load_reports(runs, request.load().output)
+    paths = write_compare(reports, out)
+    console.print("compare: " + "  ".join(str(p) for p in paths.values()))
+
+
 @command(app, CONFIG_FLAGS, _exclude(PLAN_FLAGS, "config", "set_", "backend", "output",
                                      "dist_backend"), fixed={"backend": "docker"})
 def doctor(
