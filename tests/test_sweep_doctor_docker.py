@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import docker
 import docker.errors
 import pytest
 
+from conftest import netorch_env
 from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
 from orchestrator.backends.docker import DockerBackend, remove_by_label
 from orchestrator.doctor import sleeping_plan
@@ -70,8 +70,7 @@ def cluster(docker_client: docker.DockerClient) -> Iterator[Cluster]:  # noqa: F
 
 
 def cli(cluster: Cluster, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "300"})
+    env = netorch_env(300)
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args, "--set", f"cluster.name={cluster.name}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
