@@ -58,3 +58,27 @@ def test_line_rate_gives_each_size_its_share_of_tcp(tmp_path: Path) -> None:
     for row in report["results"]:
         assert row["line_share"] == pytest.approx(row["busbw_gbps"] / line["single_gbps"])
     assert "share of 1 stream" in output and "line rate: TCP 1 stream" in output
+
+
+def test_train_baseline_compares_samples_per_second(tmp_path: Path) -> None:
+    from test_train_process import netorch_train
+
+    def only_run(out: Path) -> Path:
+        (found,) = (d for d in out.iterdir() if d.is_dir() and not d.name.startswith("_"))
+        return found
+
+    args = ("--nodes", "2", "--steps", "10", "--checkpoint-every", "0", "--quiet")
+    first = netorch_train(tmp_path / "a", *args)
+    output, _ = first.communicate(timeout=240)
+    assert first.returncode == 0, output
+    saved = only_run(tmp_path / "a")
+    # An allowance no run on a shared host misses: this checks the plumbing, not the noise.
+    again = netorch_train(tmp_path / "b", *args, "--baseline", str(saved), "--tolerance", "95")
+    output, _ = again.communicate(timeout=240)
+    assert again.returncode == 0, output
+    gate = json.loads((only_run(tmp_path / "b") / "baseline.json").read_text())
+    (delta,) = gate["deltas"]
+    report = json.loads((saved / "report.json").read_text())
+    assert delta["label"] == "samples/s" and delta["baseline"] == [report["samples_per_s"]]
+    assert delta["allowed_drop"] == pytest.approx(0.95) and not delta["regressed"]
+    assert "against baseline" in output
