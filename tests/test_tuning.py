@@ -82,3 +82,15 @@ def test_train_baseline_compares_samples_per_second(tmp_path: Path) -> None:
     assert delta["label"] == "samples/s" and delta["baseline"] == [report["samples_per_s"]]
     assert delta["allowed_drop"] == pytest.approx(0.95) and not delta["regressed"]
     assert "against baseline" in output
+
+
+def test_nonblocking_counts_its_buffer_sets_against_memory() -> None:
+    from orchestrator.grammar import BENCH_BUFFERS_PER_RANK, bench_memory_problem
+    from train.contract import NONBLOCKING_DEPTH
+
+    total = 64 << 30
+    size = total // (2 * BENCH_BUFFERS_PER_RANK)  # fits two blocking ranks exactly
+    assert bench_memory_problem(size, 2, total) is None
+    problem = bench_memory_problem(size, 2, total, blocking=False)
+    assert problem is not None
+    assert f"x {BENCH_BUFFERS_PER_RANK + 2 * (NONBLOCKING_DEPTH - 1)} buffers" in problem
