@@ -4,10 +4,13 @@ baseline gate (``--baseline``), line rate, ``compare``. Real ranks on loopback, 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import netorch_env
 from test_process_backend import netorch, run_dir
 from train.contract import BenchArgs
 
@@ -94,3 +97,22 @@ def test_nonblocking_counts_its_buffer_sets_against_memory() -> None:
     problem = bench_memory_problem(size, 2, total, blocking=False)
     assert problem is not None
     assert f"x {BENCH_BUFFERS_PER_RANK + 2 * (NONBLOCKING_DEPTH - 1)} buffers" in problem
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--preset", "sockets", "--vary", "env.GLOO_SOCKET_IFNAME=eth0"),
+     "env.GLOO_SOCKET_IFNAME is varied twice"),  # the preset for gloo (the CPU default)
+    (("--mtu", "1500", "--vary", "network.mtu=9000"), "network.mtu is varied twice"),
+    (("--preset", "fast"), "--preset: 'fast' is not a preset"),
+    (("--vary", "network.subnet=10.9.0.0/24"), "the sweep fixes network.subnet"),
+    (("--vary", "network.mtu=1500,99999"), "network.mtu"),
+])
+def test_sweep_refuses_bad_axes_before_starting_anything(tmp_path: Path, args: tuple[str, ...],
+                                                         words: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", *args, "-o",
+                           str(tmp_path / "runs")], env=netorch_env(), capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
