@@ -242,31 +242,55 @@ RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run i
 BaselineOpt = Annotated[Optional[list[Path]], typer.Option(
     "--baseline", help="compare with this saved report.json, run folder or sweep folder "
     "(repeatable: several runs are repeats); exit 5 on a regression beyond the noise")]
+ConfirmOpt = Annotated[int, typer.Option(
+    "--confirm", min=0, help="with --baseline: while a figure looks regressed, run again up to "
+    "this many times and judge the best of the runs (0: judge the first run alone)")]
 ToleranceOpt = Annotated[str, typer.Option(
     "--tolerance", help="auto: the baseline's own spread (max-min over its runs, at least 20%; "
     "50% against a single run); or the percentage drop allowed, e.g. 10")]
 
 
-def _baseline_gate(paths: list[Path] | None, tolerance: str) -> Callable[[usecases.RunResult,
-                                                                          str], None]:
+def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
+                   ) -> Callable[[usecases.RunResult, str, Callable[[], usecases.RunResult]],
+                                 None]:
     """Check ``--baseline``/``--tolerance`` now (exit 2 before anything runs); return the step
-    that compares a finished run with it, prints the deltas, saves baseline.json and exits 5 on
-    a regression (nothing without ``--baseline``)."""
-    from orchestrator.baseline import compare, delta_table, gate, load_baseline, parse_tolerance
+    that compares a finished run with it (re-running it up to ``confirm`` times while a figure
+    looks regressed, judging the best of the runs), prints the deltas, saves baseline.json and
+    exits 5 on a regression (nothing without ``--baseline``)."""
+    from orchestrator.baseline import (
+        best_of,
+        compare,
+        delta_table,
+        gate,
+        load_baseline,
+        parse_tolerance,
+    )
 
     allowed = parse_tolerance(tolerance)
     if not paths:
-        return lambda result, unit: None
+        return lambda result, unit, rerun: None
     baseline = load_baseline(paths)
 
-    def check(result: usecases.RunResult, unit: str) -> None:
-        deltas = compare(result.report, baseline, allowed)
-        console.print(delta_table(deltas, baseline, unit))
+    def check(result: usecases.RunResult, unit: str,
+              rerun: Callable[[], usecases.RunResult]) -> None:
+        matched = baseline.matching(result.report)  # a sweep's runs of this run's variant
+        reports = [result.report]
+        deltas = compare(result.report, matched, allowed)
+        while any(d.regressed for d in deltas) and len(reports) <= confirm:
+            _notice(f"baseline: below it beyond the noise; confirming with run "
+                    f"{len(reports)}/{confirm}")
+            again = rerun()
+            if not again.ok:
+                _finish(again, "a confirmation run failed")
+            reports.append(again.report)
+            deltas = compare(best_of(reports), matched, allowed)
+        console.print(delta_table(deltas, matched, unit))
         out = result.paths["json"].parent / "baseline.json"
         _writable(out.parent, lambda: out.write_text(json.dumps({
-            "baseline": list(baseline.sources), "baseline_runs": list(baseline.run_ids),
-            "tolerance": tolerance, "deltas": [d.to_dict() for d in deltas]}, indent=2) + "\n"))
-        gate(deltas, baseline)
+            "baseline": list(matched.sources), "baseline_runs": list(matched.run_ids),
+            "runs": [r["run_id"] for r in reports], "tolerance": tolerance,
+            "deltas": [d.to_dict() for d in deltas]}, indent=2) + "\n"))
+        gate(deltas, matched)
 
     return check
 
@@ -307,7 +331,7 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
 def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
-          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto",
+          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto", confirm: ConfirmOpt = 2,
           line_rate: Annotated[bool, typer.Option(
               "--line-rate", help="first measure single-stream and parallel TCP between ring "
               "neighbours (as the sweep does) and report busbw as a share of it")] = False,
@@ -324,12 +348,15 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm)
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
+
+    def run_once() -> usecases.RunResult:
+        return usecases.run_bench(settings, hooks, on, request.asked_keys(),
+                                  LineRateOptions(tcp_seconds, tcp_streams) if line_rate else None)
+
     with err.status("benchmark running"):
-        result = usecases.run_bench(
-            settings, hooks, on, request.asked_keys(),
-            LineRateOptions(tcp_seconds, tcp_streams) if line_rate else None)
+        result = run_once()
     report, the_plan = result.report, result.plan
     console.print(results_table(report))
     if "line_rate" in report:
@@ -348,7 +375,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         console.print(f"overlay {escape(net['name'])}: requested MTU {net['mtu']}, effective "
                       f"MTU {net['effective_mtu']}")
     _finish(result, f"{report['wrong_total']} wrong values")
-    check_baseline(result, "busbw GB/s")
+    check_baseline(result, "busbw GB/s", run_once)
 
 
 @command(app, PLAN_FLAGS, TRAIN_FLAGS)
@@ -356,7 +383,7 @@ def train(request: SettingsRequest,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
                                               "(progress stays)")] = False,
           on: OnOpt = None, baseline: BaselineOpt = None,
-          tolerance: ToleranceOpt = "auto") -> None:
+          tolerance: ToleranceOpt = "auto", confirm: ConfirmOpt = 2) -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
     Exit code 0 when the job finished all steps (restarts included) with a finite loss; 5 when
@@ -366,7 +393,7 @@ def train(request: SettingsRequest,
     from train.results import decode_progress
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm)
     hooks, started = _run_hooks(settings.cluster.name, quiet)
     node_echo = hooks.echo
     assert node_echo is not None
@@ -391,7 +418,8 @@ def train(request: SettingsRequest,
     report = result.report
     console.print(train_table(report))
     _finish(result, "the job did not finish its steps with a finite loss")
-    check_baseline(result, "samples/s")
+    check_baseline(result, "samples/s", lambda: usecases.run_train(
+        settings, replace(hooks, on_restart=restarted), on, request.asked_keys()))
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,

@@ -42,6 +42,7 @@ from orchestrator.backends.docker import DockerBackend, remove_by_label
 from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node, start_cluster
 from orchestrator.errors import ConfigError, NetorchError
 from orchestrator.linerate import LineRate, LineRateOptions, measure_between
+from orchestrator.linerate import annotate as annotate_line_rate
 from orchestrator.linerate import ring_pairs as ring_pairs
 from orchestrator.netprobe import (
     PathMtuResult,
@@ -518,6 +519,7 @@ def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan,
                 + variant_problems(point.variant, report))
     if report["wrong_total"] not in (0, None):
         problems.append(f"{report['wrong_total']} wrong values")
+    annotate_line_rate(report, LineRate(probes.tcp_single, probes.tcp_parallel))
     point_dict = {"index": point.index, "repeat": point.repeat, "variant": dict(point.variant),
                   "label": point.label}
     report["sweep"] = {"id": sweep_id, "point": point_dict, "probes": probes.to_dict(),

@@ -71,10 +71,29 @@ def test_a_sweep_of_one_configuration_gives_its_repeats(tmp_path: Path) -> None:
     (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "x", "runs": runs}))
     base = load_baseline([sweep])
     assert base.run_ids == ("sweep-x-00", "sweep-x-01")
-    runs.append({**runs[0], "run_id": "sweep-x-02", "mtu": 9000})
-    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "x", "runs": runs}))
-    with pytest.raises(ConfigError, match="compares 2 configurations"):
-        load_baseline([sweep])
+
+
+
+def test_a_sweep_of_several_variants_gives_the_repeats_of_the_run_s_own(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep-y"
+    runs = []
+    for i, (mtu, ifname, value) in enumerate([(1500, "eth0", 1.0), (9000, "eth0", 2.0),
+                                              (1500, "eth0,eth0", 3.0), (1500, "eth0", 1.1)]):
+        report = {**bench_report(f"y-{i}", {MIB: value}), "network": {"mtu": mtu},
+                  "ranks": [{"rank": 0, "env": {"GLOO_SOCKET_IFNAME": ifname}}]}
+        save(sweep / report["run_id"], report)
+        runs.append({"run_id": report["run_id"], "results": report["results"],
+                     "variant": {"network.mtu": mtu, "env.GLOO_SOCKET_IFNAME": ifname}})
+    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "y", "runs": runs}))
+    base = load_baseline([sweep / "sweep.json"])
+    now = {**bench_report("n", {MIB: 1.0}), "network": {"mtu": 1500},
+           "ranks": [{"rank": 0, "env": {"GLOO_SOCKET_IFNAME": "eth0"}}]}
+    assert base.matching(now).run_ids == ("y-0", "y-3")
+    (delta,) = compare(now, base, None)
+    assert delta.baseline == (1.0, 1.1)
+    other = {**now, "network": {"mtu": 4000}}
+    with pytest.raises(ConfigError, match="matches none of the configurations"):
+        compare(other, base, None)
 
 
 def test_train_baseline_compares_samples_per_second(tmp_path: Path) -> None:
@@ -104,3 +123,18 @@ def test_bad_baseline_paths_are_config_errors(tmp_path: Path) -> None:
     base = load_baseline([save(tmp_path / "a", bench_report("a", {MIB: 1.0}))])
     with pytest.raises(ConfigError, match="no figure in common"):
         compare(bench_report("b", {2 * MIB: 1.0}), base, None)
+
+
+def test_best_of_the_confirmation_runs_is_judged(tmp_path: Path) -> None:
+    from orchestrator.baseline import best_of
+
+    base = load_baseline([save(tmp_path / "a", bench_report("a", {MIB: 1.0, 4 * MIB: 2.0}))])
+    spiked = bench_report("b", {MIB: 0.2, 4 * MIB: 0.3})  # a load spike slowed this run
+    calm = bench_report("c", {MIB: 0.9, 4 * MIB: 0.4})  # ... not this one, but 4 MiB stays slow
+    merged = best_of([spiked, calm])
+    assert merged["run_id"] == "b"
+    assert [r["busbw_gbps"] for r in merged["results"]] == [0.9, 0.4]
+    assert [d.regressed for d in compare(merged, base, None)] == [False, True]
+    train = best_of([{"kind": "train", "samples_per_s": 10.0}, {"kind": "train",
+                                                                 "samples_per_s": 30.0}])
+    assert train["samples_per_s"] == 30.0

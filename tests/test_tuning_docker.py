@@ -79,13 +79,15 @@ def test_baseline_gate_catches_a_slow_link_and_not_noise(
     assert first.returncode == 0, first.stdout + first.stderr
     (saved,) = (tmp_path / "base").glob("*/report.json")
     slow = cli(cluster, *common, "--set", "network.link.rate=40mbit", "--baseline", str(saved),
-               "-o", str(tmp_path / "slow"), cwd=tmp_path)
+               "--confirm", "1", "-o", str(tmp_path / "slow"), cwd=tmp_path)
     assert slow.returncode == 5, slow.stdout + slow.stderr
     assert "regression against" in slow.stderr
     assert "at 4 MiB" in slow.stderr and "at 8 MiB" in slow.stderr
     assert "REGRESSED" in slow.stdout
     (gate,) = (tmp_path / "slow").glob("*/baseline.json")
-    assert all(d["regressed"] for d in json.loads(gate.read_text())["deltas"])
+    verdict = json.loads(gate.read_text())
+    assert all(d["regressed"] for d in verdict["deltas"])
+    assert len(verdict["runs"]) == 2  # the regression held in the confirmation run too
     for attempt in range(5):
         same = cli(cluster, *common, "--baseline", str(saved.parent),
                    "-o", str(tmp_path / f"same{attempt}"), cwd=tmp_path)
