@@ -289,8 +289,12 @@ def test_argv_is_flag_value_pairs_with_the_historical_flag_names() -> None:
     argv = BenchArgs(ops=("reduce", "sendrecv"), min_bytes=4096, run_id="r1").to_argv()
     flags = argv[0::2]
     assert flags == ("--ops", "--min-bytes", "--max-bytes", "--step-factor", "--warmup", "--iters",
-                     "--dtype", "--check", "--in-place", "--reduce-op", "--blocking",
-                     "--dist-backend", "--timeout-s", "--run-id")
+                     "--dtype", "--check", "--in-place", "--reduce-op", "--dist-backend",
+                     "--timeout-s", "--run-id")
+    # A flag added later travels only when not at its default: older images still run.
+    assert "--blocking" not in argv
+    nonblocking = BenchArgs(blocking=False).to_argv()
+    assert nonblocking[nonblocking.index("--blocking") + 1] == "0"
     assert argv[argv.index("--ops") + 1] == "reduce,sendrecv"
     assert argv[argv.index("--min-bytes") + 1] == "4096"
     assert argv[argv.index("--check") + 1] == "1"

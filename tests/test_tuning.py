@@ -23,6 +23,7 @@ def test_blocking_flag_round_trips_through_argv() -> None:
         assert BenchArgs.from_argv(args.to_argv()) == args
         assert args.settings()["blocking"] is blocking
     assert "--blocking" in BenchArgs(blocking=False).to_argv()
+    assert "--blocking" not in BenchArgs().to_argv()  # images from before -z still run
 
 
 def test_nonblocking_every_op_is_exact_and_says_its_mode(tmp_path: Path) -> None:

@@ -249,6 +249,9 @@ class Flag:
     validate: Callable[[Any], Any] | None = None
     name: str | None = None  # the flag, when not ``--`` + the field name with dashes
     metavar: str | None = None
+    # Left out of argv at its default: a flag added later, so that images built before it
+    # (whose workload does not know the flag) still run every config that does not use it.
+    omit_default: bool = False
 
 
 def _flag_field(default: T, flag: Flag) -> T:
@@ -413,7 +416,8 @@ class WorkloadArgs:
         """Cross-field checks; raise ValueError naming the fields and the fix."""
 
     def to_argv(self) -> tuple[str, ...]:
-        """Return the workload's flags equal to this config (a ``None`` field is left out).
+        """Return the workload's flags equal to this config (a ``None`` field is left out, and
+        an ``omit_default`` flag at its default).
 
         Pairs ``("--flag", "value")`` in field order; a value starting with ``-`` travels as
         ``--flag=value`` so that argparse cannot take it for a flag.
@@ -421,7 +425,7 @@ class WorkloadArgs:
         argv: list[str] = []
         for f in dataclasses.fields(cast(Any, self)):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (_flag_of(f).omit_default and value == f.default):
                 continue
             text = _flag_of(f).format(value)
             if text.startswith("-"):
@@ -526,7 +530,8 @@ class BenchArgs(WorkloadArgs):
     blocking: bool = _flag_field(
         True, Flag("1: wait for each op before the next; 0: issue the timed ops asynchronously "
                    f"(up to {NONBLOCKING_DEPTH} in flight, each on its own buffers) and wait for "
-                   "all (nccl-tests -z)", _parse_bool01, _format_bool01, _a_bool, metavar="{0,1}")
+                   "all (nccl-tests -z)", _parse_bool01, _format_bool01, _a_bool, metavar="{0,1}",
+                   omit_default=True)
     )
     dist_backend: str = _flag_field(
         "auto", Flag("process-group backend; auto: nccl with CUDA, else gloo", _text, str,
