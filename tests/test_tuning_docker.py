@@ -73,8 +73,8 @@ def test_baseline_gate_catches_a_slow_link_and_not_noise(
         cluster: Cluster, tmp_path: Path, docker_client: docker.DockerClient,  # noqa: F811
 ) -> None:
     subnet = free_test_subnet(docker_client)
-    common = ["bench", "-n", "2", "--subnet", subnet, "-B", "4M", "-E", "8M", "-w", "1",
-              "-i", "5", "-q"]
+    common = ["bench", "-n", "2", "--subnet", subnet, "-B", "2M", "-E", "4M", "-w", "1",
+              "-i", "3", "-q"]
     first = cli(cluster, *common, "-o", str(tmp_path / "base"), cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     (saved,) = (tmp_path / "base").glob("*/report.json")
@@ -82,7 +82,7 @@ def test_baseline_gate_catches_a_slow_link_and_not_noise(
                "--confirm", "1", "-o", str(tmp_path / "slow"), cwd=tmp_path)
     assert slow.returncode == 5, slow.stdout + slow.stderr
     assert "regression against" in slow.stderr
-    assert "at 4 MiB" in slow.stderr and "at 8 MiB" in slow.stderr
+    assert "at 2 MiB" in slow.stderr and "at 4 MiB" in slow.stderr
     assert "REGRESSED" in slow.stdout
     (gate,) = (tmp_path / "slow").glob("*/baseline.json")
     verdict = json.loads(gate.read_text())
