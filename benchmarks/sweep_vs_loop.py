@@ -36,7 +36,7 @@ import docker  # noqa: E402
 from orchestrator.netprobe import run_in  # noqa: E402
 from orchestrator.plan import ClusterPlan, new_run_id  # noqa: E402
 from orchestrator.settings import load_settings  # noqa: E402
-from orchestrator.sweep import SweepOptions, SweepPoint, run_sweep  # noqa: E402
+from orchestrator.sweep import Axis, SweepOptions, SweepPoint, Variant, run_sweep  # noqa: E402
 
 MIB = 1 << 20
 TOLERANCE = 0.10
@@ -95,11 +95,11 @@ def main() -> int:
             "network": {"subnet": args.subnet},
             "bench": {"ops": "all_reduce", "min_bytes": min(sizes), "max_bytes": max(sizes),
                       "warmup": args.warmup, "iters": args.iters, "check": False}}
-    variants = {}
+    variants: dict[Variant, Any] = {}
     for mtu in mtus:
         cfg = json.loads(json.dumps(base))
         cfg["network"]["mtu"] = mtu
-        variants[(mtu, None)] = load_settings(None, cfg)
+        variants[(("network.mtu", mtu),)] = load_settings(None, cfg)
     loops: dict[str, dict[int, float]] = {}
 
     def loop_hook(point: SweepPoint, plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
@@ -129,7 +129,7 @@ def main() -> int:
     client = docker.from_env(timeout=300)
     sweep_id = new_run_id()
     out_dir = Path(args.output) / f"sweep-{sweep_id}"
-    summary = run_sweep(variants, SweepOptions(mtus, (None,), args.repeats, 1.0, 2, 1), client,
+    summary = run_sweep(variants, SweepOptions((Axis("network.mtu", mtus),), args.repeats, 1.0, 2, 1), client,
                         sweep_id, out_dir, extra_hook=loop_hook)
     client.close()
     ok = True

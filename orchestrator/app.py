@@ -30,7 +30,9 @@ from orchestrator.backends import Backend, make_backend, resolve_backend
 from orchestrator.backends.registry import backend_kind
 from orchestrator.errors import ConfigError, OutputError, RankFailedError
 from orchestrator.plots import preload
-from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id
+from orchestrator.linerate import LineRate, LineRateOptions
+from orchestrator.linerate import annotate as annotate_line_rate
+from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id, with_start_gate
 from orchestrator.session import Echo, run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings
 from orchestrator.versions import versions
@@ -161,15 +163,21 @@ def _executor(settings: Settings, hooks: Hooks, on: str | None,
 
 
 def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
-              asked: Collection[str] | None = None) -> RunResult:
+              asked: Collection[str] | None = None,
+              line_rate: LineRateOptions | None = None) -> RunResult:
     """``netorch bench``: plan, start nodes, wait (fail fast), collect, report, tear down.
 
-    With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``)."""
+    With ``on``, the run forks fresh ranks on a warm cluster's nodes instead (``netorch up``).
+    With ``line_rate``, the TCP line rate between ring neighbours is measured first, on idle
+    nodes (see orchestrator.linerate), and the report gives busbw as a share of it."""
     from orchestrator.report import build_report, prefetch_hook, write_report
 
     name, settings, warm = _executor(settings, hooks, on, asked)
     plan = build_plan(settings, new_run_id(), name, "bench")
     backend = warm or make_backend(name, settings)
+    line = _line_rate_setup(backend, plan, line_rate, hooks) if line_rate else None
+    if line is not None and warm is None and name == "docker":
+        plan = with_start_gate(plan)  # the hook measures between up and the workload's start
     out_dir = settings.output / plan.run_id
     preload()  # the plot's imports, while the nodes work
     if hooks.on_start is not None:
@@ -178,10 +186,35 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
                           echo=hooks.echo, on_tick=hooks.on_tick, on_result=prefetch_hook(plan))
     report = build_report(plan, outcome.result, outcome.elapsed_s)
     report["versions"] = versions(settings, name, report.get("torch_version"))
+    if line is not None:
+        annotate_line_rate(report, line)
     prom = _publish(report, out_dir, settings, hooks)
     paths = write_report(report, out_dir)
     paths["prom"] = prom
     return RunResult(plan, report, paths)
+
+
+def _line_rate_setup(backend: Backend, plan: ClusterPlan, options: LineRateOptions,
+                     hooks: Hooks) -> LineRate:
+    """Arrange for the line rate to be measured before the benchmark: over loopback now
+    (process backend), in the set-up phase of a gated plan (docker), or on a warm cluster's idle
+    nodes now (``--on``). ConfigError for a backend where none of these applies."""
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node
+    from orchestrator.linerate import container_hook, measure_loopback
+
+    _notice(hooks, "line rate: measuring TCP between ring neighbours before the benchmark")
+    if backend.name == "process":
+        return measure_loopback(options)
+    line = LineRate()
+    if isinstance(backend, WarmDockerBackend):
+        container_hook(options, line)(plan, containers_by_node(plan, backend.cluster))
+        return line
+    if type(backend) is DockerBackend:
+        backend.after_start = container_hook(options, line)
+        return line
+    raise ConfigError(f"--line-rate: the {backend.name} backend of this run (several hosts) has "
+                      "no set-up phase to measure in; run on one host or drop --line-rate")
 
 
 def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
@@ -263,8 +296,7 @@ class SweepResult:
 
 def sweep(
     request: SettingsRequest,
-    mtus: list[int],
-    rates: list[str | None] | None,
+    axes: list[Any],
     repeats: int,
     tcp_seconds: float,
     tcp_streams: int,
@@ -273,36 +305,34 @@ def sweep(
     on_point: Callable[[Any, str, int], None] | None = None,
     fresh: bool = False,
 ) -> SweepResult:
-    """``netorch sweep``: every (MTU, link rate) variant, validated up front like ``bench``, run
-    ``repeats`` times interleaved on the docker backend; summary, CSV/JSON, plot, verdicts."""
+    """``netorch sweep``: every variant of ``axes`` (:class:`orchestrator.sweep.Axis`, their
+    Cartesian product), validated up front like ``bench``, run ``repeats`` times interleaved on
+    the docker backend; summary, CSV/JSON, plot, verdicts."""
     from orchestrator.backends.docker import connect_settings
-    from orchestrator.sweep import SweepOptions, run_sweep, write_sweep
+    from orchestrator.sweep import SweepOptions, run_sweep, variants_of, write_sweep
 
     base = request.load({"backend": "docker"})
     single_host(base, "sweep")
-    chosen_rates: list[str | None] = rates if rates else [None]
-    subnets: list[str | None] = [None] * (len(mtus) * len(chosen_rates))
+    keys = [a.key for a in axes]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"sweep: {', '.join(twice)} is varied twice (--mtu/--link-rate are "
+                          "--vary network.mtu / network.link.rate); give each key once")
+    combos = variants_of(axes)
+    subnets: list[str | None] = [None] * len(combos)
     if not fresh:
         subnets = _variant_subnets(base, len(subnets))
     # Every variant is validated before the first container exists.
-    variants: dict[tuple[int, str | None], Settings] = {}
-    for rate in chosen_rates:
-        for mtu in mtus:
-            extra: dict[str, Any] = {"backend": "docker", "network.mtu": mtu}
-            if rate is not None:
-                extra["network.link.rate"] = rate
-            subnet = subnets[len(variants)]
-            if subnet is not None:
-                extra["network.subnet"] = subnet
-            variants[(mtu, rate)] = request.load(extra)
-    if rates is None and base.network.link.rate is not None:
-        variants = {(m, base.network.link.rate): v for (m, _), v in variants.items()}
-        chosen_rates = [base.network.link.rate]
-    options = SweepOptions(tuple(mtus), tuple(chosen_rates), repeats, tcp_seconds, tcp_streams,
-                           tcp_pairs)
+    variants: dict[Any, Settings] = {}
+    for variant, subnet in zip(combos, subnets):
+        extra: dict[str, Any] = {"backend": "docker", **dict(variant)}
+        if subnet is not None:
+            extra["network.subnet"] = subnet
+        variants[variant] = request.load(extra)
+    options = SweepOptions(tuple(axes), repeats, tcp_seconds, tcp_streams, tcp_pairs)
     sweep_id = new_run_id()
     out_dir = base.output / f"sweep-{sweep_id}"
-    total = len(mtus) * len(chosen_rates) * repeats
+    total = len(combos) * repeats
 
     def point_started(point: Any, run_id: str) -> None:
         if on_point is not None:

@@ -114,6 +114,8 @@ BENCH_FLAGS = (
     Flag("check", "bench.check", _opt(bool, "--check/--no-check",
                                       help="exact correctness check (nccl-tests -c)")),
     Flag("in_place", "bench.in_place", _opt(str, "--in-place", help="both | on | off")),
+    Flag("blocking", "bench.blocking", _opt(str, "--blocking", "-z", help="1: wait for each op "
+                                            "(default); 0: several ops in flight (nccl-tests -z)")),
 )
 TRAIN_FLAGS = (
     Flag("steps", "train.steps", _opt(int, "--steps", help="optimizer steps")),
@@ -277,6 +279,65 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' l
 OnOpt = Annotated[Optional[str], typer.Option(
     "--on", help="run on the warm cluster NAME (netorch up): fresh ranks in seconds")]
 RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run id (default: new)")]
+BaselineOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--baseline", help="compare with this saved report.json, run folder or sweep folder "
+    "(repeatable: several runs are repeats); exit 5 on a regression beyond the noise")]
+ConfirmOpt = Annotated[int, typer.Option(
+    "--confirm", min=0, help="with --baseline: while a figure looks regressed, run again up to "
+    "this many times and judge the best of the runs (0: judge the first run alone)")]
+ToleranceOpt = Annotated[str, typer.Option(
+    "--tolerance", help="auto: the baseline's own spread (max-min over its runs, at least 20%; "
+    "50% against a single run); or the percentage drop allowed, e.g. 10")]
+
+
+def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
+                   ) -> Callable[[usecases.RunResult, str, Callable[[], usecases.RunResult], bool],
+                                 None]:
+    """Check ``--baseline``/``--tolerance`` now (exit 2 before anything runs); return the step
+    that compares a finished run with it (re-running it up to ``confirm`` times while a figure
+    looks regressed, judging the best of the runs), prints the deltas, saves baseline.json and
+    exits 5 on a regression (nothing without ``--baseline``)."""
+    from orchestrator.baseline import (
+        best_of,
+        compare,
+        delta_table,
+        gate,
+        load_baseline,
+        parse_tolerance,
+    )
+
+    allowed = parse_tolerance(tolerance)
+    if not paths:
+        def no_gate(result: usecases.RunResult, unit: str,
+                    rerun: Callable[[], usecases.RunResult], as_json: bool = False) -> None:
+            return None
+
+        return no_gate
+    baseline = load_baseline(paths)
+
+    def check(result: usecases.RunResult, unit: str,
+              rerun: Callable[[], usecases.RunResult], as_json: bool = False) -> None:
+        matched = baseline.matching(result.report)  # a sweep's runs of this run's variant
+        reports = [result.report]
+        deltas = compare(result.report, matched, allowed)
+        while any(d.regressed for d in deltas) and len(reports) <= confirm:
+            _notice(f"baseline: below it beyond the noise; confirming with run "
+                    f"{len(reports)}/{confirm}")
+            again = rerun()
+            if not again.ok:
+                _finish(again, "a confirmation run failed")
+            reports.append(again.report)
+            deltas = compare(best_of(reports), matched, allowed)
+        # With --json, stdout holds the report alone: the deltas go to stderr and baseline.json.
+        (err if as_json else console).print(delta_table(deltas, matched, unit))
+        out = result.paths["json"].parent / "baseline.json"
+        _writable(out.parent, lambda: out.write_text(json.dumps({
+            "baseline": list(matched.sources), "baseline_runs": list(matched.run_ids),
+            "runs": [r["run_id"] for r in reports], "tolerance": tolerance,
+            "deltas": [d.to_dict() for d in deltas]}, indent=2) + "\n"))
+        gate(deltas, matched)
+
+    return check
 
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
@@ -321,22 +382,41 @@ def _run_hooks(settings_prefix: str, quiet: bool) -> tuple[Hooks, list[ClusterPl
 
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
 def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
-          as_json: JsonOpt = False) -> None:
+          as_json: JsonOpt = False,
+          baseline: BaselineOpt = None, tolerance: ToleranceOpt = "auto", confirm: ConfirmOpt = 2,
+          line_rate: Annotated[bool, typer.Option(
+              "--line-rate", help="first measure single-stream and parallel TCP between ring "
+              "neighbours (as the sweep does) and report busbw as a share of it")] = False,
+          tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="with "
+                                 "--line-rate: duration of each TCP test")] = 2.0,
+          tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="with "
+                                 "--line-rate: streams of the parallel TCP test")] = 4) -> None:
     """Run the collective benchmark: plan, start nodes, wait, collect, report, tear down.
 
-    Exit code 0 only when every rank succeeded and no value was wrong.
+    Exit code 0 only when every rank succeeded and no value was wrong; 5 when --baseline is
+    given and a size's busbw fell below it beyond the noise.
     """
+    from orchestrator.linerate import LineRateOptions, line_rate_table
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
+    check_baseline = _baseline_gate(baseline, tolerance, confirm)
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
+
+    def run_once() -> usecases.RunResult:
+        return usecases.run_bench(settings, hooks, on, request.asked_keys(),
+                                  LineRateOptions(tcp_seconds, tcp_streams) if line_rate else None)
+
     with err.status("benchmark running"):
-        result = usecases.run_bench(settings, hooks, on, request.asked_keys())
+        result = run_once()
     report, the_plan = result.report, result.plan
     if as_json:
         _finish(result, f"{report['wrong_total']} wrong values", as_json=True)
+        check_baseline(result, "busbw GB/s", run_once, True)
         return
     console.print(results_table(report, console.width))
+    if "line_rate" in report:
+        console.print(line_rate_table(report))
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
     for note in report["notes"]:
@@ -351,21 +431,25 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         console.print(f"overlay {escape(net['name'])}: requested MTU {net['mtu']}, effective "
                       f"MTU {net['effective_mtu']}")
     _finish(result, f"{report['wrong_total']} wrong values")
+    check_baseline(result, "busbw GB/s", run_once, False)
 
 
 @command(app, PLAN_FLAGS, TRAIN_FLAGS)
 def train(request: SettingsRequest,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="hide the nodes' log lines "
                                               "(progress stays)")] = False,
-          on: OnOpt = None, as_json: JsonOpt = False) -> None:
+          on: OnOpt = None, as_json: JsonOpt = False, baseline: BaselineOpt = None,
+          tolerance: ToleranceOpt = "auto", confirm: ConfirmOpt = 2) -> None:
     """Train a small MLP with DDP: progress, checkpoints, gang restarts, metrics, a report.
 
-    Exit code 0 when the job finished all steps (restarts included) with a finite loss.
+    Exit code 0 when the job finished all steps (restarts included) with a finite loss; 5 when
+    --baseline is given and samples/s fell below it beyond the noise.
     """
     from orchestrator.report import train_table
     from train.results import decode_progress
 
     settings = request.load()
+    check_baseline = _baseline_gate(baseline, tolerance, confirm)
     hooks, started = _run_hooks(settings.cluster.name, quiet)
     node_echo = hooks.echo
     assert node_echo is not None
@@ -391,6 +475,8 @@ def train(request: SettingsRequest,
     if not as_json:
         console.print(train_table(report))
     _finish(result, "the job did not finish its steps with a finite loss", as_json)
+    check_baseline(result, "samples/s", lambda: usecases.run_train(
+        settings, replace(hooks, on_restart=restarted), on, request.asked_keys()), as_json)
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,
@@ -491,6 +577,12 @@ def ls(request: SettingsRequest,
     console.print(table)
 
 
+SOCKET_PRESET_HELP = (
+    "gloo: env.GLOO_SOCKET_IFNAME = the interface listed 1, 2, 4 times",
+    "nccl: env.NCCL_SOCKET_NTHREADS = 1,2,4 x env.NCCL_NSOCKS_PERTHREAD = 1,4",
+)
+
+
 def _comma_items(text: str, what: str) -> list[str]:
     items = [part.strip() for part in text.split(",") if part.strip()]
     if not items:
@@ -501,9 +593,11 @@ def _comma_items(text: str, what: str) -> list[str]:
 @command(app, _exclude(PLAN_FLAGS, "backend", "mtu"), BENCH_FLAGS)
 def sweep(
     request: SettingsRequest,
-    mtus: Annotated[str, typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000")] = "1500,9000",
-    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per MTU, interleaved")] = 3,
-    link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped")] = None,
+    mtus: Annotated[Optional[str], typer.Option("--mtu", help="comma list of MTUs to compare, e.g. 1500,4000,9000 (= --vary network.mtu=...; default 1500,9000 when nothing else is varied)")] = None,
+    vary: Annotated[Optional[list[str]], typer.Option("--vary", help="KEY=V1,V2: compare these values of any setting (network.mtu, network.link.rate, env.NCCL_SOCKET_NTHREADS, env.GLOO_SOCKET_IFNAME, cluster.procs_per_node, cluster.dist_backend, bench.blocking, ...); a JSON list for values with commas: 'env.GLOO_SOCKET_IFNAME=[\"eth0\",\"eth0,eth0\"]'; repeatable: the sweep runs every combination")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="sockets: the socket parallelism of the run's backend: " + "; ".join(SOCKET_PRESET_HELP))] = None,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per variant, interleaved")] = 3,
+    link_rate: Annotated[Optional[str], typer.Option("--link-rate", help="comma list of emulated link rates (tc tbf), e.g. 1gbit,10gbit; 'none' = unshaped (= --vary network.link.rate=...)")] = None,
     tcp_seconds: Annotated[float, typer.Option("--tcp-seconds", min=1.0, help="duration of each TCP baseline test (whole seconds with iperf3)")] = 2.0,
     tcp_streams: Annotated[int, typer.Option("--tcp-streams", min=1, help="streams of the parallel TCP test")] = 4,
     tcp_pairs: Annotated[int, typer.Option("--tcp-pairs", min=1, help="ring neighbour pairs measured per run")] = 1,
@@ -512,23 +606,37 @@ def sweep(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare MTUs (and link rates) on the Docker backend: interleaved repeats, verified MTUs,
-    a TCP line-rate baseline, a table, CSV/JSON, a plot and a recommendation.
+    """Compare settings on the Docker backend (MTU, link rate, NCCL/gloo variables, any key):
+    interleaved repeats, verified variants, a TCP line-rate baseline, a table, CSV/JSON, a plot
+    and a recommendation per varied setting.
 
     Writes OUTPUT/sweep-<id>/. Exit 0 when every run succeeded (a recommendation of "no
-    significant difference" is a result, not a failure); 4 when a run's MTU could not be verified.
+    significant difference" is a result, not a failure); 4 when a run's variant could not be
+    verified (its MTU, or a rank's environment).
     """
-    from orchestrator.sweep import NO_LINK, sweep_table
+    from orchestrator.sweep import Axis, parse_vary, sockets_preset, sweep_table
 
-    mtu_list: list[int] = []
-    for item in _comma_items(mtus, "--mtu"):
-        if not item.isdigit():
-            raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
-        mtu_list.append(int(item))
-    rates: list[str | None] | None = None
+    axes: list[Axis] = []
+    if mtus is not None:
+        mtu_list: list[int] = []
+        for item in _comma_items(mtus, "--mtu"):
+            if not item.isdigit():
+                raise ConfigError(f"--mtu: {item!r} is not a number; write e.g. 1500,9000")
+            mtu_list.append(int(item))
+        axes.append(Axis("network.mtu", tuple(mtu_list)))
     if link_rate is not None:
-        rates = [None if r.lower() in (NO_LINK, "off") else r
-                 for r in _comma_items(link_rate, "--link-rate")]
+        axes.insert(0, parse_vary(f"network.link.rate={link_rate}"))
+    axes += [parse_vary(item) for item in vary or ()]
+    if preset is not None:
+        if preset != "sockets":
+            raise ConfigError(f"--preset: {preset!r} is not a preset; the one preset is sockets")
+        base = request.load({"backend": "docker"})
+        backend = base.cluster.dist_backend
+        if backend == "auto":
+            backend = "nccl" if base.gpu.per_node or base.gpu.device_ids else "gloo"
+        axes += sockets_preset(backend, base.network.interface)
+    if not axes or all(a.key == "network.link.rate" for a in axes):
+        axes.append(Axis("network.mtu", (1500, 9000)))
 
     def echo(node: str, line: str) -> None:
         if not quiet:
@@ -542,11 +650,11 @@ def sweep(
         if done:  # the runs so far say how long the rest will take
             left = (time.monotonic() - started) / done * (total - done)
             eta = f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
-        err.print(f"[cyan]sweep run {done + 1} of {total}:[/] MTU {point.mtu}, link "
-                  f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id}{eta})")
+        err.print(f"[cyan]sweep run {done + 1} of {total}:[/] {escape(point.label)}, repeat "
+                  f"{point.repeat + 1} (run {run_id}{eta})")
 
-    result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
-                            tcp_pairs, Hooks(echo=echo), on_point, fresh)
+    result = usecases.sweep(request, axes, repeats, tcp_seconds, tcp_streams, tcp_pairs,
+                            Hooks(echo=echo), on_point, fresh)
     if as_json:
         _print_json(result.summary)
         if result.problems:
@@ -560,6 +668,25 @@ def sweep(
     console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
     if result.problems:
         raise typer.Exit(4)
+
+
+@command(app, CONFIG_FLAGS)
+def compare(
+    request: SettingsRequest,
+    runs: Annotated[list[str], typer.Argument(
+        help="two or more runs: a report.json, a run folder, or a run id under the output "
+        "folder (settings' output, default runs/)", show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="folder for compare.html, "
+                                      "compare.png and compare.json")] = Path("compare"),
+) -> None:
+    """Compare runs: overlaid busbw curves, a delta table and a diff of everything that differed
+    (settings, env, MTU, versions, hosts, line rate) in one self-contained compare.html, plus
+    compare.png and compare.json."""
+    from orchestrator.compare import load_reports, write_compare
+
+    reports = load_reports(runs, request.load().output)
+    paths = write_compare(reports, out)
+    console.print("compare: " + "  ".join(str(p) for p in paths.values()))
 
 
 @command(app, CONFIG_FLAGS, _exclude(PLAN_FLAGS, "config", "set_", "backend", "output",

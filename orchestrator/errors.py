@@ -14,8 +14,9 @@ the fix.
     ├── BackendError           the backend failed while applying the plan
     ├── RankFailedError        a node exited non-zero; carries node, exit code, log tail
     ├── Interrupted            Ctrl-C / SIGTERM stopped the command after it cleaned up (exit 130)
-    └── ResultError            the job finished but produced no (or bad) results
-        └── OutputError        a file of the run's output could not be written (disk full, ...)
+    ├── ResultError            the job finished but produced no (or bad) results
+    │   └── OutputError        a file of the run's output could not be written (disk full, ...)
+    └── RegressionError        below expectation: the run regressed against its baseline (exit 5)
 """
 
 from __future__ import annotations
@@ -151,3 +152,9 @@ class RankFailedError(NetorchError):
         else:
             lines.append(f"  last log lines of {self.node}: none (it printed nothing)")
         return "\n".join(lines)
+
+
+class RegressionError(NetorchError):
+    """The run finished correctly but fell below its baseline beyond the noise (exit 5)."""
+
+    exit_code = 5

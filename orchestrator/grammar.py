@@ -15,6 +15,8 @@ import re
 import shlex
 from collections.abc import Mapping
 
+from train.contract import NONBLOCKING_DEPTH
+
 MTU_MIN, MTU_MAX = 576, 9216
 NETWORK_NAME_MAX = 64
 IPC_MODES = ("private", "shareable", "host", "none")
@@ -409,16 +411,19 @@ def check_http_url(value: str) -> str:
 # --- sizes against memory ------------------------------------------------------------------------
 
 
-def bench_memory_problem(max_bytes: int, ranks_here: int, total: int) -> str | None:
+def bench_memory_problem(max_bytes: int, ranks_here: int, total: int,
+                         blocking: bool = True) -> str | None:
     """Why ``max_bytes`` buffers cannot fit ``ranks_here`` ranks on a host with ``total`` bytes
-    of RAM, each holding BENCH_BUFFERS_PER_RANK buffers of that size; None when they fit. The
-    message names the size, the limit in bytes and the fix."""
-    limit = total // (max(1, ranks_here) * BENCH_BUFFERS_PER_RANK)
+    of RAM, each holding BENCH_BUFFERS_PER_RANK buffers of that size (non-blocking: one input and
+    output per op in flight more); None when they fit. The message names the size, the limit in
+    bytes and the fix."""
+    buffers = BENCH_BUFFERS_PER_RANK + (0 if blocking else 2 * (NONBLOCKING_DEPTH - 1))
+    limit = total // (max(1, ranks_here) * buffers)
     if max_bytes <= limit:
         return None
     return (
         f"{max_bytes} bytes ({human_bytes(max_bytes)}) is more than a rank can hold here: "
-        f"{ranks_here} rank(s) on this host x {BENCH_BUFFERS_PER_RANK} buffers each share "
+        f"{ranks_here} rank(s) on this host x {buffers} buffers each share "
         f"{human_bytes(total)} of RAM, so the limit is {limit} bytes ({human_bytes(limit)}); "
         "lower bench.max_bytes (-E) or run fewer ranks on this host"
     )

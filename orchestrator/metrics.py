@@ -240,7 +240,8 @@ def sweep_registry(summary: dict[str, Any]) -> CollectorRegistry:
                  ["sweep_id", "netorch_version"], registry=registry)
     info.labels(sweep_id=str(summary["sweep_id"]),
                 netorch_version=str(summary.get("versions", {}).get("netorch", ""))).set(1)
-    names = ["link_rate", "mtu", "op", "dtype", "in_place", "size_bytes"]
+    # The variant (every varied key=value) keeps two variants with one MTU and link apart.
+    names = ["variant", "link_rate", "mtu", "op", "dtype", "in_place", "size_bytes"]
     stats = {
         stat: Gauge(f"netorch_sweep_busbw_{stat}_bytes_per_second",
                     f"Bus bandwidth over the sweep's repeats: the {stat}.", names,
@@ -250,7 +251,7 @@ def sweep_registry(summary: dict[str, Any]) -> CollectorRegistry:
     efficiency = Gauge("netorch_sweep_efficiency_ratio",
                        "Median busbw over the single-stream TCP throughput of the configuration.",
                        names, registry=registry)
-    config = ["link_rate", "mtu"]
+    config = ["variant", "link_rate", "mtu"]
     tcp = {
         kind: Gauge(f"netorch_sweep_tcp_{kind}_bytes_per_second",
                     f"TCP throughput between ring neighbours, {kind.replace('_', ' ')} (median).",
@@ -261,7 +262,8 @@ def sweep_registry(summary: dict[str, Any]) -> CollectorRegistry:
                      "1 when every run of the configuration got its MTU end to end.", config,
                      registry=registry)
     for row in summary.get("rows", []):
-        labels = {"link_rate": str(row["link_rate"]), "mtu": str(row["mtu"]),
+        labels = {"variant": str(row.get("variant", "")),
+                  "link_rate": str(row["link_rate"]), "mtu": str(row["mtu"]),
                   "op": str(row["op"]), "dtype": str(row["dtype"]),
                   "in_place": "true" if row["in_place"] else "false",
                   "size_bytes": str(row["size_bytes"])}
@@ -269,7 +271,8 @@ def sweep_registry(summary: dict[str, Any]) -> CollectorRegistry:
             gauge.labels(**labels).set(float(row[f"busbw_{stat}"]) * 1e9)
         if row.get("efficiency") is not None:
             efficiency.labels(**labels).set(float(row["efficiency"]))
-        cfg = {"link_rate": labels["link_rate"], "mtu": labels["mtu"]}
+        cfg = {"variant": labels["variant"], "link_rate": labels["link_rate"],
+               "mtu": labels["mtu"]}
         for kind, key in (("single_stream", "tcp_single_gbps"),
                           ("parallel_streams", "tcp_parallel_gbps")):
             if row.get(key) is not None:

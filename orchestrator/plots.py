@@ -60,3 +60,16 @@ def finish_png(fig: Any, ax: Any, title: str, fontsize: float | None = None) -> 
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     return buf.getvalue()
+
+
+def finish_svg(fig: Any, ax: Any, title: str, fontsize: float | None = None) -> str:
+    """:func:`finish` as an inline ``<svg>`` element (no XML prolog) for an HTML page; text stays
+    ``<text>`` (not glyph paths), so the page's words are searchable and readable in its DOM."""
+    import matplotlib
+
+    _decorate(fig, ax, title, fontsize)
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg")
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]

@@ -197,7 +197,8 @@ def _busbw_plot_inputs(report: dict[str, Any]) -> tuple[str, tuple[tuple[str, tu
         series.setdefault(label, []).append((int(row["size_bytes"]), float(row["busbw_gbps"])))
     mtu = report["network"].get("mtu")
     title = (f"netorch {report['run_id']}: {report['world_size']} ranks, "
-             f"{report['dist_backend']}, {report['backend']}" + (f", MTU {mtu}" if mtu else ""))
+             f"{report['dist_backend']}, {report['backend']}" + (f", MTU {mtu}" if mtu else "")
+             + ("" if report.get("settings", {}).get("blocking", True) else ", non-blocking"))
     return title, tuple((label, tuple(sorted(points))) for label, points in sorted(series.items()))
 
 
@@ -336,8 +337,16 @@ def results_table(report: dict[str, Any], width: int = 120) -> Table:
             ]
         rows.append(cells)
     title = (f"netorch {report['run_id']} · {report['world_size']} ranks · "
-             f"{report['dist_backend']} on {report['backend']}")
+             f"{report['dist_backend']} on {report['backend']} · {bench_mode(report)}")
     return fit_table(title, columns, rows, width)
+
+
+def bench_mode(report: dict[str, Any]) -> str:
+    """Which timing produced a bench report's figures: ``blocking (-z 1)`` or
+    ``non-blocking (-z 0)`` (reports from before the setting existed were blocking)."""
+    if report.get("settings", {}).get("blocking", True):
+        return "blocking (-z 1)"
+    return "non-blocking (-z 0)"
 
 
 def avg_busbw(report: dict[str, Any], min_bytes: int = 0) -> float:

@@ -320,6 +320,9 @@ class BenchSettings(_Section):
         "both", description="report in-place rows, out-of-place rows, or both"
     )
     reduce_op: Literal["sum", "max", "min", "prod"] = Field("sum", description="nccl-tests -o")
+    blocking: bool = Field(
+        True, description="true: wait for each op; false: issue the timed ops asynchronously, "
+        "several in flight on their own buffers, and wait for all (nccl-tests -z 0)")
 
     @field_validator("step_factor")
     @classmethod
@@ -523,7 +526,8 @@ class Settings(BaseSettings):
             return self
         nodes_here = self.cluster.nodes if self.backend == "process" else 1
         ranks = nodes_here * self.cluster.procs_per_node
-        problem = bench_memory_problem(self.bench.max_bytes, ranks, host_memory_bytes())
+        problem = bench_memory_problem(self.bench.max_bytes, ranks, host_memory_bytes(),
+                                       blocking=self.bench.blocking)
         if problem:
             raise ValueError(f"bench.max_bytes: {problem}")
         return self

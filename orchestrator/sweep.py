@@ -1,4 +1,10 @@
-"""``netorch sweep``: the same benchmark at several MTUs (and link rates), repeated, compared.
+"""``netorch sweep``: the same benchmark over variants of any settings, repeated, compared.
+
+A variant is one value for each varied settings key (``network.mtu``, ``network.link.rate``,
+``env.NCCL_SOCKET_NTHREADS``, ``bench.blocking``, ...): the sweep runs the Cartesian product of
+the axes' values. Each run verifies what it varies where it can: the MTU (below), every rank's
+environment for ``env.*`` keys (the ranks report the tuning variables they ran with), the process
+group backend and the bench mode.
 
 Design. Each point of the sweep is one ordinary docker run (plan, up, supervise, down) of a
 *gated* plan (:func:`orchestrator.plan.with_start_gate`): the containers start, the backend's
@@ -21,6 +27,7 @@ names a best MTU only when its lead exceeds the run-to-run spread.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -33,7 +40,10 @@ from rich.table import Table
 
 from orchestrator.backends.docker import DockerBackend, remove_by_label
 from orchestrator.backends.docker.warm import WarmDockerBackend, containers_by_node, start_cluster
-from orchestrator.errors import BackendError, NetorchError
+from orchestrator.errors import ConfigError, NetorchError
+from orchestrator.linerate import LineRate, LineRateOptions, measure_between
+from orchestrator.linerate import annotate as annotate_line_rate
+from orchestrator.linerate import ring_pairs as ring_pairs
 from orchestrator.netprobe import (
     PathMtuResult,
     ProbeNode,
@@ -52,52 +62,165 @@ from orchestrator.settings import Settings
 SWEEP_SCHEMA = 1
 NO_LINK = "none"
 CSV_FIELDS = (
-    "link_rate", "mtu", "op", "dtype", "in_place", "size_bytes", "repeats", "busbw_median",
-    "busbw_min", "busbw_max", "busbw_stdev", "tcp_single_gbps", "tcp_parallel_gbps",
-    "efficiency", "verified",
+    "variant", "link_rate", "mtu", "op", "dtype", "in_place", "size_bytes", "repeats",
+    "busbw_median", "busbw_min", "busbw_max", "busbw_stdev", "tcp_single_gbps",
+    "tcp_parallel_gbps", "efficiency", "verified",
 )
+"""The columns of sweep.csv after one column per varied key (``network.mtu``, ``env.X``, ...)."""
+MTU_KEY = "network.mtu"
+LINK_RATE_KEY = "network.link.rate"
 
-VariantKey = tuple[int, str | None]
-"""(MTU, link rate or None): one configuration the sweep compares."""
+Variant = tuple[tuple[str, Any], ...]
+"""One configuration the sweep compares: (settings key, value) for every axis, in axis order."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One varied settings key and its values, in the order given (None: leave it unset)."""
+
+    key: str
+    values: tuple[Any, ...]
+
+
+def variant_label(variant: Variant) -> str:
+    """``network.mtu=1500 env.GLOO_SOCKET_IFNAME=eth0,eth0`` (``none`` for an unset value)."""
+    return " ".join(f"{k}={NO_LINK if v is None else v}" for k, v in variant)
+
+
+def value_name(key: str, value: Any) -> str:
+    """How a verdict names one value of an axis: ``MTU 9000``, ``link 1gbit``, ``KEY=V``."""
+    if key == MTU_KEY:
+        return f"MTU {value}"
+    if key == LINK_RATE_KEY:
+        return f"link {value or NO_LINK}"
+    return f"{key}={NO_LINK if value is None else value}"
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One run of the sweep: which configuration, which repeat, its place in the order."""
+    """One run of the sweep: which variant, which repeat, its place in the order."""
 
     index: int
     repeat: int
-    mtu: int
-    link_rate: str | None
+    variant: Variant
 
     @property
-    def key(self) -> VariantKey:
-        return (self.mtu, self.link_rate)
+    def key(self) -> Variant:
+        return self.variant
+
+    @property
+    def label(self) -> str:
+        return variant_label(self.variant)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        """This point's value of ``key``, or ``default`` when the sweep does not vary it."""
+        return dict(self.variant).get(key, default)
 
 
 @dataclass(frozen=True)
 class SweepOptions:
     """What to vary and how to measure the TCP baseline."""
 
-    mtus: tuple[int, ...]
-    link_rates: tuple[str | None, ...] = (None,)
+    axes: tuple[Axis, ...]
     repeats: int = 1
     tcp_seconds: float = 2.0
     tcp_streams: int = 4
     tcp_pairs: int = 1
 
 
-def sweep_order(
-    mtus: Sequence[int], link_rates: Sequence[str | None], repeats: int
-) -> tuple[SweepPoint, ...]:
-    """Every (repeat, link rate, MTU) in interleaved order: each repeat visits every
-    configuration once before the next repeat starts, so drift spreads over all of them."""
+def variants_of(axes: Sequence[Axis]) -> list[Variant]:
+    """The Cartesian product of the axes' values, the first axis outermost."""
+    return [tuple(zip((a.key for a in axes), values))
+            for values in itertools.product(*(a.values for a in axes))]
+
+
+def sweep_order(axes: Sequence[Axis], repeats: int) -> tuple[SweepPoint, ...]:
+    """Every (repeat, variant) in interleaved order: each repeat visits every variant once
+    before the next repeat starts, so drift spreads over all of them."""
     points: list[SweepPoint] = []
     for repeat in range(repeats):
-        for rate in link_rates:
-            for mtu in mtus:
-                points.append(SweepPoint(len(points), repeat, mtu, rate))
+        for variant in variants_of(axes):
+            points.append(SweepPoint(len(points), repeat, variant))
     return tuple(points)
+
+
+# Keys a sweep cannot vary: it runs on docker, writes to one folder, and gives each variant's
+# warm cluster its own part of the subnet.
+FIXED_KEYS = ("backend", "output", "network.subnet", "network.gateway", "network.ip_range",
+              "network.name", "hosts", "placement")
+
+
+def parse_vary(item: str) -> Axis:
+    """``KEY=V1,V2`` or ``KEY=["a,b","c"]`` (a JSON list, for values holding commas) -> Axis.
+
+    ``none`` or ``off`` leave a ``network.link.*`` key unset. ConfigError naming the item and the
+    fix for anything else that is no list of values of one key."""
+    key, sep, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if not sep or not key or not text:
+        raise ConfigError(f"--vary {item!r}: expected KEY=V1,V2 (or KEY='[\"a,b\",\"c\"]'), "
+                          "e.g. --vary env.NCCL_SOCKET_NTHREADS=1,2,4")
+    if key.split(".")[0] in FIXED_KEYS or key in FIXED_KEYS:
+        raise ConfigError(f"--vary {key}: the sweep fixes {key} itself (docker backend, one "
+                          "output folder, a subnet part per variant); vary another key")
+    if text.startswith("["):
+        try:
+            loaded = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"--vary {key}: {text!r} is no JSON list ({e}); write e.g. "
+                              f"--vary '{key}=[\"eth0\",\"eth0,eth0\"]'") from None
+        if not isinstance(loaded, list) or not all(
+                isinstance(v, (str, int, float, bool)) for v in loaded):
+            raise ConfigError(f"--vary {key}: {text!r} must be a JSON list of strings or "
+                              "numbers, e.g. [\"eth0\",\"eth0,eth0\"]")
+        values: list[Any] = [str(v).lower() if isinstance(v, bool) else str(v) for v in loaded]
+    else:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+    if key.startswith("network.link."):
+        values = [None if str(v).lower() in (NO_LINK, "off") else v for v in values]
+    values = list(dict.fromkeys(values))
+    if not values:
+        raise ConfigError(f"--vary {item!r} names no value; give e.g. {key}=1,2")
+    return Axis(key, tuple(values))
+
+
+def sockets_preset(backend: str, ifname: str) -> list[Axis]:
+    """The axes of ``--preset sockets`` for a process-group ``backend`` (gloo or nccl): the
+    parallel connections each library can open between two ranks: gloo opens one connection per
+    device listed in ``GLOO_SOCKET_IFNAME`` and pair of ranks (pytorch/pytorch#22978); NCCL's
+    socket transport opens ``NCCL_SOCKET_NTHREADS x NCCL_NSOCKS_PERTHREAD`` (at most 64)."""
+    if backend == "nccl":
+        return [Axis("env.NCCL_SOCKET_NTHREADS", ("1", "2", "4")),
+                Axis("env.NCCL_NSOCKS_PERTHREAD", ("1", "4"))]
+    return [Axis("env.GLOO_SOCKET_IFNAME", tuple(",".join([ifname] * n) for n in (1, 2, 4)))]
+
+
+def variant_problems(variant: Variant, report: dict[str, Any]) -> list[str]:
+    """Why a run did not run its variant, as far as the ranks' reports tell: an ``env.X`` value
+    some rank did not have, another process-group backend, another bench mode."""
+    out: list[str] = []
+    for key, value in variant:
+        if key.startswith("env.") and value is not None:
+            name = key.removeprefix("env.")
+            for rank in report.get("ranks", []):
+                got = (rank.get("env") or {}).get(name)
+                if got != str(value):
+                    out.append(f"rank {rank.get('rank')}: {name}={got!r}, the variant asked for "
+                               f"{str(value)!r}")
+        elif key == "cluster.dist_backend" and value not in (None, "auto"):
+            if report.get("dist_backend") != value:
+                out.append(f"process group backend {report.get('dist_backend')}, the variant "
+                           f"asked for {value}")
+        elif key == "bench.blocking":
+            ran = report.get("settings", {}).get("blocking", True)
+            if str(ran).lower() != str(value).lower() and int(bool(ran)) != _as_int(value):
+                out.append(f"bench ran blocking={ran}, the variant asked for {value}")
+    return out
+
+
+def _as_int(value: Any) -> int | None:
+    text = str(value).strip().lower()
+    return {"1": 1, "true": 1, "yes": 1, "0": 0, "false": 0, "no": 0}.get(text)
 
 
 @dataclass
@@ -127,16 +250,6 @@ class RunProbes:
         }
 
 
-def ring_pairs(plan: ClusterPlan, limit: int) -> list[tuple[int, int]]:
-    """(sender, receiver) node indices i -> i+1 around the ring, at most ``limit`` of them:
-    the links a ring all_reduce uses."""
-    n = len(plan.nodes)
-    if n < 2:
-        return []
-    ring = [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
-    return ring[: max(0, limit)]
-
-
 def probe_hook(
     probes: RunProbes, options: SweepOptions
 ) -> Callable[[ClusterPlan, Mapping[str, Any]], None]:
@@ -150,16 +263,9 @@ def probe_hook(
             mtu = plan.network.mtu
             probes.path_mtu.extend(concurrently(
                 lambda p: path_mtu(p[0], p[1].name, p[1].ip, mtu), pairs(nodes)))
-        # One TCP test at a time: concurrent tests would share the host's CPUs and undercount.
-        for src, dst in ring_pairs(plan, options.tcp_pairs):
-            try:
-                probes.tcp_single.append(
-                    tcp_throughput(nodes[dst], nodes[src], options.tcp_seconds, 1))
-                if options.tcp_streams > 1:
-                    probes.tcp_parallel.append(tcp_throughput(
-                        nodes[dst], nodes[src], options.tcp_seconds, options.tcp_streams))
-            except RuntimeError as e:
-                raise BackendError(f"TCP baseline: {e}") from e
+        line = LineRate(probes.tcp_single, probes.tcp_parallel)  # fills the probes' lists
+        measure_between(nodes, plan, LineRateOptions(
+            options.tcp_seconds, options.tcp_streams, options.tcp_pairs), line)
 
     return hook
 
@@ -180,46 +286,65 @@ def _rate_label(rate: str | None) -> str:
     return rate or NO_LINK
 
 
+def _record_variant(rec: Mapping[str, Any]) -> Variant:
+    """A record's variant; records written before ``--vary`` existed carry MTU and link only."""
+    if "variant" in rec:
+        return tuple((k, v) for k, v in rec["variant"].items())
+    return ((LINK_RATE_KEY, rec.get("link_rate")), (MTU_KEY, rec["mtu"]))
+
+
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (link rate, MTU, op, dtype, in_place, size): busbw over repeats, the TCP
-    baseline of that configuration and the efficiency busbw / single-stream throughput."""
-    busbw: dict[tuple[str, int, str, str, bool, int], list[float]] = {}
-    tcp1: dict[tuple[str, int], list[float]] = {}
-    tcpn: dict[tuple[str, int], list[float]] = {}
-    verified: dict[tuple[str, int], bool] = {}
+    """One row per (variant, op, dtype, in_place, size): busbw over repeats, the TCP baseline of
+    that variant and the efficiency busbw / single-stream throughput. Each row carries the
+    variant's value of every varied key as its own column, plus the run's MTU and link rate."""
+    busbw: dict[tuple[Variant, str, str, bool, int], list[float]] = {}
+    tcp1: dict[Variant, list[float]] = {}
+    tcpn: dict[Variant, list[float]] = {}
+    verified: dict[Variant, bool] = {}
+    seen: dict[Variant, tuple[int, str | None]] = {}  # first-seen order; the run's MTU, link
     for rec in records:
-        cfg = (_rate_label(rec["link_rate"]), int(rec["mtu"]))
+        cfg = _record_variant(rec)
+        seen.setdefault(cfg, (int(rec["mtu"]), rec.get("link_rate")))
         verified[cfg] = verified.get(cfg, True) and not rec["problems"]
         tcp1.setdefault(cfg, []).extend(t["bits_per_second"] / 8e9 for t in rec["probes"]["tcp_single"])
         tcpn.setdefault(cfg, []).extend(t["bits_per_second"] / 8e9 for t in rec["probes"]["tcp_parallel"])
         for row in rec["results"]:
-            key = (*cfg, row["op"], row["dtype"], bool(row["in_place"]), int(row["size_bytes"]))
+            key = (cfg, row["op"], row["dtype"], bool(row["in_place"]), int(row["size_bytes"]))
             busbw.setdefault(key, []).append(float(row["busbw_gbps"]))
+    order = {cfg: i for i, cfg in enumerate(seen)}
     rows = []
-    for key in sorted(busbw, key=lambda k: (k[0], k[2], k[3], k[4], k[1], k[5])):
-        rate, mtu, op, dtype, in_place, size = key
+    for key in sorted(busbw, key=lambda k: (k[1], k[2], k[3], order[k[0]], k[4])):
+        cfg, op, dtype, in_place, size = key
         s = _stats(busbw[key])
-        single = statistics.median(tcp1[(rate, mtu)]) if tcp1.get((rate, mtu)) else None
-        par = statistics.median(tcpn[(rate, mtu)]) if tcpn.get((rate, mtu)) else None
+        single = statistics.median(tcp1[cfg]) if tcp1.get(cfg) else None
+        par = statistics.median(tcpn[cfg]) if tcpn.get(cfg) else None
+        mtu, rate = seen[cfg]
         rows.append({
-            "link_rate": rate, "mtu": mtu, "op": op, "dtype": dtype, "in_place": in_place,
+            **dict(cfg),
+            "variant": variant_label(cfg), "link_rate": _rate_label(rate), "mtu": mtu,
+            "op": op, "dtype": dtype, "in_place": in_place,
             "size_bytes": size, "repeats": len(busbw[key]),
             "busbw_median": s["median"], "busbw_min": s["min"], "busbw_max": s["max"],
             "busbw_stdev": s["stdev"],
             "tcp_single_gbps": single, "tcp_parallel_gbps": par,
             "efficiency": s["median"] / single if single else None,
-            "verified": verified[(rate, mtu)],
+            "verified": verified[cfg],
         })
     return rows
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The recommendation for one group (link rate, op, dtype, in/out-of-place)."""
+    """The recommendation for one axis in one group (the other axes' values, op, dtype, side).
+
+    ``best``: the value to use, None when no value leads beyond the spread; ``best_mtu`` the same
+    for the MTU axis (None for other axes)."""
 
     group: str
     best_mtu: int | None
     text: str
+    axis: str = MTU_KEY
+    best: Any = None
 
 
 def large_sizes(sizes: Sequence[int]) -> list[int]:
@@ -230,72 +355,92 @@ def large_sizes(sizes: Sequence[int]) -> list[int]:
 
 
 def recommend(
-    scores: Mapping[int, Sequence[float]], unverified: Mapping[int, str], group: str,
+    scores: Mapping[Any, Sequence[float]], unverified: Mapping[Any, str], group: str,
+    axis: str = MTU_KEY,
 ) -> Verdict:
-    """Name the best MTU only when its lead over every other exceeds the run-to-run spread.
+    """Name the best value of ``axis`` only when its lead over every other exceeds the
+    run-to-run spread.
 
-    ``scores[mtu]`` holds one busbw score per repeat. The spread between two MTUs is the larger of
-    their min..max ranges; the best MTU wins when its median leads each other median by more than
-    that, i.e. the ranges cannot explain the gap.
+    ``scores[value]`` holds one busbw score per repeat. The spread between two values is the
+    larger of their min..max ranges; the best value wins when its median leads each other median
+    by more than that, i.e. the ranges cannot explain the gap.
     """
-    skipped = "".join(f"; MTU {m} not compared ({why})" for m, why in sorted(unverified.items()))
+    def name(v: Any) -> str:
+        return value_name(axis, v)
+
+    def verdict(best: Any, text: str) -> Verdict:
+        return Verdict(group, best if axis == MTU_KEY else None, text, axis, best)
+
+    skipped = "".join(f"; {name(m)} not compared ({why})" for m, why in unverified.items())
     cands = {m: list(v) for m, v in scores.items() if v and m not in unverified}
     if len(cands) < 2:
-        only = f"only MTU {next(iter(cands))} was verified" if cands else "no MTU was verified"
-        return Verdict(group, None, f"{group}: nothing to compare: {only}{skipped}")
+        only = f"only {name(next(iter(cands)))} was verified" if cands else "no variant was verified"
+        return verdict(None, f"{group}: nothing to compare: {only}{skipped}")
     med = {m: statistics.median(v) for m, v in cands.items()}
     best = max(med, key=lambda m: med[m])
     runner = max((m for m in med if m != best), key=lambda m: med[m])
     gain = med[best] - med[runner]
     rel = gain / med[runner] if med[runner] > 0 else math.inf
-    lead = (f"MTU {best} {med[best]:.3f} GB/s vs MTU {runner} {med[runner]:.3f} GB/s "
+    lead = (f"{name(best)} {med[best]:.3f} GB/s vs {name(runner)} {med[runner]:.3f} GB/s "
             f"({rel:+.1%})")
     repeats = min(len(v) for v in cands.values())
     if repeats < 2:
-        return Verdict(group, None, (
+        return verdict(None, (
             f"{group}: no significant difference can be claimed: {repeats} repeat gives no "
             f"run-to-run spread ({lead}); rerun with --repeats 3{skipped}"))
 
-    def spread(m: int) -> float:
+    def spread(m: Any) -> float:
         return max(max(cands[best]) - min(cands[best]), max(cands[m]) - min(cands[m]))
 
     within = [m for m in med if m != best and med[best] - med[m] <= spread(m)]
     if within:
         m = max(within, key=lambda x: med[x])
-        return Verdict(group, None, (
-            f"{group}: no significant difference: {lead}; the gap to MTU {m} is within the "
+        return verdict(None, (
+            f"{group}: no significant difference: {lead}; the gap to {name(m)} is within the "
             f"run-to-run spread ({spread(m):.3f} GB/s){skipped}"))
-    return Verdict(group, best, (
-        f"{group}: use MTU {best}: {lead}, beyond the run-to-run spread "
+    return verdict(best, (
+        f"{group}: use {name(best)}: {lead}, beyond the run-to-run spread "
         f"({spread(runner):.3f} GB/s){skipped}"))
 
 
 def verdicts(records: Sequence[dict[str, Any]]) -> list[Verdict]:
-    """One :class:`Verdict` per (link rate, op, dtype, in_place), scored on the large sizes."""
-    # (rate, op, dtype, in_place) -> MTU -> repeat -> size -> busbw
-    groups: dict[tuple[str, str, str, bool], dict[int, dict[int, dict[int, float]]]] = {}
-    unverified: dict[str, dict[int, str]] = {}
+    """One :class:`Verdict` per varied axis and group (the other axes' values, op, dtype,
+    in_place), scored on the large sizes. A sweep of one variant gets one verdict saying there
+    is nothing to compare."""
+    if not records:
+        return []
+    keys = [k for k, _ in _record_variant(records[0])]
+    values = {k: list(dict.fromkeys(dict(_record_variant(r))[k] for r in records)) for k in keys}
+    varied = [k for k in keys if len(values[k]) > 1] or keys[-1:]
+    # (axis, context, op, dtype, in_place) -> value -> repeat -> size -> busbw
+    groups: dict[tuple[str, Variant, str, str, bool], dict[Any, dict[int, dict[int, float]]]] = {}
+    unverified: dict[tuple[str, Variant], dict[Any, str]] = {}
     for rec in records:
-        rate = _rate_label(rec["link_rate"])
-        if rec["problems"]:
-            unverified.setdefault(rate, {})[int(rec["mtu"])] = rec["problems"][0]
-        for row in rec["results"]:
-            g = (rate, row["op"], row["dtype"], bool(row["in_place"]))
-            per_rep = groups.setdefault(g, {}).setdefault(int(rec["mtu"]), {})
-            per_rep.setdefault(int(rec["repeat"]), {})[int(row["size_bytes"])] = float(row["busbw_gbps"])
+        variant = _record_variant(rec)
+        for axis in varied:
+            context = tuple((k, v) for k, v in variant if k != axis)
+            value = dict(variant)[axis]
+            if rec["problems"]:
+                unverified.setdefault((axis, context), {})[value] = rec["problems"][0]
+            for row in rec["results"]:
+                g = (axis, context, row["op"], row["dtype"], bool(row["in_place"]))
+                per_rep = groups.setdefault(g, {}).setdefault(value, {})
+                per_rep.setdefault(int(rec["repeat"]), {})[int(row["size_bytes"])] = float(
+                    row["busbw_gbps"])
     out = []
-    for (rate, op, dtype, in_place), per_mtu in sorted(groups.items()):
-        sizes = sorted({s for reps in per_mtu.values() for r in reps.values() for s in r})
+    for (axis, context, op, dtype, in_place), per_value in groups.items():
+        sizes = sorted({s for reps in per_value.values() for r in reps.values() for s in r})
         big = large_sizes(sizes)
         scores = {
-            mtu: [statistics.fmean(r[s] for s in big if s in r) for r in reps.values()
-                  if any(s in r for s in big)]
-            for mtu, reps in per_mtu.items()
+            value: [statistics.fmean(r[s] for s in big if s in r) for r in reps.values()
+                    if any(s in r for s in big)]
+            for value, reps in per_value.items()
         }
         side = "in-place" if in_place else "out-of-place"
-        group = (f"link {rate}, {op} {dtype} {side}, mean busbw at "
+        where = variant_label(context)
+        group = (f"{axis}{' at ' + where if where else ''}, {op} {dtype} {side}, mean busbw at "
                  f"{', '.join(format_size(s) for s in big)}")
-        out.append(recommend(scores, unverified.get(rate, {}), group))
+        out.append(recommend(scores, unverified.get((axis, context), {}), group, axis))
     return out
 
 
@@ -303,7 +448,7 @@ def verdicts(records: Sequence[dict[str, Any]]) -> list[Verdict]:
 
 
 def run_sweep(
-    variants: Mapping[VariantKey, Settings],
+    variants: Mapping[Variant, Settings],
     options: SweepOptions,
     client: Any,
     sweep_id: str,
@@ -315,7 +460,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every point of the sweep in order; write each run's report; return the summary.
 
-    ``variants`` holds validated settings for every (MTU, link rate) (the CLI builds them with
+    ``variants`` holds validated settings for every variant (the CLI builds them with
     the same validation as ``netorch bench``). ``extra_hook`` runs in each run's set-up phase
     after the probes (benchmarks/sweep_vs_loop.py times its independent loop there).
 
@@ -325,9 +470,9 @@ def run_sweep(
     containers of every run instead (the first landing's behaviour, for comparison).
     """
     records: list[dict[str, Any]] = []
-    warm: dict[VariantKey, Any] = {}
+    warm: dict[Variant, Any] = {}
     try:
-        for point in sweep_order(options.mtus, options.link_rates, options.repeats):
+        for point in sweep_order(options.axes, options.repeats):
             settings = variants[point.key]
             run_id = f"{sweep_id}-{point.index:02d}"
             plan = build_plan(settings, run_id, "docker")
@@ -370,25 +515,33 @@ def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan,
             probes: RunProbes, sweep_id: str, run_dir: Path) -> None:
     """One run's report (with its probes and problems) to RUN_DIR/report.json and ``records``."""
     report = build_report(plan, outcome.result, outcome.elapsed_s)
-    problems = probes.problems(plan.network.mtu) + list(report["warnings"])
+    problems = (probes.problems(plan.network.mtu) + list(report["warnings"])
+                + variant_problems(point.variant, report))
     if report["wrong_total"] not in (0, None):
         problems.append(f"{report['wrong_total']} wrong values")
-    report["sweep"] = {"id": sweep_id, "point": asdict(point), "probes": probes.to_dict(),
+    annotate_line_rate(report, LineRate(probes.tcp_single, probes.tcp_parallel))
+    point_dict = {"index": point.index, "repeat": point.repeat, "variant": dict(point.variant),
+                  "label": point.label}
+    report["sweep"] = {"id": sweep_id, "point": point_dict, "probes": probes.to_dict(),
                        "problems": problems}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     records.append({
-        **asdict(point), "run_id": plan.run_id, "results": report["results"],
-        "nodes": report["nodes"], "probes": probes.to_dict(), "problems": problems,
-        "elapsed_s": report["elapsed_s"],
+        **point_dict, "mtu": plan.network.mtu,
+        "link_rate": plan.network.link.rate if plan.network.link else None,
+        "run_id": plan.run_id, "results": report["results"],
+        "nodes": report["nodes"],
+        "ranks": [{"rank": r.get("rank"), "node_rank": r.get("node_rank"),
+                   "env": r.get("env")} for r in report["ranks"]],
+        "probes": probes.to_dict(), "problems": problems, "elapsed_s": report["elapsed_s"],
     })
 
 
-def summarize(records: list[dict[str, Any]], variants: Mapping[VariantKey, Settings],
+def summarize(records: list[dict[str, Any]], variants: Mapping[Variant, Settings],
               options: SweepOptions, sweep_id: str) -> dict[str, Any]:
     """The sweep's summary: runs, aggregated rows, verdicts."""
     if not records:
-        raise NetorchError("the sweep has no points; give at least one --mtu")
+        raise NetorchError("the sweep has no points; give at least one value to --vary")
     first = variants[next(iter(variants))]
     return {
         "schema": SWEEP_SCHEMA,
@@ -396,7 +549,8 @@ def summarize(records: list[dict[str, Any]], variants: Mapping[VariantKey, Setti
         "nnodes": first.cluster.nodes,
         "procs_per_node": first.cluster.procs_per_node,
         "options": asdict(options),
-        "order": [f"{_rate_label(r['link_rate'])}/{r['mtu']}" for r in records],
+        "axes": [{"key": a.key, "values": list(a.values)} for a in options.axes],
+        "order": [r["label"] for r in records],
         "runs": records,
         "rows": aggregate(records),
         "recommendations": [asdict(v) for v in verdicts(records)],
@@ -412,34 +566,32 @@ def write_sweep(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
              "prom": out_dir / "metrics.prom", "png": out_dir / "busbw.png"}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        fields = [a["key"] for a in summary.get("axes", [])] + list(CSV_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in summary["rows"]:
-            writer.writerow({k: row[k] for k in CSV_FIELDS})
+            writer.writerow({k: row.get(k) for k in fields})
     write_sweep_textfile(summary, out_dir)
     plot_sweep(summary, paths["png"])
     return paths
 
 
 def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
-    """busbw vs size, one line per MTU (and link rate / op when several), min..max error bars."""
+    """busbw vs size, one line per variant (and op when several), min..max error bars."""
     from orchestrator.plots import finish, new_axes
 
     rows = summary["rows"]
-    many_rates = len({r["link_rate"] for r in rows}) > 1
     many_ops = len({(r["op"], r["dtype"], r["in_place"]) for r in rows}) > 1
     series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        label = f"MTU {r['mtu']}"
-        if many_rates:
-            label += f", link {r['link_rate']}"
+        label = r["variant"]
         if many_ops:
             label += f", {r['op']} {r['dtype']}" + (" in-place" if r["in_place"] else "")
         if not r["verified"]:
             label += " (NOT verified)"
         series.setdefault(label, []).append(r)
     fig, ax = new_axes(8, 4.8)
-    for label, pts in sorted(series.items(), key=lambda kv: (kv[1][0]["link_rate"], kv[1][0]["mtu"])):
+    for label, pts in series.items():
         pts.sort(key=lambda r: r["size_bytes"])
         x = [r["size_bytes"] for r in pts]
         y = [r["busbw_median"] for r in pts]
@@ -452,21 +604,22 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("message size")
     ax.set_ylabel("bus bandwidth (GB/s): median, bars min..max")
     reps = summary["options"]["repeats"]
+    axes = ", ".join(a["key"] for a in summary.get("axes", []))
     return finish(fig, ax, path, f"netorch sweep {summary['sweep_id']}: {summary['nnodes']} nodes "
-                  f"x {summary['procs_per_node']}, {reps} repeat(s) per MTU", fontsize=10)
+                  f"x {summary['procs_per_node']}, {reps} repeat(s) per variant of {axes}",
+                  fontsize=10)
 
 
 def sweep_table(summary: dict[str, Any], width: int = 120) -> Table:
-    """The comparison: one row per (link, op, size, MTU) with spread, TCP baseline, efficiency;
+    """The comparison: one row per (op, size, variant) with spread, TCP baseline, efficiency;
     the columns that do not fit ``width`` are left out (one line per row, see tables.py)."""
     from orchestrator.tables import Column, fit_table
 
     rows = summary["rows"]
-    one_link = len({r["link_rate"] for r in rows}) <= 1
     one_op = len({(r["op"], r["dtype"], r["in_place"]) for r in rows}) <= 1
     columns = (
-        Column("link", priority=0 if one_link else 4), Column("op", priority=1 if one_op else 4),
-        Column("size", "right", 5), Column("MTU", "right", 5),
+        Column("variant", priority=5), Column("op", priority=1 if one_op else 4),
+        Column("size", "right", 5),
         Column("busbw GB/s", "right", 5), Column("min..max", "right", 3),
         Column("stdev", "right", 1), Column("n", "right", 1),
         Column("TCP 1 GB/s", "right", 3), Column("TCP N GB/s", "right", 1),
@@ -476,14 +629,17 @@ def sweep_table(summary: dict[str, Any], width: int = 120) -> Table:
     def f(v: float | None, spec: str = ".3f") -> str:
         return "-" if v is None else format(v, spec)
 
+    def short(variant: str) -> str:
+        return " ".join(part.removeprefix("network.").removeprefix("env.")
+                        for part in variant.split(" "))
+
     cells = [[
-        r["link_rate"], f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
-        format_size(r["size_bytes"]), str(r["mtu"]), f(r["busbw_median"]),
+        short(r["variant"]), f"{r['op']} {r['dtype']}" + ("" if r["in_place"] else " oop"),
+        format_size(r["size_bytes"]), f(r["busbw_median"]),
         f"{r['busbw_min']:.3f}..{r['busbw_max']:.3f}", f(r["busbw_stdev"]), str(r["repeats"]),
         f(r["tcp_single_gbps"]), f(r["tcp_parallel_gbps"]), f(r["efficiency"], ".0%"),
         "yes" if r["verified"] else "[bold red]NO[/]",
     ] for r in rows]
     title = (f"netorch sweep {summary['sweep_id']} · {summary['nnodes']} nodes x "
-             f"{summary['procs_per_node']} · busbw median over repeats · order "
-             f"{' '.join(summary['order'])}")
+             f"{summary['procs_per_node']} · busbw median over {len(summary['order'])} runs")
     return fit_table(title, columns, cells, width)

@@ -73,7 +73,8 @@ def bench_args(bench: BenchSettings, dist_backend: str, timeout_s: int, run_id: 
         ops=tuple(bench.ops), min_bytes=bench.min_bytes, max_bytes=bench.max_bytes,
         step_factor=bench.step_factor, warmup=bench.warmup, iters=bench.iters,
         dtypes=tuple(bench.dtype), check=bench.check, in_place=bench.in_place,
-        reduce_op=bench.reduce_op, dist_backend=dist_backend, timeout_s=timeout_s, run_id=run_id,
+        reduce_op=bench.reduce_op, blocking=bench.blocking, dist_backend=dist_backend,
+        timeout_s=timeout_s, run_id=run_id,
     )
 
 

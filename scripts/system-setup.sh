@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start what netorch needs on a Debian bookworm host, idempotently:
-#   - Debian packages: docker.io docker-compose mmdebstrap iperf3 prometheus
+#   - Debian packages: docker.io docker-compose mmdebstrap iperf3 prometheus chromium
 #     prometheus-pushgateway iproute2 (installed only when missing, without starting services)
 #   - a running Docker daemon (started detached when none answers; one that runs is left alone)
 # Silent when there is nothing to do; prints one line per action otherwise. Needs root.
@@ -8,7 +8,8 @@
 #      NETORCH_DOCKERD_WAIT (seconds to wait for the daemon, default 60).
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose mmdebstrap iperf3 prometheus prometheus-pushgateway iproute2)
+PACKAGES=(docker.io docker-compose mmdebstrap iperf3 prometheus prometheus-pushgateway iproute2
+          chromium)  # chromium: the headless browser the compare.html test opens
 DOCKER=/usr/bin/docker
 DOCKERD=/usr/sbin/dockerd
 DOCKERD_LOG=${NETORCH_DOCKERD_LOG:-/var/log/netorch-dockerd.log}

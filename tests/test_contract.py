@@ -291,6 +291,10 @@ def test_argv_is_flag_value_pairs_with_the_historical_flag_names() -> None:
     assert flags == ("--ops", "--min-bytes", "--max-bytes", "--step-factor", "--warmup", "--iters",
                      "--dtype", "--check", "--in-place", "--reduce-op", "--dist-backend",
                      "--timeout-s", "--run-id")
+    # A flag added later travels only when not at its default: older images still run.
+    assert "--blocking" not in argv
+    nonblocking = BenchArgs(blocking=False).to_argv()
+    assert nonblocking[nonblocking.index("--blocking") + 1] == "0"
     assert argv[argv.index("--ops") + 1] == "reduce,sendrecv"
     assert argv[argv.index("--min-bytes") + 1] == "4096"
     assert argv[argv.index("--check") + 1] == "1"
@@ -389,7 +393,7 @@ def test_settings_objects_of_the_result_documents() -> None:
     assert BenchArgs(ops=("reduce",)).settings() == {
         "ops": ["reduce"], "min_bytes": 1 << 20, "max_bytes": 64 << 20, "step_factor": 2,
         "warmup": 5, "iters": 20, "dtypes": ["float32"], "check": True, "in_place": "both",
-        "reduce_op": "sum"}
+        "reduce_op": "sum", "blocking": True}
     assert TrainArgs(seed=4).settings() == {
         "steps": 200, "batch_size": 64, "width": 256, "depth": 3, "bucket_cap_mb": 25.0,
         "checkpoint_every": 0, "seed": 4, "lr": 0.05}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import docker
 import docker.errors
 import pytest
 
+from conftest import netorch_env
 from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
 from test_prometheus_conventions import promtool_metrics
 from orchestrator.backends.docker import DockerBackend, remove_by_label
@@ -72,8 +72,7 @@ def cluster(docker_client: docker.DockerClient) -> Iterator[Cluster]:  # noqa: F
 
 def cli(cluster: Cluster, *args: str, cwd: Path, columns: int = 300,
         ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETORCH_")}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": str(columns)})
+    env = netorch_env(columns)
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args, "--set", f"cluster.name={cluster.name}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
@@ -109,7 +108,7 @@ def test_sweep_1500_vs_9000(cluster: Cluster, tmp_path: Path, nodes: int, repeat
     assert "left)" in proc.stderr  # an estimate from the second run on
     promtool_metrics((out / "metrics.prom").read_text())
     assert summary["versions"]["netorch"] and summary["versions"]["docker_engine"]
-    expected_order = ["none/1500", "none/9000"] * repeats
+    expected_order = ["network.mtu=1500", "network.mtu=9000"] * repeats
     assert summary["order"] == expected_order
     for run in summary["runs"]:
         # Every run verified its MTU in every container and on every path, both directions.

@@ -14,7 +14,18 @@ from orchestrator.netprobe import ProbeNode, _parse_tcp, path_mtu
 from orchestrator.backends.docker.linkem import tc_commands
 from orchestrator.plan import LinkSpec, build_plan, with_start_gate
 from orchestrator.settings import load_settings
-from orchestrator.sweep import aggregate, large_sizes, recommend, ring_pairs, sweep_order, verdicts
+from orchestrator.sweep import (
+    Axis,
+    aggregate,
+    large_sizes,
+    parse_vary,
+    recommend,
+    ring_pairs,
+    sockets_preset,
+    sweep_order,
+    variant_problems,
+    verdicts,
+)
 
 
 def settings(**network: Any) -> Any:
@@ -83,13 +94,15 @@ def test_sleeping_plan_replaces_commands_only() -> None:
 
 
 def test_sweep_order_interleaves() -> None:
-    order = sweep_order([1500, 4000, 9000], [None], 2)
-    assert [p.mtu for p in order] == [1500, 4000, 9000, 1500, 4000, 9000]
+    order = sweep_order([Axis("network.mtu", (1500, 4000, 9000))], 2)
+    assert [p.value("network.mtu") for p in order] == [1500, 4000, 9000, 1500, 4000, 9000]
     assert [p.repeat for p in order] == [0, 0, 0, 1, 1, 1]
     assert [p.index for p in order] == list(range(6))
-    rates = sweep_order([1500, 9000], ["1gbit", "10gbit"], 1)
-    assert [(p.link_rate, p.mtu) for p in rates] == [
+    rates = sweep_order([Axis("network.link.rate", ("1gbit", "10gbit")),
+                         Axis("network.mtu", (1500, 9000))], 1)
+    assert [(p.value("network.link.rate"), p.value("network.mtu")) for p in rates] == [
         ("1gbit", 1500), ("1gbit", 9000), ("10gbit", 1500), ("10gbit", 9000)]
+    assert rates[1].label == "network.link.rate=1gbit network.mtu=9000"
 
 
 def test_ring_pairs() -> None:
@@ -177,3 +190,65 @@ def test_doctor_sections() -> None:
     text = "@@addr\n1: lo inet 127.0.0.1/8\n@@shm\nshm 65536 0 65536 0% /dev/shm\n@@end\n"
     s = _sections(text)
     assert s["addr"] == ["1: lo inet 127.0.0.1/8"] and s["shm"][0].split()[1] == "65536"
+
+
+def _vrecord(variant: dict[str, Any], repeat: int, busbw: float,
+             problems: list[str] | None = None) -> dict[str, Any]:
+    rec = _record(int(variant.get("network.mtu", 1500)), repeat, {4 << 20: busbw}, 1.0, problems)
+    return {**rec, "variant": variant, "label": " ".join(f"{k}={v}" for k, v in variant.items())}
+
+
+def test_verdicts_per_axis_of_a_two_by_two_sweep() -> None:
+    recs = []
+    for repeat in range(3):
+        for ifname in ("eth0", "eth0,eth0"):
+            for mtu in (1500, 9000):
+                # Two connections help clearly; the MTU changes nothing beyond noise.
+                value = (2.0 if ifname == "eth0,eth0" else 1.0) + 0.05 * repeat
+                recs.append(_vrecord({"env.GLOO_SOCKET_IFNAME": ifname, "network.mtu": mtu},
+                                     repeat, value))
+    rows = aggregate(recs)
+    assert len(rows) == 4
+    assert {(r["env.GLOO_SOCKET_IFNAME"], r["network.mtu"]) for r in rows} == {
+        (i, m) for i in ("eth0", "eth0,eth0") for m in (1500, 9000)}
+    out = verdicts(recs)
+    by_axis: dict[str, list[Any]] = {}
+    for v in out:
+        by_axis.setdefault(v.axis, []).append(v)
+    assert len(by_axis["env.GLOO_SOCKET_IFNAME"]) == 2 and len(by_axis["network.mtu"]) == 2
+    assert all(v.best == "eth0,eth0" and "use env.GLOO_SOCKET_IFNAME=eth0,eth0" in v.text
+               for v in by_axis["env.GLOO_SOCKET_IFNAME"])
+    assert all(v.best is None and v.best_mtu is None for v in by_axis["network.mtu"])
+
+
+def test_parse_vary() -> None:
+    assert parse_vary("env.NCCL_SOCKET_NTHREADS=1, 2,4,2") == Axis(
+        "env.NCCL_SOCKET_NTHREADS", ("1", "2", "4"))
+    assert parse_vary('env.GLOO_SOCKET_IFNAME=["eth0","eth0,eth0"]') == Axis(
+        "env.GLOO_SOCKET_IFNAME", ("eth0", "eth0,eth0"))
+    assert parse_vary("network.link.rate=none,1gbit") == Axis("network.link.rate", (None, "1gbit"))
+    for bad, words in (("env.X", "expected KEY=V1,V2"), ("network.subnet=10.0.0.0/24", "fixes"),
+                       ("backend=process", "fixes"), ("env.X=[1,", "no JSON list"),
+                       ('env.X=[{"a":1}]', "must be a JSON list"), ("env.X=,", "names no value")):
+        with pytest.raises(ConfigError, match=words):
+            parse_vary(bad)
+
+
+def test_sockets_preset_follows_the_backend() -> None:
+    (gloo,) = sockets_preset("gloo", "eth0")
+    assert gloo == Axis("env.GLOO_SOCKET_IFNAME", ("eth0", "eth0,eth0", "eth0,eth0,eth0,eth0"))
+    assert [a.key for a in sockets_preset("nccl", "eth0")] == [
+        "env.NCCL_SOCKET_NTHREADS", "env.NCCL_NSOCKS_PERTHREAD"]
+
+
+def test_variant_problems_read_every_rank_env() -> None:
+    variant = (("env.GLOO_SOCKET_IFNAME", "eth0,eth0"), ("network.mtu", 1500),
+               ("bench.blocking", "0"))
+    good = {"ranks": [{"rank": r, "env": {"GLOO_SOCKET_IFNAME": "eth0,eth0"}} for r in (0, 1)],
+            "settings": {"blocking": False}}
+    assert variant_problems(variant, good) == []
+    bad = {"ranks": [{"rank": 0, "env": {"GLOO_SOCKET_IFNAME": "eth0,eth0"}}, {"rank": 1}],
+           "settings": {"blocking": True}}
+    problems = variant_problems(variant, bad)
+    assert problems[0].startswith("rank 1: GLOO_SOCKET_IFNAME=None")
+    assert "blocking=True" in problems[1]

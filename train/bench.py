@@ -22,6 +22,11 @@ every rank finished it, which is what a bandwidth over "the collective" means (a
 independent loop measures, see benchmarks/bench_vs_loop.py). NCCL/CUDA ops are asynchronous, so CUDA
 events on the current stream bracket the loop and the host waits for the end event.
 
+Non-blocking (``--blocking 0``, nccl-tests ``-z 0``): the timed ops are issued with ``async_op``
+on up to ``NONBLOCKING_DEPTH`` buffer sets and waited for together (see
+:func:`measure_seconds_nonblocking`); gloo then runs several collectives at once on its worker
+threads, as DDP's buckets in flight do. The check still runs one blocking op on the first set.
+
 An (op, dtype) the backend rejects becomes a ``skipped`` entry with the backend's message: it is never
 replaced by a different op, which would report another collective's bandwidth under this name.
 
@@ -47,8 +52,8 @@ from train.bench_table import format_table as format_table
 from train.collectives import DTYPES, buffer_shape, count_wrong_local
 from train.collectives import Case as Case
 from train.collectives import Comm as Comm
-from train.contract import BenchArgs, InPlaceMode, op_spec, size_sweep
-from train.env import rank_info, wait_for_master
+from train.contract import NONBLOCKING_DEPTH, BenchArgs, InPlaceMode, op_spec, size_sweep
+from train.env import rank_info, tuning_env, wait_for_master
 from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
 
 
@@ -96,6 +101,60 @@ def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm
         run()
     barrier(comm)
     return (time.perf_counter() - t0) / iters
+
+
+def measure_seconds_nonblocking(
+    cases: Sequence[Case], warmup: int, iters: int, comm: Comm
+) -> float:
+    """Return this rank's seconds per op with the ops issued asynchronously (nccl-tests ``-z 0``).
+
+    Op i runs on ``cases[i % len(cases)]``'s buffers: up to ``len(cases)`` ops are in flight at
+    once, and an op waits only for the previous op on its own buffers before it is issued. The
+    timed span is ``barrier; issue iters ops; wait for all; barrier`` (CUDA: events around the
+    issue loop, after the waits order the stream), so the figure is what overlapping collectives
+    achieve, as DDP's buckets in flight do.
+    """
+
+    def burst(count: int) -> None:
+        pending: dict[int, list[Any]] = {}
+        for i in range(count):
+            slot = i % len(cases)
+            for work in pending.pop(slot, []):
+                work.wait()
+            pending[slot] = cases[slot].start()
+        for works in pending.values():
+            for work in works:
+                work.wait()
+
+    burst(warmup)
+    if comm.device.type == "cuda":
+        torch.cuda.synchronize(comm.device)
+        barrier(comm)
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        burst(iters)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3 / iters
+    barrier(comm)
+    t0 = time.perf_counter()
+    burst(iters)
+    barrier(comm)
+    return (time.perf_counter() - t0) / iters
+
+
+def buffer_sets(case: Case, iters: int) -> list[Case]:
+    """``case`` and copies of it on buffers of their own, for non-blocking timing: one per op in
+    flight, at most ``min(iters, NONBLOCKING_DEPTH)``. The copies take ``case``'s input data (a
+    memcpy, not a re-fill): their content matters for timing only, never for the check."""
+    sets = [case]
+    for _ in range(min(iters, NONBLOCKING_DEPTH) - 1):
+        twin = Case(case.op, case.dtype_name, case.shape, case.in_place, case.reduce_op,
+                    case.comm, fill=False)
+        twin.input.copy_(case.input)
+        sets.append(twin)
+    return sets
 
 
 def aggregate_seconds(seconds: float, comm: Comm) -> tuple[float, float, float]:
@@ -302,7 +361,11 @@ def measure_sweep(
                 continue  # fewer bytes than one element per rank: nothing to move
             for in_place in supported:
                 case = Case(op, dtype_name, shape, in_place, cfg.reduce_op, comm)
-                seconds = measure_seconds(case.run, cfg.warmup, cfg.iters, case.comm)
+                if cfg.blocking:
+                    seconds = measure_seconds(case.run, cfg.warmup, cfg.iters, case.comm)
+                else:
+                    seconds = measure_seconds_nonblocking(buffer_sets(case, cfg.iters),
+                                                          cfg.warmup, cfg.iters, case.comm)
                 wrong = count_wrong_local(case) if cfg.check else None
                 measured.append(_Measured(make_row(case, seconds, seconds, seconds), seconds,
                                           wrong, spec.bus_factor(comm.world_size)))
@@ -381,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         comm = Comm.current(device)
-        me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size)
+        me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size,
+                  env=tuning_env())
         rows, skipped, notes, identities = measure_sweep(cfg, comm, _identity_bytes(me))
         ranks = [json.loads(raw) for raw in identities]
         if comm.rank == 0:

@@ -38,7 +38,7 @@ def format_table(doc: dict[str, Any]) -> str:
         f"{doc['device']}  torch {doc['torch_version']}  world_size {doc['world_size']}",
         f"# minBytes {s['min_bytes']} maxBytes {s['max_bytes']} step: {s['step_factor']}(factor) "
         f"warmup iters: {s['warmup']} iters: {s['iters']} validation: {int(s['check'])} "
-        f"in-place: {s['in_place']}",
+        f"in-place: {s['in_place']} blocking: {int(s.get('blocking', True))}",
         "#",
         "# Using devices",
     ]

@@ -284,8 +284,13 @@ class OpImpl(ABC):
                 torch.empty(shape.count, dtype=dtype, device=device))
 
     @abstractmethod
-    def call(self, case: Case) -> Callable[[], None]:
-        """Return the zero-argument function that runs the op once on ``case``'s buffers."""
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
+        """Return the zero-argument function that runs the op once on ``case``'s buffers.
+
+        ``async_op``: the function only issues the op and returns its work handle(s) (a ``Work``
+        or a list of them) for the caller to wait on; otherwise it returns once the op is done
+        (gloo) or enqueued (NCCL).
+        """
 
     def output_length(self, shape: BufferShape) -> int:
         """Elements of the output buffer (what ``expected`` describes)."""
@@ -319,9 +324,9 @@ class AllReduce(OpImpl):
 
     name = "all_reduce"
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         buf, red = case.input, case.red
-        return lambda: dist.all_reduce(buf, op=red)
+        return lambda: dist.all_reduce(buf, op=red, async_op=async_op)
 
     def expected(
         self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
@@ -346,9 +351,9 @@ class AllGather(OpImpl):
             return out[rank * shape.chunk : (rank + 1) * shape.chunk], out
         return torch.empty(shape.chunk, dtype=dtype, device=device), out
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         inp, out = case.input, case.output
-        return lambda: _all_gather_single(out, inp)
+        return lambda: _all_gather_single(out, inp, async_op=async_op)
 
     def expected(
         self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
@@ -376,9 +381,9 @@ class ReduceScatter(OpImpl):
             return inp, inp[rank * shape.chunk : (rank + 1) * shape.chunk]
         return inp, torch.empty(shape.chunk, dtype=dtype, device=device)
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         inp, out, red = case.input, case.output, case.red
-        return lambda: _reduce_scatter_single(out, inp, op=red)
+        return lambda: _reduce_scatter_single(out, inp, op=red, async_op=async_op)
 
     def output_length(self, shape: BufferShape) -> int:
         return shape.chunk
@@ -395,9 +400,9 @@ class Broadcast(OpImpl):
 
     name = "broadcast"
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         buf, root = case.input, self.root
-        return lambda: dist.broadcast(buf, src=root)
+        return lambda: dist.broadcast(buf, src=root, async_op=async_op)
 
     @property
     def root(self) -> int:
@@ -421,9 +426,9 @@ class AllToAll(OpImpl):
 
     name = "all_to_all"
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         inp, out = case.input, case.output
-        return lambda: dist.all_to_all_single(out, inp)
+        return lambda: dist.all_to_all_single(out, inp, async_op=async_op)
 
     def expected(
         self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
@@ -450,9 +455,9 @@ class Reduce(OpImpl):
         assert self.spec.root is not None
         return self.spec.root
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         buf, red, root = case.input, case.red, self.root
-        return lambda: dist.reduce(buf, dst=root, op=red)
+        return lambda: dist.reduce(buf, dst=root, op=red, async_op=async_op)
 
     def checks_output(self, rank: int) -> bool:
         return rank == self.root
@@ -474,19 +479,23 @@ class SendRecv(OpImpl):
 
     name = "sendrecv"
 
-    def call(self, case: Case) -> Callable[[], None]:
+    def call(self, case: Case, async_op: bool = False) -> Callable[[], Any]:
         rank, n = case.comm.rank, case.comm.world_size
         inp, out = case.input, case.output
         # P2POp resolves the process group when built, so build the pair at the first run (a
         # Case may exist without a group, as in the unit tests), then reuse it for every op.
         pair: list[dist.P2POp] = []
 
-        def run() -> None:
+        def run() -> Any:
             if not pair:
                 pair.append(dist.P2POp(dist.isend, inp, (rank + 1) % n))
                 pair.append(dist.P2POp(dist.irecv, out, (rank - 1) % n))
-            for work in dist.batch_isend_irecv(pair):
+            works = dist.batch_isend_irecv(pair)
+            if async_op:
+                return works
+            for work in works:
                 work.wait()
+            return None
 
         return run
 
@@ -517,8 +526,10 @@ def op_impl(name: str) -> OpImpl:
 class Case:
     """The buffers and the single collective call of one (op, dtype, size, in_place) case.
 
-    ``reset()`` writes the deterministic inputs and the sentinel into outputs; ``run()`` performs one
-    blocking (gloo) or enqueued (NCCL) op; ``output`` is the region ``expected_output`` describes.
+    ``reset()`` writes the deterministic inputs and the sentinel into outputs (at construction
+    unless ``fill=False``: buffers then hold whatever memory held); ``run()`` performs one blocking
+    (gloo) or enqueued (NCCL) op, ``start()`` issues one and returns its work handles; ``output``
+    is the region ``expected_output`` describes.
     """
 
     def __init__(
@@ -529,6 +540,7 @@ class Case:
         in_place: bool,
         reduce_op: str,
         comm: Comm,
+        fill: bool = True,
     ) -> None:
         self.impl = op_impl(op)
         if in_place not in self.impl.spec.forms:
@@ -539,8 +551,17 @@ class Case:
         self.input, self.output = self.impl.buffers(
             shape, comm.rank, in_place, DTYPES[dtype_name], comm.device
         )
-        self.run: Callable[[], None] = self.impl.call(self)
-        self.reset()
+        self.run: Callable[[], Any] = self.impl.call(self)
+        self._issue = self.impl.call(self, async_op=True)
+        if fill:
+            self.reset()
+
+    def start(self) -> list[Any]:
+        """Issue the op once without waiting; return the work handles to ``wait()`` on."""
+        issued = self._issue()
+        if issued is None:
+            return []
+        return list(issued) if isinstance(issued, list) else [issued]
 
     def reset(self) -> None:
         """Write the sentinel over the output side, then this rank's pattern into the input."""

@@ -174,6 +174,9 @@ NCCL_TYPE_NAMES: Final[Mapping[str, str]] = {
 }
 REDUCE_OP_NAMES: Final[tuple[str, ...]] = ("sum", "prod", "max", "min")
 IN_PLACE_MODES: Final[tuple[str, ...]] = ("both", "on", "off")
+# Non-blocking bench (``--blocking 0``): at most this many timed ops in flight per rank, each on its
+# own buffers (so a rank holds this many buffer sets; see orchestrator.grammar's memory bound).
+NONBLOCKING_DEPTH: Final = 8
 DIST_BACKENDS: Final[tuple[str, ...]] = ("auto", "nccl", "gloo")
 
 InPlaceMode = Literal["both", "on", "off"]
@@ -246,6 +249,9 @@ class Flag:
     validate: Callable[[Any], Any] | None = None
     name: str | None = None  # the flag, when not ``--`` + the field name with dashes
     metavar: str | None = None
+    # Left out of argv at its default: a flag added later, so that images built before it
+    # (whose workload does not know the flag) still run every config that does not use it.
+    omit_default: bool = False
 
 
 def _flag_field(default: T, flag: Flag) -> T:
@@ -410,7 +416,8 @@ class WorkloadArgs:
         """Cross-field checks; raise ValueError naming the fields and the fix."""
 
     def to_argv(self) -> tuple[str, ...]:
-        """Return the workload's flags equal to this config (a ``None`` field is left out).
+        """Return the workload's flags equal to this config (a ``None`` field is left out, and
+        an ``omit_default`` flag at its default).
 
         Pairs ``("--flag", "value")`` in field order; a value starting with ``-`` travels as
         ``--flag=value`` so that argparse cannot take it for a flag.
@@ -418,7 +425,7 @@ class WorkloadArgs:
         argv: list[str] = []
         for f in dataclasses.fields(cast(Any, self)):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (_flag_of(f).omit_default and value == f.default):
                 continue
             text = _flag_of(f).format(value)
             if text.startswith("-"):
@@ -520,6 +527,12 @@ class BenchArgs(WorkloadArgs):
         "sum", Flag("reduction of the reducing ops (nccl-tests -o)", _text, str,
                     _one_of(REDUCE_OP_NAMES, "reduce op"), metavar=_choices(REDUCE_OP_NAMES))
     )
+    blocking: bool = _flag_field(
+        True, Flag("1: wait for each op before the next; 0: issue the timed ops asynchronously "
+                   f"(up to {NONBLOCKING_DEPTH} in flight, each on its own buffers) and wait for "
+                   "all (nccl-tests -z)", _parse_bool01, _format_bool01, _a_bool, metavar="{0,1}",
+                   omit_default=True)
+    )
     dist_backend: str = _flag_field(
         "auto", Flag("process-group backend; auto: nccl with CUDA, else gloo", _text, str,
                      _one_of(DIST_BACKENDS, "backend"), metavar=_choices(DIST_BACKENDS))
@@ -549,6 +562,7 @@ class BenchArgs(WorkloadArgs):
             "check": self.check,
             "in_place": self.in_place,
             "reduce_op": self.reduce_op,
+            "blocking": self.blocking,
         }
 
 
@@ -625,8 +639,8 @@ def workload_argv(args: BenchArgs | TrainArgs) -> tuple[str, ...]:
 
 
 __all__ = [
-    "DIST_BACKENDS", "DTYPE_NAMES", "IN_PLACE_MODES", "NCCL_TYPE_NAMES", "OPS", "OP_NAMES",
-    "REDUCE_OP_NAMES", "WORKLOAD_ARGS", "WORKLOAD_MODULES", "BenchArgs", "Flag", "InPlaceMode",
+    "DIST_BACKENDS", "DTYPE_NAMES", "IN_PLACE_MODES", "NCCL_TYPE_NAMES", "NONBLOCKING_DEPTH",
+    "OPS", "OP_NAMES", "REDUCE_OP_NAMES", "WORKLOAD_ARGS", "WORKLOAD_MODULES", "BenchArgs", "Flag", "InPlaceMode",
     "OpSpec", "TrainArgs", "WorkloadArgs", "op_spec", "parse_size", "size_sweep", "workload_argv",
 ]
 

@@ -183,6 +183,18 @@ def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
     )
 
 
+# The variables a rank reports it ran with (``env`` of its identity): the communication libraries'
+# tuning knobs, so a sweep over them can verify that every rank really got its variant's value.
+TUNING_ENV_PREFIXES: Final = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TORCH_GLOO_", "OMP_")
+
+
+def tuning_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``NCCL_*``, ``GLOO_*``, ``TORCH_NCCL_*``, ``TORCH_GLOO_*`` and ``OMP_*`` variables of
+    ``env`` (default ``os.environ``), sorted by name."""
+    env = os.environ if env is None else env
+    return {k: env[k] for k in sorted(env) if k.startswith(TUNING_ENV_PREFIXES)}
+
+
 MASTER_POLL_S: Final = 0.01
 
 

@@ -56,7 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.checkpoint import latest_loadable, prune, write_atomic
 from train.contract import TrainArgs
-from train.env import rank_info, wait_for_master
+from train.env import rank_info, tuning_env, wait_for_master
 from train.results import SCHEMA_VERSION, encode_progress, encode_result
 from train.telemetry import Telemetry, warn
 
@@ -305,7 +305,7 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
     """Run the job as one rank of an initialised process group; return the exit code."""
     started = time.perf_counter()
     rank, world = dist.get_rank(), dist.get_world_size()
-    me = dict(rank_info().to_dict(), rank=rank, world_size=world)
+    me = dict(rank_info().to_dict(), rank=rank, world_size=world, env=tuning_env())
     ranks: list[dict[str, Any] | None] = [None] * world
     dist.all_gather_object(ranks, me)
 

@@ -2,7 +2,8 @@
 # GPU checks for a session that is lent a GPU machine (the `device` tool): one short script.
 # Run from the repo root there; its python3 already has a CUDA PyTorch (and prometheus-client).
 #   bash tests/gpu/gpu_checks.sh            # logs land in $OUT (or /tmp/netorch-gpu)
-# 1. the bench's NCCL path on the GPU, world size 1 (CUDA events), every op, with the check;
+# 1. the bench's NCCL path on the GPU, world size 1 (CUDA events), every op, with the check,
+#    blocking and non-blocking (--blocking 0);
 # 2. the DDP training job on NCCL, world size 1: samples/s and step time;
 # 3. the in-node launcher (train.launch) forking NCCL ranks.
 # Not covered: gloo with CUDA tensors (train.bench runs gloo on CPU tensors only).
@@ -25,6 +26,9 @@ run() {  # run NAME CMD...: a torchrun on 127.0.0.1 with a 240 s limit
 run bench_nccl -m train.bench --dist-backend nccl --ops all \
     --min-bytes 1M --max-bytes 1G --step-factor 4 --warmup 5 --iters 20 \
     --dtype float32,bfloat16 --check 1
+# 1b. the non-blocking bench (-z 0: async ops on their own buffers, CUDA events around them).
+run bench_nccl_z0 -m train.bench --dist-backend nccl --ops all \
+    --min-bytes 1M --max-bytes 256M --step-factor 4 --warmup 5 --iters 20 --check 1 --blocking 0
 run train_nccl -m train.job --dist-backend nccl --steps 400 --batch-size 4096 --width 1024 \
     --depth 4 --checkpoint-every 0 --progress-every 100
 grep -h "samples_per_s\|step_time" "$out"/train_nccl.log | tail -3
