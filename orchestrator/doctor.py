@@ -396,7 +396,7 @@ def doctor_plan(
         backend.up(probe, lambda node, line: None)
         containers = {c.name: c for c in client.containers.list(
             filters=run_filters(probe.run_id), ignore_removed=True)}
-        if probe.network.link is not None:
+        if probe.network.shaped:
             try:
                 apply_link(probe, containers)
                 checks.append(Check("link emulation", "all nodes", "pass",

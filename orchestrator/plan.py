@@ -26,7 +26,7 @@ from orchestrator.workloads import CheckpointSpec as CheckpointSpec
 from orchestrator.workloads import WorkloadSpec as WorkloadSpec
 from orchestrator.workloads import checkpoint_dir as checkpoint_dir
 from orchestrator.workloads import workload_for as workload_for
-from orchestrator.settings import LinkSettings, Settings
+from orchestrator.settings import LinkSettings, LinkShape, Settings
 
 LABEL_RUN = "io.netorch.run"
 LABEL_ROLE = "io.netorch.role"
@@ -75,11 +75,33 @@ class LinkSpec:
         return parse_rate_bits(self.rate) if self.rate else None
 
 
-def link_spec(link: LinkSettings) -> LinkSpec | None:
-    """The plan's view of ``[network.link]``; None when nothing is emulated."""
-    if not link.enabled:
+def link_spec(link: LinkShape) -> LinkSpec | None:
+    """The plan's view of ``[network.link]`` (its common fields); None when nothing is emulated."""
+    if not link.shaped:
         return None
     return LinkSpec(rate=link.rate, delay=link.delay, jitter=link.jitter, loss=link.loss)
+
+
+def node_link_specs(link: LinkSettings) -> tuple[tuple[str, LinkSpec], ...]:
+    """``[network.link.nodes.<node>]`` as (node name, that node's whole link), sorted: the
+    override's fields over the common ones."""
+    out = []
+    for node, shape in sorted(link.nodes.items()):
+        merged = {k: getattr(shape, k) if getattr(shape, k) is not None else getattr(link, k)
+                  for k in ("rate", "delay", "jitter", "loss")}
+        out.append((node, LinkSpec(**merged)))
+    return tuple(out)
+
+
+def pair_link_specs(link: LinkSettings) -> tuple[tuple[str, str, LinkSpec], ...]:
+    """``[network.link.pairs."<a>:<b>"]`` as (a, b, link) with a < b, sorted."""
+    out = []
+    for key, shape in link.pairs.items():
+        a, b = sorted(key.split(":"))
+        spec = link_spec(shape)
+        if spec is not None:
+            out.append((a, b, spec))
+    return tuple(sorted(out, key=lambda t: (t[0], t[1])))
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,15 @@ class NetworkSpec:
     link: LinkSpec | None = None
     # Overlay only: standalone containers (fixed IPs, GPUs) may join; services cannot do either.
     attachable: bool = False
+    # Per-node links (node short name, its whole link) that replace ``link`` on that node, and
+    # links between two nodes only (a, b, link): both directions, filtered by the peer's address.
+    node_links: tuple[tuple[str, LinkSpec], ...] = ()
+    pair_links: tuple[tuple[str, str, LinkSpec], ...] = ()
+
+    @property
+    def shaped(self) -> bool:
+        """True when tc shapes any node (the containers then need NET_ADMIN and a start gate)."""
+        return self.link is not None or bool(self.node_links) or bool(self.pair_links)
 
 
 @dataclass(frozen=True)
@@ -419,7 +450,7 @@ def build_plan(
             )
         )
     d = settings.docker
-    link = fabric.network.link
+    shaped = fabric.network.shaped
     return ClusterPlan(
         run_id=run_id,
         backend=backend,
@@ -436,8 +467,8 @@ def build_plan(
             memlock=d.memlock, init=True, stop_timeout_s=d.stop_timeout_s,
             # tc needs NET_ADMIN; granted only when a link is emulated, and the gate holds the
             # workload until the shaping is in place.
-            cap_add=("NET_ADMIN",) if link is not None else (),
-            start_gate=link is not None,
+            cap_add=("NET_ADMIN",) if shaped else (),
+            start_gate=shaped,
             memory=d.memory,
         ),
         nodes=tuple(nodes),

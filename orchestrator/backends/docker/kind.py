@@ -13,7 +13,14 @@ from typing import Any
 from orchestrator.backends.base import Backend
 from orchestrator.errors import PlanError
 from orchestrator.placement import address_pool, node_placement, overlay_dynamic_range
-from orchestrator.plan import FabricSpec, HostSpec, NetworkSpec, link_spec
+from orchestrator.plan import (
+    FabricSpec,
+    HostSpec,
+    NetworkSpec,
+    link_spec,
+    node_link_specs,
+    pair_link_specs,
+)
 from orchestrator.settings import Settings
 
 
@@ -59,6 +66,8 @@ class DockerKind:
             interface=net.interface,
             link=link_spec(net.link),
             attachable=overlay,
+            node_links=node_link_specs(net.link),
+            pair_links=pair_link_specs(net.link),
         )
         return FabricSpec(
             network=network, ips=tuple(ips), placement=placement, hosts=hosts, aliases=True,

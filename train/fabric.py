@@ -1,0 +1,189 @@
+"""Pairwise link matrix, run under torchrun with one rank per node: ``python -m train.fabric``.
+
+Every pair of ranks is measured once, in the round-robin schedule of
+:func:`train.contract.round_robin`: N/2 disjoint pairs at a time (N-1 rounds for even N), so a
+round loads every node with exactly one peer and a slow node or link cannot hide behind others.
+All ranks meet at a barrier between rounds. Inside a round each pair (a < b) runs, on its own:
+
+1. **bandwidth a -> b**: ``warmup`` untimed messages of ``bw_bytes``; then b sends a "go"
+   holding a count (sized to take about ``bw_seconds``, at most ``bw_iters``) and times until
+   it has received that many messages more (``send``/``recv``, the sendrecv pattern). The
+   receiver's clock measures the whole transfer, one round trip included.
+2. **bandwidth b -> a**, the same the other way.
+3. **latency**: ``lat_iters`` ping-pongs of ``lat_bytes`` after ``warmup``; a times them, and the
+   one-way latency is half the mean round trip.
+
+Each rank keeps what it timed; one ``all_gather_object`` brings it to rank 0, which prints the
+result line (see train/results.py, kind "fabric")::
+
+    ranks      [RankEntry]                         as for "bench"
+    rounds     [[[a, b], ...], ...]               the schedule that ran
+    bandwidth  [{src, dst, gbps}]                  one per direction, measured at dst
+    latency    [{a, b, us}]                        one per pair, measured at a
+    settings   {bw_bytes, bw_iters, bw_seconds, lat_bytes, lat_iters, warmup}
+
+The host (orchestrator/fabric.py) turns it into the matrix and the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from train.contract import FabricArgs, round_robin
+from train.env import rank_info, wait_for_master
+from train.results import SCHEMA_VERSION, encode_result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def receive_rate(src: int, buf: torch.Tensor, go: torch.Tensor, cfg: FabricArgs) -> float:
+    """As the receiver of ``src``: GB/s (1e9 bytes/s) of the timed messages after the warmup.
+
+    The count aims at ``cfg.bw_seconds`` of transfer, from the last warmup message's time (a
+    50 Mbit/s link gets one message, an unshaped bridge up to ``bw_iters``), and travels to the
+    sender in the "go" message that starts the timed run.
+    """
+    last = 0.0
+    for _ in range(cfg.warmup):
+        t = time.perf_counter()
+        dist.recv(buf, src)
+        _sync(buf.device)
+        last = time.perf_counter() - t
+    iters = max(1, min(cfg.bw_iters, math.ceil(cfg.bw_seconds / max(last, 1e-6))))
+    go.fill_(iters)
+    t0 = time.perf_counter()
+    dist.send(go, src)
+    for _ in range(iters):
+        dist.recv(buf, src)
+    _sync(buf.device)
+    elapsed = time.perf_counter() - t0
+    return buf.numel() * buf.element_size() * iters / elapsed / 1e9
+
+
+def send_stream(dst: int, buf: torch.Tensor, go: torch.Tensor, cfg: FabricArgs) -> None:
+    """As the sender to ``dst``: the counterpart of :func:`receive_rate`."""
+    for _ in range(cfg.warmup):
+        dist.send(buf, dst)
+    dist.recv(go, dst)
+    for _ in range(int(go.item())):
+        dist.send(buf, dst)
+    _sync(buf.device)
+
+
+def ping_pong_us(me: int, peer: int, buf: torch.Tensor, warmup: int, iters: int) -> float | None:
+    """One-way latency in microseconds (half the mean round trip), timed by the lower rank;
+    the higher rank echoes and returns None."""
+    first = me < peer
+    for i in range(warmup + iters):
+        if i == warmup and first:
+            _sync(buf.device)
+            t0 = time.perf_counter()
+        if first:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+    if not first:
+        return None
+    _sync(buf.device)
+    return (time.perf_counter() - t0) / iters / 2 * 1e6
+
+
+def measure_pair(me: int, peer: int, cfg: FabricArgs, device: torch.device
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """This rank's share of one pair: the bandwidth it received and, as the lower rank, the
+    latency."""
+    a, b = min(me, peer), max(me, peer)
+    big = torch.ones(cfg.bw_bytes, dtype=torch.uint8, device=device)
+    go = torch.zeros(1, dtype=torch.int64, device=device)
+    bandwidth: list[dict[str, Any]] = []
+    for src, dst in ((a, b), (b, a)):
+        if me == dst:
+            gbps = receive_rate(src, big, go, cfg)
+            bandwidth.append({"src": src, "dst": dst, "gbps": gbps})
+        else:
+            send_stream(dst, big, go, cfg)
+    small = torch.ones(cfg.lat_bytes, dtype=torch.uint8, device=device)
+    us = ping_pong_us(me, peer, small, cfg.warmup, cfg.lat_iters)
+    latency = [] if us is None else [{"a": a, "b": b, "us": us}]
+    return bandwidth, latency
+
+
+def partner(rank: int, pairs: Sequence[tuple[int, int]]) -> int | None:
+    """``rank``'s peer in a round, or None when it sits the round out (odd N)."""
+    for a, b in pairs:
+        if rank in (a, b):
+            return b if rank == a else a
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pairwise measurement as one rank; rank 0 prints the result line."""
+    from train.bench import resolve_backend
+
+    cfg = FabricArgs.from_argv(sys.argv[1:] if argv is None else argv)
+    backend = resolve_backend(cfg.dist_backend)
+    wait_for_master(os.environ, cfg.timeout_s)
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    try:
+        started = time.perf_counter()
+        rank, world = dist.get_rank(), dist.get_world_size()
+        rounds = round_robin(world)
+        bandwidth: list[dict[str, Any]] = []
+        latency: list[dict[str, Any]] = []
+        for pairs in rounds:
+            dist.barrier()
+            peer = partner(rank, pairs)
+            if peer is not None:
+                bw, lat = measure_pair(rank, peer, cfg, device)
+                bandwidth += bw
+                latency += lat
+        mine = {"rank_info": dict(rank_info().to_dict(), rank=rank, world_size=world),
+                "bandwidth": bandwidth, "latency": latency}
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        if rank == 0:
+            doc: dict[str, Any] = {
+                "schema": SCHEMA_VERSION,
+                "kind": "fabric",
+                "run_id": cfg.run_id,
+                "dist_backend": backend,
+                "device": device.type,
+                "torch_version": torch.__version__,
+                "world_size": world,
+                "ranks": sorted((g["rank_info"] for g in gathered), key=lambda r: int(r["rank"])),
+                "settings": cfg.settings(),
+                "rounds": [[list(p) for p in pairs] for pairs in rounds],
+                "bandwidth": sorted((x for g in gathered for x in g["bandwidth"]),
+                                    key=lambda x: (x["src"], x["dst"])),
+                "latency": sorted((x for g in gathered for x in g["latency"]),
+                                  key=lambda x: (x["a"], x["b"])),
+                "elapsed_s": time.perf_counter() - started,
+            }
+            print(encode_result(doc), flush=True)
+        dist.barrier()
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
