@@ -442,6 +442,8 @@ class FabricSettings(_Section):
     lat_bytes: Size = Field(8, description="message size of the latency test")
     lat_iters: int = Field(20, ge=1, le=100_000, description="timed round trips per pair")
     warmup: int = Field(2, ge=1, le=1000, description="untimed messages before each timed run")
+    passes: int = Field(2, ge=1, le=100, description="schedule repeats; each direction keeps "
+                        "its best pass")
     slow_fraction: float = Field(
         0.5, gt=0.0, lt=1.0,
         description="a pair is slow below this fraction of the reference bandwidth (and below "

@@ -124,7 +124,8 @@ def fabric_workload(settings: Settings, run_id: str) -> WorkloadSpec:
     c, f = settings.cluster, settings.fabric
     args = FabricArgs(bw_bytes=f.bw_bytes, bw_iters=f.bw_iters, bw_seconds=f.bw_seconds,
                       lat_bytes=f.lat_bytes,
-                      lat_iters=f.lat_iters, warmup=f.warmup, dist_backend=c.dist_backend,
+                      lat_iters=f.lat_iters, warmup=f.warmup, passes=f.passes,
+                      dist_backend=c.dist_backend,
                       timeout_s=c.timeout_s, run_id=run_id)
     return WorkloadSpec(kind="fabric", target=workload_argv(args))
 

@@ -645,6 +645,11 @@ class FabricArgs(WorkloadArgs):
         2, Flag("untimed messages before each timed run", _parse_int, str,
                 _an_int(positive=True))
     )
+    passes: int = _flag_field(
+        2, Flag("times the whole schedule runs; each direction keeps its best pass (load on "
+                "a shared host only ever lowers a bandwidth)", _parse_int, str,
+                _an_int(positive=True))
+    )
     dist_backend: str = _flag_field(
         "auto", Flag("process-group backend; auto: nccl with CUDA, else gloo", _text, str,
                      _one_of(DIST_BACKENDS, "backend"), metavar=_choices(DIST_BACKENDS))
@@ -656,7 +661,8 @@ class FabricArgs(WorkloadArgs):
 
     def settings(self) -> dict[str, Any]:
         """The ``settings`` object of the result document."""
-        keys = ("bw_bytes", "bw_iters", "bw_seconds", "lat_bytes", "lat_iters", "warmup")
+        keys = ("bw_bytes", "bw_iters", "bw_seconds", "lat_bytes", "lat_iters", "warmup",
+                "passes")
         return {k: getattr(self, k) for k in keys}
 
 
