@@ -287,6 +287,11 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) -
         result = usecases.run_bench(settings, hooks, on, request.asked_keys())
     report, the_plan = result.report, result.plan
     console.print(results_table(report))
+    from orchestrator.traffic import traffic_table
+
+    traffic = traffic_table(report)
+    if traffic is not None:
+        console.print(traffic)
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
     for note in report["notes"]:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator.errors import OutputError
 from orchestrator.plan import ClusterPlan
+from orchestrator.traffic import add_traffic
 from train.results import decode_result_lines
 
 REPORT_SCHEMA = 1
@@ -67,7 +68,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
                 )
     results = list(result.get("results", []))
     wrong_total = result.get("wrong_total")
-    return {
+    report = {
         "schema": REPORT_SCHEMA,
         "run_id": plan.run_id,
         "backend": plan.backend,
@@ -97,6 +98,8 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
         "elapsed_s": round(elapsed_s, 3),
         "ok": bool(results) and (wrong_total in (0, None)),
     }
+    add_traffic(report)  # which interface carried each row (orchestrator/traffic.py)
+    return report
 
 
 def _effective_mtu(nodes: list[dict[str, Any]]) -> int | None:

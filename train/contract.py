@@ -73,6 +73,17 @@ class OpSpec:
             return self.bus_scale * (world_size - 1) / world_size
         return self.bus_scale
 
+    def wire_bytes_per_rank(self, size_bytes: int, world_size: int) -> float:
+        """Bytes one rank must send per op, averaged over the ranks (what its interface carries
+        when every rank has a node of its own). Ring and tree algorithms alike: all_reduce
+        2(n-1)/n x size, the chunked ops (n-1)/n x size, sendrecv size; a rooted op (broadcast,
+        reduce) moves (n-1) x size in all, (n-1)/n x size per rank on average."""
+        if world_size < 2:
+            return 0.0
+        if self.root is not None:
+            return size_bytes * (world_size - 1) / world_size
+        return size_bytes * self.bus_factor(world_size)
+
     @property
     def root_column(self) -> int:
         """The ``root`` column nccl-tests prints: the root rank, -1 for rootless ops."""
