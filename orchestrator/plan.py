@@ -126,6 +126,9 @@ class NetworkSpec:
     # links between two nodes only (a, b, link): both directions, filtered by the peer's address.
     node_links: tuple[tuple[str, LinkSpec], ...] = ()
     pair_links: tuple[tuple[str, str, LinkSpec], ...] = ()
+    # The interface this network appears as inside a node (containers): eth0, or eth1 when a
+    # management network takes eth0 (see backends/docker/kind.py).
+    device: str = CONTAINER_IFNAME
 
     @property
     def shaped(self) -> bool:
@@ -209,6 +212,10 @@ class FabricSpec:
     in_node_paths: bool = True
     shared_ports: bool = False
     metrics_addr: str = "0.0.0.0"
+    # The management network beside the fabric (``[network.management]``) and every node's
+    # address on it; None when there is none or the backend has no second network.
+    management: NetworkSpec | None = None
+    management_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,8 @@ class NodeSpec:
     mounts: tuple[MountSpec, ...] = ()
     # The host (HostSpec.name) whose daemon runs the node; None: the local / configured daemon.
     host: str | None = None
+    # The node's address on the management network (ClusterPlan.management); None without one.
+    management_ip: str | None = None
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -260,6 +269,14 @@ class ClusterPlan:
     # user's script does not).
     emits_result: bool = True
     workdir: str | None = None
+    # The management network (egress, metrics) beside the fabric; None: the fabric only.
+    management: NetworkSpec | None = None
+
+    @property
+    def fabric_interface(self) -> str:
+        """The interface that holds each node's fabric address: where collectives must go.
+        Docker names a container's first network eth0; local processes use loopback."""
+        return self.network.interface if self.network.driver == "loopback" else self.network.device
 
     @property
     def master(self) -> NodeSpec:
@@ -382,6 +399,10 @@ def build_plan(
             f"the {backend} backend runs nodes on this host's own filesystem and mounts nothing; "
             "pass host paths to your script instead, or use --backend docker for --mount"
         )
+    if settings.network.management.enabled and fabric.management is None:
+        raise PlanError(
+            f"network.management: the {backend} backend has no second network; use "
+            "--backend docker on one host, or drop [network.management]")
     c = settings.cluster
     n = c.nodes
     world = n * c.procs_per_node
@@ -447,6 +468,7 @@ def build_plan(
                         *work.labels),
                 mounts=_node_mounts(work, fabric, rank),
                 host=fabric.placement[rank],
+                management_ip=fabric.management_ips[rank] if fabric.management else None,
             )
         )
     d = settings.docker
@@ -476,6 +498,8 @@ def build_plan(
         hosts=fabric.hosts,
         emits_result=work.emits_result,
         workdir=work.workdir,
+        management=None if fabric.management is None
+        else dataclasses.replace(fabric.management, labels=run_labels),
     )
 
 

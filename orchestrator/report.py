@@ -50,6 +50,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             "mtu": mtu,
             "hostname": first.get("hostname"),
             "ifname": first.get("ifname"),
+            **({"management_ip": node.management_ip} if node.management_ip else {}),
             "ranks": sorted(int(r["rank"]) for r in mine if "rank" in r),
         })
         if not mine:
@@ -86,6 +87,13 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             "mtu": plan.network.mtu,
             **({"effective_mtu": _effective_mtu(nodes)} if plan.multi_host else {}),
             "interface": plan.network.interface,
+            # Where collectives must go (the interface holding the fabric address), and the
+            # management network beside it, if any.
+            "fabric_interface": plan.fabric_interface,
+            **({"management": {"name": plan.management.name, "subnet": plan.management.subnet,
+                               "mtu": plan.management.mtu, "internal": plan.management.internal,
+                               "interface": plan.management.interface}}
+               if plan.management is not None else {}),
         },
         "nodes": nodes,
         "ranks": ranks,

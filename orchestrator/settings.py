@@ -164,6 +164,23 @@ class LinkSettings(LinkShape):
         return self.shaped or any(v.shaped for v in (*self.nodes.values(), *self.pairs.values()))
 
 
+class ManagementSettings(_Section):
+    """An optional second network per node, beside the training fabric (docker backend, one
+    host): its own subnet, a standard MTU, not internal. Egress (and whatever else the job does
+    besides collectives) goes there; NCCL and gloo stay pinned to the fabric's interface."""
+
+    subnet: Subnet | None = Field(None, description="IPv4 subnet (CIDR); unset: no management "
+                                  "network")
+    mtu: Mtu = Field(1500, description="MTU of the management network")
+    internal: bool = Field(False, description="no route out (default: it is the way out)")
+    name: NetworkName | None = Field(
+        None, description="network name; default <cluster.name>-<run>-net-mgmt")
+
+    @property
+    def enabled(self) -> bool:
+        return self.subnet is not None
+
+
 class NetworkSettings(_Section):
     """The training fabric: one bridge network with fixed addressing."""
 
@@ -180,10 +197,20 @@ class NetworkSettings(_Section):
         default_factory=LinkSettings,  # type: ignore[arg-type]
         description="link emulation with tc (rate, delay, jitter, loss); off by default",
     )
+    management: ManagementSettings = Field(
+        default_factory=ManagementSettings,  # type: ignore[arg-type]
+        description="a second, non-internal network per node for egress/metrics; off by default",
+    )
 
     @model_validator(mode="after")
     def _addresses(self) -> NetworkSettings:
         net = ipaddress.IPv4Network(self.subnet)
+        mgmt = self.management.subnet
+        if mgmt is not None and ipaddress.IPv4Network(mgmt).overlaps(net):
+            raise ValueError(
+                f"network.management.subnet: {mgmt} overlaps the fabric's subnet {net}; give "
+                "the management network a subnet of its own"
+            )
         if self.gateway is not None:
             try:
                 gw = ipaddress.ip_address(self.gateway)

@@ -47,7 +47,8 @@ def row_traffic(row: Mapping[str, Any], hostnames: Sequence[str | None]) -> dict
 
 def traffic_warnings(rows: Sequence[Mapping[str, Any]], planned: str,
                      one_rank_per_node: bool) -> list[str]:
-    """Warnings for judged rows: bytes on another interface than ``planned``, or far more or
+    """Warnings for judged rows: bytes on another interface than ``planned`` (the fabric's: the
+    one holding the node's planned address, whatever the socket settings say), or far more or
     fewer than the algorithm implies there. At most one warning of each kind, naming the row
     where it is worst."""
     elsewhere: tuple[float, str] | None = None
@@ -90,7 +91,8 @@ def add_traffic(report: dict[str, Any]) -> None:
         summary = row_traffic(row, hostnames)
         if summary is not None:
             row["traffic_summary"] = summary
-    planned = str(report.get("network", {}).get("interface") or "")
+    net = report.get("network", {})
+    planned = str(net.get("fabric_interface") or net.get("interface") or "")
     one_per_node = int(report.get("nproc_per_node", 1)) == 1
     report.setdefault("warnings", []).extend(traffic_warnings(rows, planned, one_per_node))
 
@@ -98,14 +100,16 @@ def add_traffic(report: dict[str, Any]) -> None:
 def traffic_table(report: Mapping[str, Any]) -> Any:
     """Bytes per rank per iteration on each interface next to the algorithm's, one row per
     result row; interfaces that carried under 1 % of the expected bytes everywhere are left out
-    (the planned one is always shown). None when no row carries readings."""
+    (the planned one and the management network's are always shown). None when no row carries readings."""
     from rich.table import Table
 
     rows = [r for r in report.get("results", []) if r.get("traffic_summary")]
     if not rows:
         return None
-    planned = str(report.get("network", {}).get("interface") or "")
-    shown = {planned} | {
+    net = report.get("network", {})
+    planned = str(net.get("fabric_interface") or net.get("interface") or "")
+    management = (net.get("management") or {}).get("interface")
+    shown = {planned, *([management] if management else [])} | {
         name for r in rows for name, value in r["traffic_summary"]["bytes_per_rank"].items()
         if value > 0.01 * max(1.0, r["traffic_summary"]["expected_bytes_per_rank"])}
     names = sorted(shown, key=lambda n: (n != planned, n))

@@ -100,7 +100,7 @@ def plan_tc_commands(plan: ClusterPlan) -> dict[str, tuple[tuple[str, ...], ...]
             for a, b, spec in net.pair_links if node.hostname in (a, b)
         )
         if peers:
-            out[node.name] = classful_tc_commands(link, peers)
+            out[node.name] = classful_tc_commands(link, peers, net.device)
         elif link is not None:
-            out[node.name] = tc_commands(link)
+            out[node.name] = tc_commands(link, net.device)
     return out

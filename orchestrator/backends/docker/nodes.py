@@ -207,11 +207,13 @@ def start_containers(
     client_for: Callable[[NodeSpec], Any],
     describe: Callable[[NodeSpec], str],
     user: str | None = None,
+    management_id: str | None = None,
 ) -> dict[str, Any]:
     """Create every node's container concurrently through ``client_for(node)``, then start them.
 
     Returns node name -> container. ``describe(node)`` names a node in errors (with its host when
-    there are several). ``user`` is the ``docker.user`` setting (None: the invoking user). A
+    there are several). ``user`` is the ``docker.user`` setting (None: the invoking user).
+    ``management_id``: the management network every container joins as its second. A
     container whose start failed stays in "created": down() removes it by label.
     """
     created: dict[str, Any] = {}
@@ -224,6 +226,10 @@ def start_containers(
         kwargs = container_create_kwargs(plan, node, network_id, str(client.api.api_version),
                                          user=run_as)
         created[node.name] = client.containers.create(**kwargs)
+        if management_id is not None:
+            # Connected after create, before start: the second interface (eth1, see kind.py).
+            client.api.connect_container_to_network(
+                created[node.name].id, management_id, ipv4_address=node.management_ip)
 
     failures = concurrently(create, list(plan.nodes))
     if failures:
