@@ -120,3 +120,14 @@ def test_all_reduce_bytes_go_through_the_fabric_and_move_when_pointed_elsewhere(
     sent = row["traffic_summary"]["bytes_per_rank"]
     assert abs(sent["eth0"] - expected) <= 0.10 * expected and sent["eth1"] < 0.01 * expected
     assert any("traffic went through eth0, not the planned eth1" in w for w in moved["warnings"])
+
+
+def test_beside_a_management_network_the_hostname_is_not_the_master_alias() -> None:
+    from orchestrator.backends.docker.kwargs import container_create_kwargs
+
+    plan = _plan(management=MGMT)
+    kwargs = container_create_kwargs(plan, plan.master, "net-id", "1.41")
+    # Docker's DNS would answer "master" with the management address (eth0) otherwise.
+    assert kwargs["hostname"] == plan.master.name and "master" in plan.master.aliases
+    plain = _plan()
+    assert container_create_kwargs(plain, plain.master, "n", "1.41")["hostname"] == "master"

@@ -210,7 +210,10 @@ def container_create_kwargs(
         "image": rt.image,
         "command": command,
         "name": node.name,
-        "hostname": node.hostname,
+        # Docker's DNS answers a container's hostname on each of its networks, the first
+        # interface's first: beside a management network "master" must stay the fabric's alias
+        # alone, so the hostname becomes the (unique) container name.
+        "hostname": node.name if plan.management is not None else node.hostname,
         "environment": environment,
         "user": run_as,
         "labels": node.labels_dict,
