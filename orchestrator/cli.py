@@ -354,6 +354,9 @@ FABRIC_FLAGS = (
                                              help="timed messages per direction of a pair")),
     Flag("lat_iters", "fabric.lat_iters", _opt(int, "--lat-iters",
                                                help="timed round trips per pair (latency)")),
+    Flag("schedule", "fabric.schedule", _opt(str, "--schedule", help="all (every pair, N-1 "
+                                             "rounds) | bisect (N/2 pairs, then the slow "
+                                             "pairs' nodes again; large N)")),
 )
 
 

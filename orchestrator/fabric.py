@@ -152,11 +152,13 @@ def analyse(plan: ClusterPlan, doc: Mapping[str, Any], slow_fraction: float,
     latency: dict[Pair, float] = {(int(x["a"]), int(x["b"])): float(x["us"])
                                   for x in doc.get("latency", [])}
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    if doc.get("schedule") == "bisect":  # only the pairs the bisection measured
+        pairs = [p for p in pairs if p in directed and p[::-1] in directed]
     missing = [p for p in pairs if p not in directed or p[::-1] not in directed]
-    if missing:
-        a, b = missing[0]
+    if missing or not pairs:
+        a, b = missing[0] if missing else (0, 1)
         raise ResultError(f"fabric result of run {plan.run_id} lacks the pair {names[a]} <-> "
-                          f"{names[b]} ({len(missing)} pair(s) missing)")
+                          f"{names[b]} ({max(1, len(missing))} pair(s) missing)")
     gbps = {p: min(directed[p], directed[p[::-1]]) for p in pairs}
 
     def scope(p: Pair) -> str:
@@ -195,6 +197,7 @@ def analyse(plan: ClusterPlan, doc: Mapping[str, Any], slow_fraction: float,
                    "ip": plan.nodes[i].ip, "host": host[i],
                    "ifname": ranks.get(i, {}).get("ifname")} for i in range(n)],
         "settings": {**doc.get("settings", {}), "slow_fraction": slow_fraction, "mad_k": mad_k},
+        "schedule": doc.get("schedule", "all"),
         "rounds": doc.get("rounds", []),
         "matrix": {"bandwidth_gbps": bw_matrix, "latency_us": lat_matrix,
                    "note": "bandwidth_gbps[i][j]: rank i -> rank j; latency_us: one way"},

@@ -476,6 +476,9 @@ class FabricSettings(_Section):
         description="a pair is slow below this fraction of the reference bandwidth (and below "
         "reference - mad_k x MAD)")
     mad_k: float = Field(3.0, gt=0.0, le=100.0, description="robust z-score limit (MADs)")
+    schedule: Literal["all", "bisect"] = Field(
+        "all", description="all: every pair (N-1 rounds); bisect: N/2 pairs, then only the slow "
+        "pairs' nodes again (large N)")
 
 
 class Settings(BaseSettings):

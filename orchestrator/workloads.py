@@ -125,6 +125,7 @@ def fabric_workload(settings: Settings, run_id: str) -> WorkloadSpec:
     args = FabricArgs(bw_bytes=f.bw_bytes, bw_iters=f.bw_iters, bw_seconds=f.bw_seconds,
                       lat_bytes=f.lat_bytes,
                       lat_iters=f.lat_iters, warmup=f.warmup, passes=f.passes,
+                      schedule=f.schedule, slow_fraction=f.slow_fraction,
                       dist_backend=c.dist_backend,
                       timeout_s=c.timeout_s, run_id=run_id)
     return WorkloadSpec(kind="fabric", target=workload_argv(args))

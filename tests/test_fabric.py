@@ -235,3 +235,28 @@ def test_process_backend_fabric_measures_every_direction(tmp_path: Path) -> None
     assert report["rounds"] == [[list(p) for p in r] for r in round_robin(3)]
     assert [n["name"] for n in report["nodes"]] == ["master", "worker-1", "worker-2"]
     assert {"json", "csv", "png"} <= set(result.paths) and result.paths["png"].is_file()
+
+
+def test_process_backend_bisect_measures_one_round_when_healthy(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    settings = load_settings(overrides={
+        "backend": "process", "output": str(tmp_path), "cluster": {"nodes": 4},
+        "fabric": {"bw_bytes": "256K", "bw_seconds": 0.02, "lat_iters": 3, "passes": 1,
+                   "schedule": "bisect", "slow_fraction": 0.01}})
+    report = run_fabric(settings).report
+    # N/2 disjoint pairs; nothing below 1 % of the median, so no second round.
+    assert report["schedule"] == "bisect" and report["rounds"] == [[[0, 3], [1, 2]]]
+    assert {(p["a"], p["b"]) for p in report["pairs"]} == {("master", "worker-3"),
+                                                           ("worker-1", "worker-2")}
+    assert report["matrix"]["bandwidth_gbps"][0][1] is None
+
+
+def test_bisect_result_is_judged_on_the_measured_pairs() -> None:
+    # Round 1: (0,3) slow; round 2: 0 and 3 each against a node of a fast pair -> 0 is slow.
+    gbps = {(0, 3): 0.006, (1, 2): 1.0, (0, 1): 0.006, (2, 3): 0.9}
+    doc = _doc(4, {**_values(4), **gbps})
+    doc["schedule"] = "bisect"
+    doc["bandwidth"] = [x for x in doc["bandwidth"]
+                        if (min(x["src"], x["dst"]), max(x["src"], x["dst"])) in gbps]
+    report = analyse(_plan(4), doc, 0.5, 3.0)
+    assert report["suspects"] == ["master"] and len(report["pairs"]) == 4

@@ -621,6 +621,9 @@ class TrainArgs(WorkloadArgs):
         return {k: getattr(self, k) for k in keys}
 
 
+FABRIC_SCHEDULES: Final[tuple[str, ...]] = ("all", "bisect")
+
+
 @dataclass(frozen=True)
 class FabricArgs(WorkloadArgs):
     """The flags of ``python -m train.fabric``: point-to-point bandwidth and latency between every
@@ -661,6 +664,15 @@ class FabricArgs(WorkloadArgs):
                 "a shared host only ever lowers a bandwidth)", _parse_int, str,
                 _an_int(positive=True))
     )
+    schedule: str = _flag_field(
+        "all", Flag("all: every pair, N-1 rounds; bisect: N/2 pairs, then only the slow pairs' "
+                    "nodes against fast ones (large N)", _text, str,
+                    _one_of(FABRIC_SCHEDULES, "schedule"), metavar=_choices(FABRIC_SCHEDULES))
+    )
+    slow_fraction: float = _flag_field(
+        0.5, Flag("bisect: a pair below this fraction of the round's median is measured again",
+                  _parse_float, repr, _a_float(positive=True))
+    )
     dist_backend: str = _flag_field(
         "auto", Flag("process-group backend; auto: nccl with CUDA, else gloo", _text, str,
                      _one_of(DIST_BACKENDS, "backend"), metavar=_choices(DIST_BACKENDS))
@@ -673,7 +685,7 @@ class FabricArgs(WorkloadArgs):
     def settings(self) -> dict[str, Any]:
         """The ``settings`` object of the result document."""
         keys = ("bw_bytes", "bw_iters", "bw_seconds", "lat_bytes", "lat_iters", "warmup",
-                "passes")
+                "passes", "schedule")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -15,7 +15,9 @@ All ranks meet at a barrier between rounds. Inside a round each pair (a < b) run
 
 The whole schedule runs ``passes`` times; each direction keeps its best bandwidth and each pair
 its lowest latency, because load from elsewhere on a shared host only ever makes a link look
-worse. Each rank keeps what it timed; one ``all_gather_object`` brings it to rank 0, which prints the
+worse. With ``--schedule bisect`` (large N) only the first round runs for every node; the nodes of
+slow pairs are then measured against nodes of fast pairs (see :func:`bisect_rounds`), and the
+result holds the measured pairs only. Each rank keeps what it timed; one ``all_gather_object`` brings it to rank 0, which prints the
 result line (see train/results.py, kind "fabric")::
 
     ranks      [RankEntry]                         as for "bench"
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -135,6 +138,49 @@ def best_of(samples: Iterable[dict[str, Any]], key: tuple[str, str], value: str,
             for k, v in sorted(grouped.items())]
 
 
+def bisect_rounds(world: int, cfg: FabricArgs,
+                  measure_round: Callable[[Sequence[tuple[int, int]]], None],
+                  bandwidth: list[dict[str, Any]]) -> list[list[tuple[int, int]]]:
+    """The bisect schedule for large N: one round of N/2 disjoint pairs, then only the nodes of
+    slow pairs again, each with a node of a fast pair, in as few rounds as the fast nodes allow.
+
+    Every rank takes the same decisions from the same gathered figures. A pair is slow below
+    ``cfg.slow_fraction`` x the round's median; the host judges the measured pairs again with
+    the full rule (orchestrator/fabric.py). One slow node or link of any N costs 2 rounds.
+    """
+    first = round_robin(world)[0]
+    for _ in range(cfg.passes):
+        measure_round(first)
+    values = _pair_values(bandwidth, world)
+    reference = statistics.median(values[p] for p in first)
+    slow = [p for p in first if values[p] < cfg.slow_fraction * reference]
+    rounds = [first]
+    if not slow:
+        return rounds
+    paired = {x for p in first for x in p}
+    suspects = sorted({x for p in slow for x in p} | (set(range(world)) - paired))
+    good = sorted({x for p in first if p not in slow for x in p})
+    while suspects and good:
+        batch, suspects = suspects[:len(good)], suspects[len(good):]
+        pairs = sorted((min(a, b), max(a, b)) for a, b in zip(batch, good))
+        for _ in range(cfg.passes):
+            measure_round(pairs)
+        rounds.append(pairs)
+    return rounds
+
+
+def _pair_values(mine: list[dict[str, Any]], world: int) -> dict[tuple[int, int], float]:
+    """Every rank's received bandwidths so far, gathered: pair -> the slower direction's best."""
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    best: dict[tuple[int, int], float] = {}
+    for x in (x for g in gathered for x in g):
+        key = (int(x["src"]), int(x["dst"]))
+        best[key] = max(best.get(key, 0.0), float(x["gbps"]))
+    return {(a, b): min(best.get((a, b), 0.0), best.get((b, a), 0.0))
+            for a, b in {(min(k), max(k)) for k in best}}
+
+
 def partner(rank: int, pairs: Sequence[tuple[int, int]]) -> int | None:
     """``rank``'s peer in a round, or None when it sits the round out (odd N)."""
     for a, b in pairs:
@@ -159,17 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         rank, world = dist.get_rank(), dist.get_world_size()
-        rounds = round_robin(world)
         bandwidth: list[dict[str, Any]] = []
         latency: list[dict[str, Any]] = []
-        for _ in range(cfg.passes):
-            for pairs in rounds:
-                dist.barrier()
-                peer = partner(rank, pairs)
-                if peer is not None:
-                    bw, lat = measure_pair(rank, peer, cfg, device)
-                    bandwidth += bw
-                    latency += lat
+
+        def measure_round(pairs: Sequence[tuple[int, int]]) -> None:
+            dist.barrier()
+            peer = partner(rank, pairs)
+            if peer is not None:
+                bw, lat = measure_pair(rank, peer, cfg, device)
+                bandwidth.extend(bw)
+                latency.extend(lat)
+
+        if cfg.schedule == "bisect":
+            rounds = bisect_rounds(world, cfg, measure_round, bandwidth)
+        else:
+            rounds = round_robin(world)
+            for _ in range(cfg.passes):
+                for pairs in rounds:
+                    measure_round(pairs)
         mine = {"rank_info": dict(rank_info().to_dict(), rank=rank, world_size=world),
                 "bandwidth": bandwidth, "latency": latency}
         gathered: list[Any] = [None] * world
@@ -185,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "world_size": world,
                 "ranks": sorted((g["rank_info"] for g in gathered), key=lambda r: int(r["rank"])),
                 "settings": cfg.settings(),
+                "schedule": cfg.schedule,
                 "rounds": [[list(p) for p in pairs] for pairs in rounds],
                 "bandwidth": best_of(
                     (x for g in gathered for x in g["bandwidth"]), ("src", "dst"), "gbps", max),
