@@ -4,11 +4,13 @@ The nodes measure (``train/fabric.py``: bandwidth both ways and latency for ever
 disjoint pairs at a time); this module reads rank 0's document and decides.
 
 **The verdict.** A pair's bandwidth is the slower of its two directions (a link is as good as its
-worse way). The reference is robust to one bad node: each node's score is the high median of its
-pairs, the reference is the median of the node scores, and the spread is 1.4826 x their median
-absolute deviation (MAD). Plain median and MAD over the pairs would not do: with 4 nodes a slow
-node is in half of the 6 pairs and would drag the median down to itself. A pair is **slow** when
-it is below both ``slow_fraction`` x reference and reference - ``mad_k`` x spread. Then:
+worse way). Bandwidth noise is multiplicative, so everything is compared in log-ratios. The
+reference is robust to one bad node: each node's score is the high median of its pairs, the
+reference is the median of the node scores. The spread is 1.4826 x the median absolute deviation
+(MAD) of the pairs' log-ratios to the reference, over the pairs that touch no node whose score is
+already below ``slow_fraction``. Plain median and MAD over all pairs would not do: with 4 nodes a
+slow node is in half of the 6 pairs and would drag both to itself. A pair is **slow** when it is
+below ``slow_fraction`` x reference *and* ``mad_k`` robust sigmas below it. Then:
 
 - a node all of whose pairs (two or more) are slow is a **suspect node**;
 - a slow pair not explained by a suspect node is a **suspect link**;

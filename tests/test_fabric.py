@@ -260,3 +260,21 @@ def test_bisect_result_is_judged_on_the_measured_pairs() -> None:
                         if (min(x["src"], x["dst"]), max(x["src"], x["dst"])) in gbps]
     report = analyse(_plan(4), doc, 0.5, 3.0)
     assert report["suspects"] == ["master"] and len(report["pairs"]) == 4
+
+
+def test_across_hosts_pairs_are_marked_and_compared_within_their_scope() -> None:
+    import dataclasses
+
+    plan = _plan(4)
+    hosts = ("gpu-a", "gpu-b", "gpu-a", "gpu-b")
+    plan = dataclasses.replace(plan, nodes=tuple(
+        dataclasses.replace(n, host=h) for n, h in zip(plan.nodes, hosts)))
+    # Intra-host pairs (0,2) and (1,3) at ~1 GB/s, the four inter-host pairs at ~0.2 GB/s.
+    gbps = {p: (1.0 if hosts[p[0]] == hosts[p[1]] else 0.2) * (1 + 0.01 * sum(p))
+            for p in itertools.combinations(range(4), 2)}
+    report = analyse(plan, _doc(4, gbps), 0.5, 3.0)
+    scopes = {(p["a"], p["b"]): p["scope"] for p in report["pairs"]}
+    assert scopes[("master", "worker-2")] == "intra-host"
+    assert scopes[("master", "worker-1")] == "inter-host"
+    assert set(report["statistics"]) == {"inter-host", "intra-host"}
+    assert report["status"] == "healthy" and report["nodes"][1]["host"] == "gpu-b"
