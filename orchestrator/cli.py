@@ -386,8 +386,7 @@ def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None) 
     """Measure every pair of nodes (send/recv bandwidth, latency), N/2 disjoint pairs at a
     time, and name the slow node or link.
 
-    Writes fabric.json, fabric.csv and fabric.png under OUTPUT/<run_id>/. Exit 0 healthy, 5 when
-    a suspect node or link is named.
+    Writes fabric.json, .csv, .png in OUTPUT/<run_id>/; exit 0 healthy, 5 on a suspect.
     """
     settings = request.load()
     hooks, _ = _run_hooks(settings.cluster.name, quiet)

@@ -100,7 +100,8 @@ def add_traffic(report: dict[str, Any]) -> None:
 def traffic_table(report: Mapping[str, Any]) -> Any:
     """Bytes per rank per iteration on each interface next to the algorithm's, one row per
     result row; interfaces that carried under 1 % of the expected bytes everywhere are left out
-    (the planned one and the management network's are always shown). None when no row carries readings."""
+    (the planned one and the management network's are always shown). None when no row carries
+    readings."""
     from rich.table import Table
 
     rows = [r for r in report.get("results", []) if r.get("traffic_summary")]

@@ -17,8 +17,8 @@ The whole schedule runs ``passes`` times; each direction keeps its best bandwidt
 its lowest latency, because load from elsewhere on a shared host only ever makes a link look
 worse. With ``--schedule bisect`` (large N) only the first round runs for every node; the nodes of
 slow pairs are then measured against nodes of fast pairs (see :func:`bisect_rounds`), and the
-result holds the measured pairs only. Each rank keeps what it timed; one ``all_gather_object`` brings it to rank 0, which prints the
-result line (see train/results.py, kind "fabric")::
+result holds the measured pairs only. Each rank keeps what it timed; one ``all_gather_object``
+brings it to rank 0, which prints the result line (see train/results.py, kind "fabric")::
 
     ranks      [RankEntry]                         as for "bench"
     rounds     [[[a, b], ...], ...]               the schedule that ran
