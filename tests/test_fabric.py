@@ -278,3 +278,19 @@ def test_across_hosts_pairs_are_marked_and_compared_within_their_scope() -> None
     assert scopes[("master", "worker-1")] == "inter-host"
     assert set(report["statistics"]) == {"inter-host", "intra-host"}
     assert report["status"] == "healthy" and report["nodes"][1]["host"] == "gpu-b"
+
+
+@pytest.mark.parametrize("network", [
+    {"link": {"nodes": {"worker-1": {"rate": "50mbit"}}}},
+    {"link": {"pairs": {"master:worker-1": {"rate": "50mbit"}}}},
+    {"management": {"subnet": "10.78.0.0/24"}},
+])
+def test_a_warm_cluster_refuses_per_node_links_and_a_management_network(
+        network: dict[str, Any]) -> None:
+    from orchestrator.backends.docker.warm import ClusterShape, fit_to_cluster
+
+    base = load_settings(overrides={"backend": "docker"})
+    shape = ClusterShape.of(base, build_plan(base, "run-1", "docker"), 60.0)
+    asking = load_settings(overrides={"backend": "docker", "network": network})
+    with pytest.raises(ConfigError, match="--on lab: .*(nodes/pairs|management)"):
+        fit_to_cluster(asking, shape, "lab", asked=set())
