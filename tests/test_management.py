@@ -131,3 +131,20 @@ def test_beside_a_management_network_the_hostname_is_not_the_master_alias() -> N
     assert kwargs["hostname"] == plan.master.name and "master" in plan.master.aliases
     plain = _plan()
     assert container_create_kwargs(plain, plain.master, "n", "1.41")["hostname"] == "master"
+
+
+@pytest.mark.parametrize(("gloo", "route", "status", "needle"), [
+    ("eth1", "default via 10.77.0.1 dev eth0", "pass", "eth0 holds 10.77.0.2"),
+    ("eth0", "default via 10.77.0.1 dev eth0", "fail", "GLOO_SOCKET_IFNAME=eth0 is the management"),
+    ("eth1", "", "fail", "the default route is missing"),
+])
+def test_doctor_checks_the_management_network(gloo: str, route: str, status: str,
+                                              needle: str) -> None:
+    from orchestrator.doctor import DoctorNode, NodeFacts, _management_check
+
+    node = DoctorNode("n-master", "master", 0, "10.9.0.2", None, {"GLOO_SOCKET_IFNAME": gloo},
+                      management_ip="10.77.0.2")
+    facts = NodeFacts(True, {"eth0": "10.77.0.2", "eth1": "10.9.0.2"}, {}, "", "", None, "",
+                      (), "", default_route=route)
+    check = _management_check(node, facts)
+    assert check.status == status and needle in check.detail
