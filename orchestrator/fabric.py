@@ -252,12 +252,14 @@ def heatmap(report: Mapping[str, Any], path: Path) -> Path:
     ax.set_yticks(range(n), names)
     ax.set_xlabel("receiver")
     ax.set_ylabel("sender")
+    top = max((v for row in matrix for v in row if v == v), default=0.0)  # v == v: not NaN
     if n <= 16:
         for i in range(n):
             for j in range(n):
-                if i != j:
-                    ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center",
-                            fontsize="x-small", color="white")
+                if i != j and matrix[i][j] == matrix[i][j]:
+                    ax.text(j, i, f"{matrix[i][j]:.3g}", ha="center", va="center",
+                            fontsize="x-small",
+                            color="black" if matrix[i][j] > 0.7 * top else "white")
     index = {name: i for i, name in enumerate(names)}
     for pair in report["pairs"]:
         if pair["slow"]:
