@@ -265,6 +265,45 @@ def run_train(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
     return RunResult(plan, report, paths)
 
 
+@dataclass(frozen=True)
+class FabricResult:
+    """A finished ``netorch fabric``: its plan, the analysed matrix (``fabric.json``), files."""
+
+    plan: ClusterPlan
+    report: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def suspects(self) -> list[Any]:
+        """Suspect node names and [node, node] links (empty: healthy)."""
+        return list(self.report["suspects"])
+
+
+def run_fabric(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
+               asked: Collection[str] | None = None) -> FabricResult:
+    """``netorch fabric``: bandwidth and latency between every pair of nodes (one rank per
+    node, N/2 disjoint pairs at a time), the matrix, its outliers and the verdict."""
+    from orchestrator.fabric import analyse, write_fabric
+
+    if settings.cluster.nodes < 2:
+        raise ConfigError(f"cluster.nodes: {settings.cluster.nodes} node(s) make no pair; "
+                          "netorch fabric needs 2 or more (3 or more to name a suspect)")
+    if settings.cluster.procs_per_node != 1:
+        raise ConfigError(f"cluster.procs_per_node: {settings.cluster.procs_per_node}; netorch "
+                          "fabric measures nodes, one rank each: drop --procs-per-node")
+    name, settings, warm = _executor(settings, hooks, on, asked)
+    plan = build_plan(settings, new_run_id(), name, "fabric")
+    backend = warm or make_backend(name, settings)
+    out_dir = settings.output / plan.run_id
+    preload()
+    if hooks.on_start is not None:
+        hooks.on_start(plan)
+    outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
+                          echo=hooks.echo, on_tick=hooks.on_tick)
+    report = analyse(plan, outcome.result, settings.fabric.slow_fraction, settings.fabric.mad_k)
+    return FabricResult(plan, report, write_fabric(report, out_dir))
+
+
 def down(settings: Settings, run_id: str | None) -> list[str]:
     """``netorch down``: remove what netorch left of ``run_id`` (None: of every run) on the
     configured backend (``auto``: docker), only what carries netorch's labels."""

@@ -417,6 +417,11 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
     console.print(results_table(report, console.width))
     if "line_rate" in report:
         console.print(line_rate_table(report))
+    from orchestrator.traffic import traffic_table
+
+    traffic = traffic_table(report)
+    if traffic is not None:
+        console.print(traffic)
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/] {item['op']} {item['dtype']}: {escape(item['reason'])}")
     for note in report["notes"]:
@@ -477,6 +482,70 @@ def train(request: SettingsRequest,
     _finish(result, "the job did not finish its steps with a finite loss", as_json)
     check_baseline(result, "samples/s", lambda: usecases.run_train(
         settings, replace(hooks, on_restart=restarted), on, request.asked_keys()), as_json)
+
+
+FABRIC_FLAGS = (
+    Flag("bw_bytes", "fabric.bw_bytes", _opt(str, "--bw-bytes",
+                                             help="message size of the bandwidth test, e.g. 4M")),
+    Flag("bw_iters", "fabric.bw_iters", _opt(int, "--bw-iters",
+                                             help="timed messages per direction of a pair")),
+    Flag("lat_iters", "fabric.lat_iters", _opt(int, "--lat-iters",
+                                               help="timed round trips per pair (latency)")),
+    Flag("schedule", "fabric.schedule", _opt(str, "--schedule", help="all (every pair, N-1 "
+                                             "rounds) | bisect (N/2 pairs, then the slow "
+                                             "pairs' nodes again; large N)")),
+)
+
+
+def fabric_table(report: dict[str, Any]) -> Any:
+    """The bandwidth matrix (GB/s, sender rows, receiver columns), slow pairs in red."""
+    from rich.table import Table
+
+    names = [node["name"] for node in report["nodes"]]
+    slow = {(p["a"], p["b"]) for p in report["pairs"] if p["slow"]}
+    slow |= {(b, a) for a, b in slow}
+    table = Table(title=f"fabric {report['run_id']}: bandwidth GB/s (sender -> receiver)",
+                  title_justify="left")
+    table.add_column("from \\ to")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, row in enumerate(report["matrix"]["bandwidth_gbps"]):
+        cells = []
+        for j, value in enumerate(row):
+            text = "-" if value is None else f"{value:.3f}"
+            cells.append(f"[bold red]{text}[/]" if (names[i], names[j]) in slow else text)
+        table.add_row(names[i], *cells)
+    return table
+
+
+@command(app, PLAN_FLAGS, FABRIC_FLAGS)
+def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Measure every pair of nodes (send/recv bandwidth, latency), N/2 disjoint pairs at a
+    time, and name the slow node or link.
+
+    Writes fabric.json, .csv, .png in OUTPUT/<run_id>/; exit 0 healthy, 5 on a suspect.
+    """
+    settings = request.load()
+    hooks, _ = _run_hooks(settings.cluster.name, quiet)
+    with err.status("measuring every pair"):
+        result = usecases.run_fabric(settings, hooks, on, request.asked_keys())
+    report = result.report
+    if as_json:
+        _print_json(report)
+        if result.suspects:
+            raise typer.Exit(5)
+        return
+    console.print(fabric_table(report))
+    for pair in report["pairs"]:
+        if pair["latency_outlier"]:
+            console.print(f"[yellow]note:[/] latency {pair['a']} <-> {pair['b']} "
+                          f"{pair['latency_us']:.0f} us is far above the others")
+    colour = "green" if not result.suspects else "bold red"
+    console.print(f"[{colour}]verdict:[/] {escape(report['verdict'])}")
+    console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
+    if result.suspects:
+        raise typer.Exit(5)
 
 
 @command(app, PLAN_FLAGS, RUN_FLAGS,

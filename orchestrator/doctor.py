@@ -55,6 +55,7 @@ try:
     s.bind(("0.0.0.0", int(sys.argv[1]))); print("free")
 except OSError as e:
     print("busy", e)' "$2" 2>&1
+echo @@route; ip -4 route show default 2>&1 | head -n 1
 echo @@end
 """
 
@@ -80,6 +81,8 @@ class DoctorNode:
     planned_ip: str
     container: Any
     env: Mapping[str, str]
+    # The node's planned address on the management network, when the plan has one.
+    management_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ def sleeping_plan(plan: ClusterPlan, net_admin: bool = False) -> ClusterPlan:
 def target_from_plan(plan: ClusterPlan, containers: Mapping[str, Any]) -> DoctorTarget:
     """The target of plan mode: the plan's nodes and the containers made from it."""
     nodes = tuple(
-        DoctorNode(n.name, n.hostname, n.node_rank, n.ip, containers[n.name], n.env_dict)
+        DoctorNode(n.name, n.hostname, n.node_rank, n.ip, containers[n.name], n.env_dict,
+                   n.management_ip)
         for n in plan.nodes if n.name in containers
     )
     return DoctorTarget(
@@ -179,6 +183,7 @@ class NodeFacts:
     memlock: str
     gpu_devices: tuple[str, ...]
     port: str
+    default_route: str = ""
 
 
 def gather(node: DoctorNode, master_port: int) -> NodeFacts:
@@ -207,6 +212,7 @@ def gather(node: DoctorNode, master_port: int) -> NodeFacts:
         True, addrs, mtus, " ".join(s.get("master", [])).strip(),
         " ".join(s.get("self", [])).strip(), shm, " ".join(s.get("memlock", [])).strip(),
         tuple(x for x in s.get("gpu", []) if x), " ".join(s.get("port", [])).strip(),
+        " ".join(s.get("route", [])).strip(),
     )
 
 
@@ -215,6 +221,26 @@ def gather(node: DoctorNode, master_port: int) -> NodeFacts:
 
 def _ifname(value: str) -> str:
     return value.split(",")[0].strip().lstrip("=")
+
+
+def _management_check(n: DoctorNode, f: NodeFacts) -> Check:
+    """Beside a management network: it holds its planned address, collectives stay off it, and
+    the way out (the default route) goes through it."""
+    holder = next((i for i, a in f.addrs.items() if a == n.management_ip), None)
+    fabric_if = _ifname(n.env.get("GLOO_SOCKET_IFNAME", ""))
+    problems = []
+    if holder is None:
+        problems.append(f"no interface holds the management address {n.management_ip}")
+    elif holder == fabric_if:
+        problems.append(f"GLOO_SOCKET_IFNAME={fabric_if} is the management interface")
+    if holder is not None and f" dev {holder}" not in f" {f.default_route} ":
+        problems.append(f"the default route is {f.default_route or 'missing'}, not via {holder}")
+    return Check(
+        "management network", n.short, "fail" if problems else "pass",
+        "; ".join(problems) or f"{holder} holds {n.management_ip} and the default route; "
+        f"collectives on {fabric_if}",
+        "keep network.interface on the fabric and network.management.internal = false"
+        if problems else "")
 
 
 def diagnose(target: DoctorTarget) -> list[Check]:
@@ -301,6 +327,9 @@ def diagnose(target: DoctorTarget) -> list[Check]:
             f"set network.interface = \"{holder}\" (the interface holding {n.planned_ip})"
             if problems and holder else ("the planned address is on no interface: is the "
                                          "container on the run's network?" if problems else "")))
+
+        if n.management_ip:
+            checks.append(_management_check(n, f))
 
         # Effective MTU: what the kernel uses, against the request.
         mtu = f.mtus.get(holder) if holder else None
@@ -396,7 +425,7 @@ def doctor_plan(
         backend.up(probe, lambda node, line: None)
         containers = {c.name: c for c in client.containers.list(
             filters=run_filters(probe.run_id), ignore_removed=True)}
-        if probe.network.link is not None:
+        if probe.network.shaped:
             try:
                 apply_link(probe, containers)
                 checks.append(Check("link emulation", "all nodes", "pass",

@@ -59,7 +59,9 @@ def metrics_targets(plan: ClusterPlan) -> list[dict[str, Any]]:
         if "NETORCH_METRICS_PORT_BASE" not in env:
             continue
         base = int(env["NETORCH_METRICS_PORT_BASE"])
-        host = "127.0.0.1" if plan.network.driver == "loopback" else node.ip
+        # Beside a management network, scrapes go there and leave the fabric to collectives.
+        host = ("127.0.0.1" if plan.network.driver == "loopback"
+                else node.management_ip or node.ip)
         entries.append({
             "targets": [f"{host}:{base + local}" for local in range(plan.nproc_per_node)],
             "labels": {"run_id": plan.run_id, "netorch_node": node.hostname,

@@ -26,7 +26,7 @@ from orchestrator.workloads import CheckpointSpec as CheckpointSpec
 from orchestrator.workloads import WorkloadSpec as WorkloadSpec
 from orchestrator.workloads import checkpoint_dir as checkpoint_dir
 from orchestrator.workloads import workload_for as workload_for
-from orchestrator.settings import LinkSettings, Settings
+from orchestrator.settings import LinkSettings, LinkShape, Settings
 
 LABEL_RUN = "io.netorch.run"
 LABEL_ROLE = "io.netorch.role"
@@ -75,11 +75,33 @@ class LinkSpec:
         return parse_rate_bits(self.rate) if self.rate else None
 
 
-def link_spec(link: LinkSettings) -> LinkSpec | None:
-    """The plan's view of ``[network.link]``; None when nothing is emulated."""
-    if not link.enabled:
+def link_spec(link: LinkShape) -> LinkSpec | None:
+    """The plan's view of ``[network.link]`` (its common fields); None when nothing is emulated."""
+    if not link.shaped:
         return None
     return LinkSpec(rate=link.rate, delay=link.delay, jitter=link.jitter, loss=link.loss)
+
+
+def node_link_specs(link: LinkSettings) -> tuple[tuple[str, LinkSpec], ...]:
+    """``[network.link.nodes.<node>]`` as (node name, that node's whole link), sorted: the
+    override's fields over the common ones."""
+    out = []
+    for node, shape in sorted(link.nodes.items()):
+        merged = {k: getattr(shape, k) if getattr(shape, k) is not None else getattr(link, k)
+                  for k in ("rate", "delay", "jitter", "loss")}
+        out.append((node, LinkSpec(**merged)))
+    return tuple(out)
+
+
+def pair_link_specs(link: LinkSettings) -> tuple[tuple[str, str, LinkSpec], ...]:
+    """``[network.link.pairs."<a>:<b>"]`` as (a, b, link) with a < b, sorted."""
+    out = []
+    for key, shape in link.pairs.items():
+        a, b = sorted(key.split(":"))
+        spec = link_spec(shape)
+        if spec is not None:
+            out.append((a, b, spec))
+    return tuple(sorted(out, key=lambda t: (t[0], t[1])))
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,18 @@ class NetworkSpec:
     link: LinkSpec | None = None
     # Overlay only: standalone containers (fixed IPs, GPUs) may join; services cannot do either.
     attachable: bool = False
+    # Per-node links (node short name, its whole link) that replace ``link`` on that node, and
+    # links between two nodes only (a, b, link): both directions, filtered by the peer's address.
+    node_links: tuple[tuple[str, LinkSpec], ...] = ()
+    pair_links: tuple[tuple[str, str, LinkSpec], ...] = ()
+    # The interface this network appears as inside a node (containers): eth0, or eth1 when a
+    # management network takes eth0 (see backends/docker/kind.py).
+    device: str = CONTAINER_IFNAME
+
+    @property
+    def shaped(self) -> bool:
+        """True when tc shapes any node (the containers then need NET_ADMIN and a start gate)."""
+        return self.link is not None or bool(self.node_links) or bool(self.pair_links)
 
 
 @dataclass(frozen=True)
@@ -178,6 +212,10 @@ class FabricSpec:
     in_node_paths: bool = True
     shared_ports: bool = False
     metrics_addr: str = "0.0.0.0"
+    # The management network beside the fabric (``[network.management]``) and every node's
+    # address on it; None when there is none or the backend has no second network.
+    management: NetworkSpec | None = None
+    management_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +235,8 @@ class NodeSpec:
     mounts: tuple[MountSpec, ...] = ()
     # The host (HostSpec.name) whose daemon runs the node; None: the local / configured daemon.
     host: str | None = None
+    # The node's address on the management network (ClusterPlan.management); None without one.
+    management_ip: str | None = None
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -229,6 +269,14 @@ class ClusterPlan:
     # user's script does not).
     emits_result: bool = True
     workdir: str | None = None
+    # The management network (egress, metrics) beside the fabric; None: the fabric only.
+    management: NetworkSpec | None = None
+
+    @property
+    def fabric_interface(self) -> str:
+        """The interface that holds each node's fabric address: where collectives must go.
+        Docker names a container's first network eth0; local processes use loopback."""
+        return self.network.interface if self.network.driver == "loopback" else self.network.device
 
     @property
     def master(self) -> NodeSpec:
@@ -351,6 +399,10 @@ def build_plan(
             f"the {backend} backend runs nodes on this host's own filesystem and mounts nothing; "
             "pass host paths to your script instead, or use --backend docker for --mount"
         )
+    if settings.network.management.enabled and fabric.management is None:
+        raise PlanError(
+            f"network.management: the {backend} backend has no second network; use "
+            "--backend docker on one host, or drop [network.management]")
     c = settings.cluster
     n = c.nodes
     world = n * c.procs_per_node
@@ -416,10 +468,11 @@ def build_plan(
                         *work.labels),
                 mounts=_node_mounts(work, fabric, rank),
                 host=fabric.placement[rank],
+                management_ip=fabric.management_ips[rank] if fabric.management else None,
             )
         )
     d = settings.docker
-    link = fabric.network.link
+    shaped = fabric.network.shaped
     return ClusterPlan(
         run_id=run_id,
         backend=backend,
@@ -436,8 +489,8 @@ def build_plan(
             memlock=d.memlock, init=True, stop_timeout_s=d.stop_timeout_s,
             # tc needs NET_ADMIN; granted only when a link is emulated, and the gate holds the
             # workload until the shaping is in place.
-            cap_add=("NET_ADMIN",) if link is not None else (),
-            start_gate=link is not None,
+            cap_add=("NET_ADMIN",) if shaped else (),
+            start_gate=shaped,
             memory=d.memory,
         ),
         nodes=tuple(nodes),
@@ -445,6 +498,8 @@ def build_plan(
         hosts=fabric.hosts,
         emits_result=work.emits_result,
         workdir=work.workdir,
+        management=None if fabric.management is None
+        else dataclasses.replace(fabric.management, labels=run_labels),
     )
 
 

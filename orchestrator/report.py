@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator.errors import OutputError
 from orchestrator.plan import ClusterPlan
+from orchestrator.traffic import add_traffic
 from train.results import decode_result_lines
 
 REPORT_SCHEMA = 1
@@ -49,6 +50,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             "mtu": mtu,
             "hostname": first.get("hostname"),
             "ifname": first.get("ifname"),
+            **({"management_ip": node.management_ip} if node.management_ip else {}),
             "ranks": sorted(int(r["rank"]) for r in mine if "rank" in r),
         })
         if not mine:
@@ -67,7 +69,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
                 )
     results = list(result.get("results", []))
     wrong_total = result.get("wrong_total")
-    return {
+    report = {
         "schema": REPORT_SCHEMA,
         "run_id": plan.run_id,
         "backend": plan.backend,
@@ -85,6 +87,13 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             "mtu": plan.network.mtu,
             **({"effective_mtu": _effective_mtu(nodes)} if plan.multi_host else {}),
             "interface": plan.network.interface,
+            # Where collectives must go (the interface holding the fabric address), and the
+            # management network beside it, if any.
+            "fabric_interface": plan.fabric_interface,
+            **({"management": {"name": plan.management.name, "subnet": plan.management.subnet,
+                               "mtu": plan.management.mtu, "internal": plan.management.internal,
+                               "interface": plan.management.interface}}
+               if plan.management is not None else {}),
         },
         "nodes": nodes,
         "ranks": ranks,
@@ -97,6 +106,8 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
         "elapsed_s": round(elapsed_s, 3),
         "ok": bool(results) and (wrong_total in (0, None)),
     }
+    add_traffic(report)  # which interface carried each row (orchestrator/traffic.py)
+    return report
 
 
 def merge_node_warnings(warnings: list[str]) -> list[str]:

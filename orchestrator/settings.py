@@ -118,11 +118,8 @@ class ClusterSettings(_Section):
     job_timeout_s: int = Field(1800, ge=10, le=7 * 86400, description="whole-run time limit")
 
 
-class LinkSettings(_Section):
-    """Link emulation: tc on each container's eth0 right after start (tbf rate, netem delay/loss).
-
-    Empty by default: no shaping, and no NET_ADMIN capability is granted to any container.
-    """
+class LinkShape(_Section):
+    """One emulated link: tc on a container's eth0 (tbf rate, netem delay/jitter/loss)."""
 
     rate: Rate | None = Field(
         None, description="egress rate per container, tc syntax: 1gbit, 10gbit")
@@ -131,7 +128,7 @@ class LinkSettings(_Section):
     loss: LossPercent | None = Field(None, description="netem random loss in percent: 0.1%")
 
     @model_validator(mode="after")
-    def _jitter_needs_delay(self) -> LinkSettings:
+    def _jitter_needs_delay(self) -> LinkShape:
         if self.jitter is not None and self.delay is None:
             raise ValueError(
                 f"network.link.jitter: {self.jitter} varies a delay, but network.link.delay is "
@@ -140,9 +137,48 @@ class LinkSettings(_Section):
         return self
 
     @property
+    def shaped(self) -> bool:
+        """True when this link emulates anything (rate, delay, jitter or loss)."""
+        return any(v is not None for v in (self.rate, self.delay, self.jitter, self.loss))
+
+
+class LinkSettings(LinkShape):
+    """Link emulation: tc on each container's eth0 right after start (tbf rate, netem delay/loss).
+
+    The fields shape every node; ``nodes.<node>`` overrides them for one node (its unset fields
+    keep the common value) and ``pairs."<node>:<node>"`` shapes only the traffic between two
+    nodes, both directions (tc classes filtered by the peer's address). Empty by default: no
+    shaping, and no NET_ADMIN capability is granted to any container.
+    """
+
+    nodes: dict[str, LinkShape] = Field(
+        default_factory=dict,
+        description="per-node override, keyed by node name (master, worker-1, ...)")
+    pairs: dict[str, LinkShape] = Field(
+        default_factory=dict,
+        description="shaping between two nodes only, keyed \"<node>:<node>\" (both directions)")
+
+    @property
     def enabled(self) -> bool:
         """True when any emulation is configured (and containers then need NET_ADMIN)."""
-        return any(v is not None for v in (self.rate, self.delay, self.jitter, self.loss))
+        return self.shaped or any(v.shaped for v in (*self.nodes.values(), *self.pairs.values()))
+
+
+class ManagementSettings(_Section):
+    """An optional second network per node, beside the training fabric (docker backend, one
+    host): its own subnet, a standard MTU, not internal. Egress (and whatever else the job does
+    besides collectives) goes there; NCCL and gloo stay pinned to the fabric's interface."""
+
+    subnet: Subnet | None = Field(None, description="IPv4 subnet (CIDR); unset: no management "
+                                  "network")
+    mtu: Mtu = Field(1500, description="MTU of the management network")
+    internal: bool = Field(False, description="no route out (default: it is the way out)")
+    name: NetworkName | None = Field(
+        None, description="network name; default <cluster.name>-<run>-net-mgmt")
+
+    @property
+    def enabled(self) -> bool:
+        return self.subnet is not None
 
 
 class NetworkSettings(_Section):
@@ -161,10 +197,20 @@ class NetworkSettings(_Section):
         default_factory=LinkSettings,  # type: ignore[arg-type]
         description="link emulation with tc (rate, delay, jitter, loss); off by default",
     )
+    management: ManagementSettings = Field(
+        default_factory=ManagementSettings,  # type: ignore[arg-type]
+        description="a second, non-internal network per node for egress/metrics; off by default",
+    )
 
     @model_validator(mode="after")
     def _addresses(self) -> NetworkSettings:
         net = ipaddress.IPv4Network(self.subnet)
+        mgmt = self.management.subnet
+        if mgmt is not None and ipaddress.IPv4Network(mgmt).overlaps(net):
+            raise ValueError(
+                f"network.management.subnet: {mgmt} overlaps the fabric's subnet {net}; give "
+                "the management network a subnet of its own"
+            )
         if self.gateway is not None:
             try:
                 gw = ipaddress.ip_address(self.gateway)
@@ -422,6 +468,28 @@ class MetricsSettings(_Section):
     push_timeout_s: float = Field(5.0, gt=0, le=120, description="per push attempt")
 
 
+class FabricSettings(_Section):
+    """``netorch fabric``: what every pair sends, and when a pair counts as slow."""
+
+    bw_bytes: Size = Field(4 << 20, description="message size of the bandwidth test")
+    bw_iters: int = Field(50, ge=1, le=10_000, description="most timed messages per direction")
+    bw_seconds: float = Field(0.25, gt=0.0, le=60.0,
+                              description="aim of one direction's timed transfer (s)")
+    lat_bytes: Size = Field(8, description="message size of the latency test")
+    lat_iters: int = Field(20, ge=1, le=100_000, description="timed round trips per pair")
+    warmup: int = Field(2, ge=1, le=1000, description="untimed messages before each timed run")
+    passes: int = Field(2, ge=1, le=100, description="schedule repeats; each direction keeps "
+                        "its best pass")
+    slow_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="a pair is slow below this fraction of the reference bandwidth (and below "
+        "reference - mad_k x MAD)")
+    mad_k: float = Field(3.0, gt=0.0, le=100.0, description="robust z-score limit (MADs)")
+    schedule: Literal["all", "bisect"] = Field(
+        "all", description="all: every pair (N-1 rounds); bisect: N/2 pairs, then only the slow "
+        "pairs' nodes again (large N)")
+
+
 class Settings(BaseSettings):
     """Everything netorch needs to plan and run a job."""
 
@@ -448,6 +516,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     run: RunSettings = Field(default_factory=RunSettings)  # type: ignore[arg-type]
+    fabric: FabricSettings = Field(default_factory=FabricSettings)  # type: ignore[arg-type]
     env: dict[str, str] = Field(default_factory=dict, description="extra NCCL_*/GLOO_*/TORCH_* env")
     hosts: list[HostSettings] = Field(
         default_factory=list,
@@ -496,6 +565,9 @@ class Settings(BaseSettings):
                 f"gpu.device_ids: {len(self.gpu.device_ids)} lists for {self.cluster.nodes} nodes; "
                 "give one list of device ids per node"
             )
+        link_node_problem = _link_node_problem(self.network.link, self.cluster.nodes)
+        if link_node_problem:
+            raise ValueError(link_node_problem)
         names = [h.name for h in self.hosts]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -547,6 +619,25 @@ class Settings(BaseSettings):
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+
+def _node_names(nodes: int) -> list[str]:
+    return ["master", *(f"worker-{i}" for i in range(1, nodes))]
+
+
+def _link_node_problem(link: LinkSettings, nodes: int) -> str | None:
+    """Why a ``network.link.nodes`` / ``pairs`` key names no node of the plan, or None."""
+    names = _node_names(nodes)
+    known = f"the plan's nodes are {', '.join(names[:4])}{', ...' if nodes > 4 else ''}"
+    for key in link.nodes:
+        if key not in names:
+            return f"network.link.nodes.{key}: no node {key!r}; {known}"
+    for key in link.pairs:
+        ends = key.split(":")
+        if len(ends) != 2 or ends[0] == ends[1] or any(e not in names for e in ends):
+            return (f"network.link.pairs.{key}: expected two different nodes as "
+                    f"\"<node>:<node>\" (e.g. \"master:worker-1\"); {known}")
+    return None
 
 
 def host_memory_bytes() -> int:

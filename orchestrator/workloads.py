@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from orchestrator.errors import PlanError
 from orchestrator.settings import BenchSettings, MetricsSettings, Settings, TrainSettings
-from train.contract import BenchArgs, TrainArgs, workload_argv
+from train.contract import BenchArgs, FabricArgs, TrainArgs, workload_argv
 
 if TYPE_CHECKING:
     from orchestrator.plan import MountSpec
 
-WORKLOADS = ("bench", "train")
+WORKLOADS = ("bench", "train", "fabric")
 # Where the master's checkpoint directory appears inside its container (a bind mount).
 CONTAINER_CHECKPOINT_DIR = "/netorch/checkpoints"
 
@@ -120,11 +120,25 @@ def train_workload(settings: Settings, run_id: str) -> WorkloadSpec:
     )
 
 
+def fabric_workload(settings: Settings, run_id: str) -> WorkloadSpec:
+    """netorch's pairwise link matrix (``python -m train.fabric``), one rank per node."""
+    c, f = settings.cluster, settings.fabric
+    args = FabricArgs(bw_bytes=f.bw_bytes, bw_iters=f.bw_iters, bw_seconds=f.bw_seconds,
+                      lat_bytes=f.lat_bytes,
+                      lat_iters=f.lat_iters, warmup=f.warmup, passes=f.passes,
+                      schedule=f.schedule, slow_fraction=f.slow_fraction,
+                      dist_backend=c.dist_backend,
+                      timeout_s=c.timeout_s, run_id=run_id)
+    return WorkloadSpec(kind="fabric", target=workload_argv(args))
+
+
 def workload_for(name: str, settings: Settings, run_id: str) -> WorkloadSpec:
     """The built-in workload called ``name`` (bench, train)."""
     if name == "bench":
         return bench_workload(settings, run_id)
     if name == "train":
         return train_workload(settings, run_id)
+    if name == "fabric":
+        return fabric_workload(settings, run_id)
     raise PlanError(f"workload {name!r} is unknown; use one of {', '.join(WORKLOADS)}")
 

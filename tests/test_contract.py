@@ -382,7 +382,8 @@ def test_constructor_validates_and_normalises() -> None:
 
 
 def test_workload_registry() -> None:
-    assert WORKLOAD_MODULES == {"bench": "train.bench", "train": "train.job"}
+    assert WORKLOAD_MODULES == {"bench": "train.bench", "train": "train.job",
+                                "fabric": "train.fabric"}
     assert set(WORKLOAD_ARGS) == set(WORKLOAD_MODULES)
     argv = workload_argv(TrainArgs(steps=3))
     assert argv[:2] == ("-m", "train.job") and TrainArgs.from_argv(argv[2:]) == TrainArgs(steps=3)

@@ -45,7 +45,7 @@ def test_report_schema_and_no_warnings_when_as_planned() -> None:
     assert {"run_id", "backend", "world_size", "network", "nodes", "results"} <= set(rep)
     assert rep["network"] == {"name": plan.network.name, "driver": "bridge",
                               "subnet": "172.28.0.0/16", "gateway": "172.28.0.1", "mtu": 9000,
-                              "interface": "eth0"}
+                              "interface": "eth0", "fabric_interface": "eth0"}
     assert [(n["name"], n["role"], n["node_rank"], n["ip"], n["mtu"]) for n in rep["nodes"]] == [
         (plan.nodes[0].name, "master", 0, "172.28.0.2", 9000),
         (plan.nodes[1].name, "worker", 1, "172.28.0.3", 9000)]

@@ -55,6 +55,7 @@ from train.collectives import Comm as Comm
 from train.contract import NONBLOCKING_DEPTH, BenchArgs, InPlaceMode, op_spec, size_sweep
 from train.env import rank_info, tuning_env, wait_for_master
 from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
+from train.traffic import sent_per_iteration, tx_bytes
 
 
 # --------------------------------------------------------------------------- measuring one case
@@ -338,6 +339,7 @@ def measure_sweep(
     reasons = dict(zip(probes, probe_all(probes, cfg.reduce_op, comm)))
     # Pass 2: measure, in the order the ops and dtypes were given.
     measured: list[_Measured] = []
+    sent: list[dict[str, float]] = []  # per case: bytes per iteration on each interface
     for op, dtype_name, forms in plan:
         spec = op_spec(op)
         if not forms:
@@ -361,11 +363,13 @@ def measure_sweep(
                 continue  # fewer bytes than one element per rank: nothing to move
             for in_place in supported:
                 case = Case(op, dtype_name, shape, in_place, cfg.reduce_op, comm)
+                before = tx_bytes()
                 if cfg.blocking:
                     seconds = measure_seconds(case.run, cfg.warmup, cfg.iters, case.comm)
                 else:
                     seconds = measure_seconds_nonblocking(buffer_sets(case, cfg.iters),
                                                           cfg.warmup, cfg.iters, case.comm)
+                sent.append(sent_per_iteration(before, tx_bytes(), cfg.warmup + cfg.iters))
                 wrong = count_wrong_local(case) if cfg.check else None
                 measured.append(_Measured(make_row(case, seconds, seconds, seconds), seconds,
                                           wrong, spec.bus_factor(comm.world_size)))
@@ -384,6 +388,8 @@ def measure_sweep(
     values = [m.seconds for m in measured] + [-1.0 if m.wrong is None else float(m.wrong)
                                               for m in measured]
     identities, columns = gather_floats(values, comm, identity, IDENTITY_CAP if identity else 0)
+    every_sent: list[Any] = [None] * comm.world_size
+    dist.all_gather_object(every_sent, sent)  # traffic proof: one more gather, after timing
     rows: list[ResultRow] = []
     for i, m in enumerate(measured):
         t_min, t_avg, t_max = min_avg_max(columns[i])
@@ -395,6 +401,11 @@ def measure_sweep(
             "algbw_gbps": algbw,
             "busbw_gbps": algbw * m.bus_factor,
             "wrong": None if m.wrong is None or not cfg.check else int(sum(wrongs)),
+            "traffic": {
+                "expected_bytes_per_rank": op_spec(m.row["op"]).wire_bytes_per_rank(
+                    m.row["size_bytes"], comm.world_size),
+                "tx_bytes_per_rank": [rank_sent[i] for rank_sent in every_sent],
+            },
         })
     return rows, skipped, notes, identities
 

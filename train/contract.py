@@ -73,6 +73,17 @@ class OpSpec:
             return self.bus_scale * (world_size - 1) / world_size
         return self.bus_scale
 
+    def wire_bytes_per_rank(self, size_bytes: int, world_size: int) -> float:
+        """Bytes one rank must send per op, averaged over the ranks (what its interface carries
+        when every rank has a node of its own). Ring and tree algorithms alike: all_reduce
+        2(n-1)/n x size, the chunked ops (n-1)/n x size, sendrecv size; a rooted op (broadcast,
+        reduce) moves (n-1) x size in all, (n-1)/n x size per rank on average."""
+        if world_size < 2:
+            return 0.0
+        if self.root is not None:
+            return size_bytes * (world_size - 1) / world_size
+        return size_bytes * self.bus_factor(world_size)
+
     @property
     def root_column(self) -> int:
         """The ``root`` column nccl-tests prints: the root rank, -1 for rootless ops."""
@@ -624,15 +635,102 @@ class TrainArgs(WorkloadArgs):
         return {k: getattr(self, k) for k in keys}
 
 
+FABRIC_SCHEDULES: Final[tuple[str, ...]] = ("all", "bisect")
+
+
+@dataclass(frozen=True)
+class FabricArgs(WorkloadArgs):
+    """The flags of ``python -m train.fabric``: point-to-point bandwidth and latency between every
+    pair of nodes (one rank per node), N/2 disjoint pairs at a time."""
+
+    PROG: ClassVar[str] = "python -m train.fabric"
+    DESCRIPTION: ClassVar[str] = (
+        "Pairwise link matrix: send/recv bandwidth and ping-pong latency between every pair of "
+        "ranks, in round-robin rounds of disjoint pairs, under torchrun."
+    )
+
+    bw_bytes: int = _flag_field(
+        4 * 2**20, Flag(f"message size of the bandwidth test; {_SIZE_HELP}", parse_size, str,
+                        parse_size, metavar="SIZE")
+    )
+    bw_iters: int = _flag_field(
+        50, Flag("most timed messages per direction of a pair (bandwidth)", _parse_int, str,
+                 _an_int(positive=True))
+    )
+    bw_seconds: float = _flag_field(
+        0.25, Flag("aim of one direction's timed transfer (s): the receiver sizes the count "
+                   "from the last warmup message, 1..bw_iters", _parse_float, repr,
+                   _a_float(positive=True))
+    )
+    lat_bytes: int = _flag_field(
+        8, Flag(f"message size of the latency test; {_SIZE_HELP}", parse_size, str, parse_size,
+                metavar="SIZE")
+    )
+    lat_iters: int = _flag_field(
+        20, Flag("timed round trips per pair (latency)", _parse_int, str, _an_int(positive=True))
+    )
+    warmup: int = _flag_field(
+        2, Flag("untimed messages before each timed run", _parse_int, str,
+                _an_int(positive=True))
+    )
+    passes: int = _flag_field(
+        2, Flag("times the whole schedule runs; each direction keeps its best pass (load on "
+                "a shared host only ever lowers a bandwidth)", _parse_int, str,
+                _an_int(positive=True))
+    )
+    schedule: str = _flag_field(
+        "all", Flag("all: every pair, N-1 rounds; bisect: N/2 pairs, then only the slow pairs' "
+                    "nodes against fast ones (large N)", _text, str,
+                    _one_of(FABRIC_SCHEDULES, "schedule"), metavar=_choices(FABRIC_SCHEDULES))
+    )
+    slow_fraction: float = _flag_field(
+        0.5, Flag("bisect: a pair below this fraction of the round's median is measured again",
+                  _parse_float, repr, _a_float(positive=True))
+    )
+    dist_backend: str = _flag_field(
+        "auto", Flag("process-group backend; auto: nccl with CUDA, else gloo", _text, str,
+                     _one_of(DIST_BACKENDS, "backend"), metavar=_choices(DIST_BACKENDS))
+    )
+    timeout_s: int = _flag_field(
+        300, Flag("process-group timeout (s)", _parse_int, str, _an_int(positive=True))
+    )
+    run_id: str | None = _flag_field(None, Flag("echoed in the result", _text, str, _optional_text))
+
+    def settings(self) -> dict[str, Any]:
+        """The ``settings`` object of the result document."""
+        keys = ("bw_bytes", "bw_iters", "bw_seconds", "lat_bytes", "lat_iters", "warmup",
+                "passes", "schedule")
+        return {k: getattr(self, k) for k in keys}
+
+
+def round_robin(n: int) -> list[list[tuple[int, int]]]:
+    """The circle method: rounds of disjoint pairs (a < b) covering every pair of ``n`` ranks
+    exactly once; N-1 rounds of N/2 pairs for even N, N rounds (one rank idle each) for odd N."""
+    slots: list[int | None] = [*range(n), *([None] if n % 2 else [])]
+    m = len(slots)
+    rounds: list[list[tuple[int, int]]] = []
+    for _ in range(m - 1):
+        pairs = []
+        for i in range(m // 2):
+            a, b = slots[i], slots[m - 1 - i]
+            if a is not None and b is not None:
+                pairs.append((min(a, b), max(a, b)))
+        rounds.append(sorted(pairs))
+        slots = [slots[0], slots[-1], *slots[1:-1]]
+    return rounds
+
+
 # The module each workload runs as (``python -m MODULE``), and its config type.
-WORKLOAD_MODULES: Final[Mapping[str, str]] = {"bench": "train.bench", "train": "train.job"}
-WORKLOAD_ARGS: Final[Mapping[str, type[BenchArgs] | type[TrainArgs]]] = {
+WORKLOAD_MODULES: Final[Mapping[str, str]] = {
+    "bench": "train.bench", "train": "train.job", "fabric": "train.fabric"}
+WORKLOAD_ARGS: Final[Mapping[str, type[BenchArgs] | type[TrainArgs] | type[FabricArgs]]] = {
     "bench": BenchArgs,
     "train": TrainArgs,
+    "fabric": FabricArgs,
 }
 
 
-def workload_argv(args: BenchArgs | TrainArgs) -> tuple[str, ...]:
+def workload_argv(args: BenchArgs | TrainArgs | FabricArgs) -> tuple[str, ...]:
     """Return ``("-m", module, *flags)``: what follows ``torchrun [...]`` for ``args``."""
     kind = next(k for k, t in WORKLOAD_ARGS.items() if isinstance(args, t))
     return ("-m", WORKLOAD_MODULES[kind], *args.to_argv())
@@ -640,7 +738,8 @@ def workload_argv(args: BenchArgs | TrainArgs) -> tuple[str, ...]:
 
 __all__ = [
     "DIST_BACKENDS", "DTYPE_NAMES", "IN_PLACE_MODES", "NCCL_TYPE_NAMES", "NONBLOCKING_DEPTH",
-    "OPS", "OP_NAMES", "REDUCE_OP_NAMES", "WORKLOAD_ARGS", "WORKLOAD_MODULES", "BenchArgs", "Flag", "InPlaceMode",
-    "OpSpec", "TrainArgs", "WorkloadArgs", "op_spec", "parse_size", "size_sweep", "workload_argv",
+    "OPS", "OP_NAMES", "REDUCE_OP_NAMES", "WORKLOAD_ARGS", "WORKLOAD_MODULES", "BenchArgs",
+    "FabricArgs", "Flag", "InPlaceMode", "OpSpec", "TrainArgs", "WorkloadArgs", "op_spec",
+    "parse_size", "round_robin", "size_sweep", "workload_argv",
 ]
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 RESULT_MARKER: Final = "@@NETORCH_RESULT@@"
 PROGRESS_MARKER: Final = "@@NETORCH_PROGRESS@@"
@@ -65,6 +65,13 @@ class TimeUs(TypedDict):
     min: float
     avg: float
     max: float
+
+
+class Traffic(TypedDict):
+    """Bytes on the wire of one result row (see train/traffic.py)."""
+
+    expected_bytes_per_rank: float
+    tx_bytes_per_rank: list[dict[str, float]]
 
 
 class ResultRow(TypedDict):
@@ -87,6 +94,9 @@ class ResultRow(TypedDict):
     algbw_gbps: float
     busbw_gbps: float
     wrong: int | None
+    # Traffic proof (train/traffic.py): what one rank must send per op, and per rank the bytes
+    # each interface of its network namespace sent per iteration (warmup + timed).
+    traffic: NotRequired[Traffic]
 
 
 class SkippedEntry(TypedDict):

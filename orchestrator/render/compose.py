@@ -53,7 +53,7 @@ import yaml
 # ask the daemon for the same thing.
 from orchestrator.backends.docker.kwargs import BRIDGE_NAME_OPTION, MTU_OPTION
 from orchestrator.errors import PlanError
-from orchestrator.plan import ClusterPlan, GpuSpec, MountSpec, NodeSpec
+from orchestrator.plan import ClusterPlan, GpuSpec, MountSpec, NetworkSpec, NodeSpec
 from orchestrator.render.text import RenderDumper, comment_block, comment_text
 
 COMPOSE_FILE_NAME = "docker-compose.yml"
@@ -97,6 +97,11 @@ def _network(plan: ClusterPlan) -> dict[str, Any]:
             f"plan {plan.run_id} uses the {net.driver!r} network of the {plan.backend} backend; "
             "render a plan built for the docker backend"
         )
+    return _network_doc(net)
+
+
+def _network_doc(net: NetworkSpec) -> dict[str, Any]:
+    """One network of the plan (the fabric, or the management network) as compose writes it."""
     ipam: dict[str, str] = {"subnet": net.subnet}
     if net.gateway is not None:
         ipam["gateway"] = net.gateway
@@ -172,6 +177,8 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
     svc["networks"] = {
         plan.network.name: {"ipv4_address": node.ip, "aliases": list(node.aliases)},
     }
+    if plan.management is not None and node.management_ip is not None:
+        svc["networks"][plan.management.name] = {"ipv4_address": node.management_ip}
     if node.mounts:
         svc["volumes"] = [_mount(m) for m in node.mounts]
     if node.gpus is not None:
@@ -197,6 +204,8 @@ def render_compose(plan: ClusterPlan) -> dict[str, Any]:
         "services": services,
         "networks": {plan.network.name: network},
     }
+    if plan.management is not None:
+        doc["networks"][plan.management.name] = _network_doc(plan.management)
     volumes = _volumes(plan)
     if volumes:
         doc["volumes"] = volumes

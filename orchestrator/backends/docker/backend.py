@@ -8,6 +8,7 @@ name, so teardown cannot touch a user's own containers or networks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -30,7 +31,11 @@ from orchestrator.backends.docker.errors import (
     explanation,
     translate_error,
 )
-from orchestrator.backends.docker.kwargs import network_create_kwargs, run_filters
+from orchestrator.backends.docker.kwargs import (
+    network_create_kwargs,
+    network_spec_kwargs,
+    run_filters,
+)
 from orchestrator.backends.docker.nodes import (
     DockerNode,
     SetupHook,
@@ -139,6 +144,9 @@ class DockerBackend:
             networks = self.client.api.networks()
             containers = self.client.api.containers(all=True)
         self._check_network(plan, networks, routes)
+        if plan.management is not None:
+            self._check_network(dataclasses.replace(plan, network=plan.management), networks,
+                                routes)
         self._check_names(plan, containers)
 
     def _check_gpus(self, plan: ClusterPlan, info: dict[str, Any]) -> None:
@@ -214,8 +222,12 @@ class DockerBackend:
     def up(self, plan: ClusterPlan, sink: LineSink) -> list[NodeHandle]:
         """Create the network, create every container concurrently, then start them."""
         network = self._create_network(plan)
+        management = None
+        if plan.management is not None:
+            with docker_errors(f"creating network {plan.management.name}", plan):
+                management = self.client.networks.create(**network_spec_kwargs(plan.management))
         containers = start_containers(plan, network.id, lambda node: self.client, lambda n: n.name,
-                                      self.user)
+                                      self.user, management.id if management else None)
         nodes = follow_nodes(plan, containers, sink, self.after_start)
         self._nodes.extend(nodes)
         return list(nodes)

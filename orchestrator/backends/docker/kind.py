@@ -7,14 +7,25 @@ the executor. The SDK is imported only when a client is needed, never for planni
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.errors import PlanError
 from orchestrator.placement import address_pool, node_placement, overlay_dynamic_range
-from orchestrator.plan import FabricSpec, HostSpec, NetworkSpec, link_spec
+from orchestrator.plan import (
+    FabricSpec,
+    HostSpec,
+    NetworkSpec,
+    link_spec,
+    node_link_specs,
+    pair_link_specs,
+)
 from orchestrator.settings import Settings
+
+# The management network's interface when it sorts after the fabric (see fabric()).
+MANAGEMENT_IFNAME = "eth1"
 
 
 def host_specs(settings: Settings) -> tuple[HostSpec, ...]:
@@ -59,11 +70,49 @@ class DockerKind:
             interface=net.interface,
             link=link_spec(net.link),
             attachable=overlay,
+            node_links=node_link_specs(net.link),
+            pair_links=pair_link_specs(net.link),
         )
+        management, management_ips = self._management(settings, network.name, overlay, n)
+        if management is not None:
+            # Docker orders a container's interfaces: networks with a way out (not internal)
+            # first, then by name (engine 20.10's libnetwork; a test reads it back). The fabric
+            # (...-net) sorts before ...-net-mgmt by name.
+            fabric_first = (net.internal, network.name) <= (management.internal, management.name)
+            device = "eth0" if fabric_first else "eth1"
+            management = dataclasses.replace(management, device="eth1" if fabric_first else "eth0",
+                                             interface="eth1" if fabric_first else "eth0")
+            interface = net.interface if "interface" in net.model_fields_set else device
+            network = dataclasses.replace(network, device=device, interface=interface)
         return FabricSpec(
             network=network, ips=tuple(ips), placement=placement, hosts=hosts, aliases=True,
             in_node_paths=True, shared_ports=False, metrics_addr="0.0.0.0",
+            management=management, management_ips=management_ips,
         )
+
+    @staticmethod
+    def _management(settings: Settings, fabric_name: str, overlay: bool, n: int
+                    ) -> tuple[NetworkSpec | None, tuple[str, ...]]:
+        """The management bridge and the nodes' addresses on it (gateway first, nodes after);
+        which of eth0/eth1 it becomes is decided by the caller."""
+        mgmt = settings.network.management
+        if mgmt.subnet is None:
+            return None, ()
+        if overlay:
+            raise PlanError("network.management: a second network across [[hosts]] is not "
+                            "supported; drop [network.management] or use one host")
+        subnet = ipaddress.IPv4Network(mgmt.subnet)
+        hosts = list(subnet.hosts())
+        if len(hosts) < n + 1:
+            raise PlanError(f"network.management.subnet: {subnet} has {len(hosts)} usable "
+                            f"addresses but the plan needs {n + 1} (gateway + {n} nodes); use "
+                            "a larger subnet")
+        spec = NetworkSpec(
+            name=mgmt.name or f"{fabric_name}-mgmt", driver="bridge", subnet=str(subnet),
+            gateway=str(hosts[0]), ip_range=None, mtu=mgmt.mtu, internal=mgmt.internal,
+            bridge_name=None, interface=MANAGEMENT_IFNAME,
+        )
+        return spec, tuple(str(a) for a in hosts[1:n + 1])
 
     def probe(self, settings: Settings) -> str | None:
         """None when a daemon answers and the image is there; else which of the two failed."""

@@ -13,7 +13,15 @@ from typing import Any
 
 import docker.types
 
-from orchestrator.plan import LABEL_MANAGED, LABEL_RUN, ClusterPlan, GpuSpec, NodeSpec, RuntimeSpec
+from orchestrator.plan import (
+    LABEL_MANAGED,
+    LABEL_RUN,
+    ClusterPlan,
+    GpuSpec,
+    NetworkSpec,
+    NodeSpec,
+    RuntimeSpec,
+)
 
 MTU_OPTION = "com.docker.network.driver.mtu"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -132,7 +140,12 @@ def run_filters(run_id: str | None) -> dict[str, list[str]]:
 
 def network_create_kwargs(plan: ClusterPlan) -> dict[str, Any]:
     """Keyword arguments of ``client.networks.create`` for the plan's network."""
-    net = plan.network
+    return network_spec_kwargs(plan.network)
+
+
+def network_spec_kwargs(net: NetworkSpec) -> dict[str, Any]:
+    """Keyword arguments of ``client.networks.create`` for one network of a plan (the fabric,
+    or the management network)."""
     options: dict[str, str] = {}
     if net.mtu is not None:
         options[MTU_OPTION] = str(net.mtu)
@@ -197,7 +210,10 @@ def container_create_kwargs(
         "image": rt.image,
         "command": command,
         "name": node.name,
-        "hostname": node.hostname,
+        # Docker's DNS answers a container's hostname on each of its networks, the first
+        # interface's first: beside a management network "master" must stay the fabric's alias
+        # alone, so the hostname becomes the (unique) container name.
+        "hostname": node.name if plan.management is not None else node.hostname,
         "environment": environment,
         "user": run_as,
         "labels": node.labels_dict,

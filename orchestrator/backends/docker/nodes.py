@@ -33,7 +33,7 @@ from orchestrator.backends.docker.kwargs import (
     user_ids,
 )
 from orchestrator.errors import BackendError
-from orchestrator.backends.docker.linkem import tc_commands
+from orchestrator.backends.docker.linkem import plan_tc_commands
 from orchestrator.plan import ClusterPlan, NodeSpec
 
 # Wait requests are bounded so a waiter notices a vanished daemon instead of hanging forever.
@@ -146,24 +146,25 @@ class DockerNode:
 
 
 def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
-    """Shape every container's eth0 as ``plan.network.link`` says (tc, via docker exec)."""
-    link = plan.network.link
-    if link is None:
+    """Shape every container's eth0 as ``plan.network`` says: the common link, per-node links and
+    links between pairs (tc, via docker exec)."""
+    per_node = plan_tc_commands(plan)
+    if not per_node:
         return
-    commands = tc_commands(link)
 
-    def shape(container: Any) -> None:
-        for argv in commands:
+    def shape(item: tuple[str, Any]) -> None:
+        name, container = item
+        for argv in per_node.get(name, ()):
             try:
                 exec_checked(container, argv, "link emulation", user="root")
             except BackendError as e:
                 text = str(e)
                 if "qdisc kind is unknown" in text:
-                    kind = "netem" if "netem" in argv else "tbf"
+                    kind = "netem" if "netem" in argv else ("htb" if "htb" in argv else "tbf")
                     raise BackendError(
                         f"link emulation: the host kernel has no {kind} qdisc ({text}); load it "
                         f"(modprobe sch_{kind}) or drop network.link."
-                        + ("rate" if kind == "tbf" else "delay/jitter/loss")
+                        + ("rate" if kind in ("tbf", "htb") else "delay/jitter/loss")
                     ) from None
                 if "not permitted" in text:
                     raise BackendError(
@@ -172,7 +173,7 @@ def apply_link(plan: ClusterPlan, containers: Mapping[str, Any]) -> None:
                     ) from None
                 raise
 
-    failures = concurrently(shape, list(containers.values()))
+    failures = concurrently(shape, list(containers.items()))
     if failures:
         raise failures[0][1]
 
@@ -206,11 +207,13 @@ def start_containers(
     client_for: Callable[[NodeSpec], Any],
     describe: Callable[[NodeSpec], str],
     user: str | None = None,
+    management_id: str | None = None,
 ) -> dict[str, Any]:
     """Create every node's container concurrently through ``client_for(node)``, then start them.
 
     Returns node name -> container. ``describe(node)`` names a node in errors (with its host when
-    there are several). ``user`` is the ``docker.user`` setting (None: the invoking user). A
+    there are several). ``user`` is the ``docker.user`` setting (None: the invoking user).
+    ``management_id``: the management network every container joins as its second. A
     container whose start failed stays in "created": down() removes it by label.
     """
     created: dict[str, Any] = {}
@@ -223,6 +226,10 @@ def start_containers(
         kwargs = container_create_kwargs(plan, node, network_id, str(client.api.api_version),
                                          user=run_as)
         created[node.name] = client.containers.create(**kwargs)
+        if management_id is not None:
+            # Connected after create, before start: the second interface (eth1, see kind.py).
+            client.api.connect_container_to_network(
+                created[node.name].id, management_id, ipv4_address=node.management_ip)
 
     failures = concurrently(create, list(plan.nodes))
     if failures:

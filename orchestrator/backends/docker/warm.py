@@ -225,6 +225,11 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
                   else any(k.startswith("network.link") for k in asked))
     if link_asked and link != shape.link:
         clashes.append(f"network.link={dict(link)} (the cluster has {dict(shape.link)})")
+    if net.management.enabled:
+        clashes.append("network.management (a warm cluster has the fabric only)")
+    if net.link.nodes or net.link.pairs:
+        clashes.append("network.link.nodes/pairs (per-node and per-pair links are set when a "
+                       "cluster starts)")
     if clashes:
         raise ConfigError(
             f"--on {name}: this run asks for {', '.join(clashes)}; a warm cluster keeps what it "
