@@ -242,15 +242,33 @@ RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="fix the run i
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
 def plan(
     request: SettingsRequest,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print JSON instead of YAML, every node however many")] = False,
     run_id: RunIdOpt = None,
 ) -> None:
-    """Print the plan (network, nodes, IPs, env, commands). Starts nothing."""
-    data = usecases.plan_only(request.load(), run_id).to_dict()
+    """Print the plan (network, nodes, IPs, env, commands). Starts nothing.
+
+    Past 16 nodes the YAML shows the first and last nodes only (the others differ in rank, name
+    and address alone) and says how many it left out; --json prints them all.
+    """
+    the_plan = usecases.plan_only(request.load(), run_id)
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    else:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        sys.stdout.write(json.dumps(the_plan.to_dict(), indent=2) + "\n")
+        return
+    shown = PLAN_YAML_NODES
+    if the_plan.nnodes <= shown:
+        sys.stdout.write(yaml.safe_dump(the_plan.to_dict(), sort_keys=False))
+        return
+    nodes = (*the_plan.nodes[:shown - 1], the_plan.nodes[-1])
+    data = replace(the_plan, nodes=nodes).to_dict()
+    data["nodes_not_shown"] = the_plan.nnodes - shown
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    err.print(f"[dim]{the_plan.nnodes - shown} of {the_plan.nnodes} nodes not shown (ranks "
+              f"{shown - 1}..{the_plan.nnodes - 2}); --json prints every node[/]")
+
+
+# Nodes `netorch plan` prints as YAML; YAML of 10,000 nodes would take seconds and a terminal.
+PLAN_YAML_NODES = 16
 
 
 def _finish(result: usecases.RunResult, failure: str) -> None:

@@ -192,10 +192,15 @@ def shm_quantity(shm_size: str) -> str:
 
 def _uniform(plan: ClusterPlan) -> None:
     """Refuse a plan whose nodes cannot share one pod template (beyond rank-specific values)."""
+    # Mounts on every node become volumes of the shared pod template. Linear in the nodes: a
+    # mount on every node is on the master, and a node's own mount is what is not on them all.
+    common = set(plan.master.mounts)
+    for node in plan.nodes:
+        common &= set(node.mounts)
     for node in plan.nodes:
         for mount in node.mounts:
-            if all(mount in other.mounts for other in plan.nodes):
-                continue  # on every node: one volume of the shared pod template
+            if mount in common:
+                continue
             what = (f"bind-mounts host directory {mount.source}" if mount.kind == "bind"
                     else f"mounts volume {mount.source}")
             raise PlanError(
