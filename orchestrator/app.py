@@ -379,16 +379,18 @@ def render_compose(settings: Settings, out_dir: Path, run_id: str | None = None,
 
 
 def render_k8s(settings: Settings, out_dir: Path, flavor: str, namespace: str | None,
-               run_id: str | None = None, workload: str | WorkloadSpec = "bench") -> list[Path]:
+               run_id: str | None = None, workload: str | WorkloadSpec = "bench",
+               master_wait_s: int | None = None) -> list[Path]:
     """``netorch render k8s``: the plan as Kubernetes objects. Starts nothing."""
     from orchestrator.errors import PlanError
-    from orchestrator.render.k8s import FLAVORS, write_k8s
+    from orchestrator.render.k8s import FLAVORS, MASTER_WAIT_S, write_k8s
 
     if flavor not in FLAVORS:
         raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
     # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
     plan = build_plan(settings, run_id or new_run_id(), "docker", workload)
-    return list(write_k8s(plan, out_dir, flavor, namespace))  # type: ignore[arg-type]
+    wait_s = MASTER_WAIT_S if master_wait_s is None else master_wait_s
+    return list(write_k8s(plan, out_dir, flavor, namespace, wait_s))  # type: ignore[arg-type]
 
 
 def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None,

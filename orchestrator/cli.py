@@ -598,14 +598,20 @@ def render_k8s_cmd(
     flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,
+    master_wait: Annotated[Optional[int], typer.Option(
+        "--master-wait", min=1, metavar="SECONDS",
+        help="how long each pod's readiness step waits for the master's name and port "
+        "[default: 600]")] = None,
 ) -> None:
     """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing.
 
-    With `-- COMMAND`, the objects run your job; --mount host paths become hostPath volumes and
-    named volumes PersistentVolumeClaims of that name."""
+    Every pod first waits (init container wait-master) until the master's DNS name resolves
+    and its port accepts; with network.internal (the default) a NetworkPolicy admits only the
+    job's own pods. With `-- COMMAND`, the objects run your job; --mount host paths become
+    hostPath volumes and named volumes PersistentVolumeClaims of that name."""
     settings, work = _render_request(request, command_, env)
     paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
-                                                           run_id, work))
+                                                           run_id, work, master_wait))
     for path in paths:
         console.print(str(path))
 
