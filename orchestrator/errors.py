@@ -114,6 +114,9 @@ class RankFailedError(NetorchError):
         self.reason = reason
         self.log_tail = tuple(log_tail)
         self.container = container
+        # Set when tearing the job down failed too (e.g. on a lost host): what is left and how
+        # to remove it.
+        self.teardown: str | None = None
         super().__init__(f"node {node} failed: {reason}")
 
     def diagnosis(self) -> str:
@@ -126,4 +129,6 @@ class RankFailedError(NetorchError):
             lines.extend(f"    {line}" for line in self.log_tail)
         else:
             lines.append(f"  last log lines of {self.node}: none (it printed nothing)")
+        if self.teardown:
+            lines.append(f"  {self.teardown}")
         return "\n".join(lines)

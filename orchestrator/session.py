@@ -22,6 +22,7 @@ from orchestrator.backends.base import Backend, NodeExit, NodeHandle
 from orchestrator.errors import (
     BackendError,
     ConfigError,
+    NetorchError,
     OutputError,
     RankFailedError,
     ResultError,
@@ -229,7 +230,17 @@ def run_session(
             try:
                 handles = backend.up(plan, logbook.sink)
                 exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
-            finally:
+            except RankFailedError as failure:
+                # A lost host also fails the teardown there: report both, the cause first.
+                try:
+                    backend.down(plan)
+                except NetorchError as e:
+                    failure.teardown = str(e)
+                raise
+            except BaseException:
+                backend.down(plan)
+                raise
+            else:
                 backend.down(plan)
     finally:
         logbook.close()
