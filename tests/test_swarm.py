@@ -16,6 +16,7 @@ and the overlay (10.252.0.0/24), both private ranges this module creates.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from typing import Any
 
 import docker.errors
 import pytest
-from netns_daemon import sh, stop_netns_daemon
+from netns_daemon import openssl_pki, sh, stop_netns_daemon
 from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
 
 import docker
@@ -51,12 +52,59 @@ SOCK_2 = ROOT / "docker.sock"
 PREFIX = "ntsw-"  # cluster.name of every run here: what teardown may remove
 
 
-class TwoHosts:
-    """The main daemon (host ``h1``, swarm manager) and a second one in a netns (``h2``)."""
+URL_2_TLS = f"tcp://{ADDR_2}:2376"  # the same daemon h2, over TCP with TLS (client certificate)
 
-    def __init__(self, c1: docker.DockerClient, c2: docker.DockerClient, toml: Path) -> None:
-        self.c1, self.c2, self.toml = c1, c2, toml
+
+class TwoHosts:
+    """The main daemon (host ``h1``, swarm manager) and a second one in a netns (``h2``).
+
+    ``toml`` reaches h2 over ``tcp://`` with TLS (certificates made by openssl here), so every CLI
+    run of this module crosses a verified TLS connection; ``pki`` holds the PEM files."""
+
+    def __init__(self, c1: docker.DockerClient, c2: docker.DockerClient, toml: Path,
+                 daemon: subprocess.Popen[bytes], pki: dict[str, Path]) -> None:
+        self.c1, self.c2, self.toml, self.daemon, self.pki = c1, c2, toml, daemon, pki
         self.clients = {"h1": c1, "h2": c2}
+
+
+def start_daemon_2(pki: dict[str, Path]) -> subprocess.Popen[bytes]:
+    """dockerd for h2 in its namespace (again, after a stop: same data-root, so it is still a
+    swarm member), on a unix socket and on TLS TCP; returns once it answers."""
+    log = open(ROOT / "dockerd.log", "ab")
+    # Its own netns, so its iptables and bridges cannot fight the main daemon's; no default
+    # bridge (the overlay is all it needs).
+    daemon = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{NETNS}", "dockerd",
+         "--data-root", str(ROOT / "data"), "--exec-root", str(ROOT / "exec"),
+         "--pidfile", str(ROOT / "dockerd.pid"), "-H", f"unix://{SOCK_2}",
+         "-H", URL_2_TLS, "--tlsverify", f"--tlscacert={pki['ca']}",
+         f"--tlscert={pki['server']}", f"--tlskey={pki['server_key']}",
+         "--bridge=none", "--ip-masq=false", "--storage-driver", "overlay2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            # The SDK asks the daemon for its API version on construction.
+            probe = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=10)
+            try:
+                probe.ping()
+            finally:
+                probe.close()
+            return daemon
+        except Exception:
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    "daemon 2 did not start: " + (ROOT / "dockerd.log").read_text()[-2000:]
+                ) from None
+            time.sleep(0.2)
+
+
+def stop_daemon_2(daemon: subprocess.Popen[bytes]) -> None:
+    """What losing host h2 looks like to netorch: its daemon goes away (SIGTERM, as systemd)."""
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=60)
 
 
 def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | None,
@@ -138,29 +186,9 @@ def two_hosts(docker_client: docker.DockerClient,  # noqa: F811
                      ("ip", "link", "set", VETH_NS, "up"), ("ip", "link", "set", "lo", "up")):
             sh("ip", "netns", "exec", NETNS, *argv)
         ROOT.mkdir(parents=True, exist_ok=True)
-        log = open(ROOT / "dockerd.log", "wb")
-        # Its own netns, so its iptables and bridges cannot fight the main daemon's; no default
-        # bridge (the overlay is all it needs).
-        daemon = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{NETNS}", "dockerd",
-             "--data-root", str(ROOT / "data"), "--exec-root", str(ROOT / "exec"),
-             "--pidfile", str(ROOT / "dockerd.pid"), "-H", f"unix://{SOCK_2}",
-             "--bridge=none", "--ip-masq=false", "--storage-driver", "overlay2"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                # The SDK asks the daemon for its API version on construction.
-                c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=300)
-                c2.ping()
-                break
-            except Exception:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "daemon 2 did not start: " + (ROOT / "dockerd.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.2)
+        pki = openssl_pki(ROOT, ADDR_2)
+        daemon = start_daemon_2(pki)
+        c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=300)
         swarm_ours = True
         swarm_init(c1, ADDR_1)
         swarm_join(c1, c2, ADDR_2)
@@ -168,9 +196,12 @@ def two_hosts(docker_client: docker.DockerClient,  # noqa: F811
         toml = tmp_path_factory.mktemp("swarm") / "netorch.toml"
         toml.write_text(
             f'[[hosts]]\nname = "h1"\nurl = "{URL_1}"\n'
-            f'[[hosts]]\nname = "h2"\nurl = "unix://{SOCK_2}"\n'
+            f'[[hosts]]\nname = "h2"\nurl = "{URL_2_TLS}"\ntls_ca = "{pki["ca"]}"\n'
+            f'tls_cert = "{pki["client"]}"\ntls_key = "{pki["client_key"]}"\n'
         )
-        yield TwoHosts(c1, c2, toml)
+        hosts = TwoHosts(c1, c2, toml, daemon, pki)
+        yield hosts
+        daemon = hosts.daemon  # a test may have stopped and restarted it
         c2.close()
     finally:
         _teardown(c1, daemon, gwbridge_was_there, swarm_ours)
@@ -347,3 +378,96 @@ def test_preflight_names_a_host_outside_the_swarm(two_hosts: TwoHosts) -> None:
     with pytest.raises(PreflightError, match=r"h2 are not in a swarm.*netorch swarm init"):
         backend.preflight(plan)
     MultiHostDockerBackend(two_hosts.clients).preflight(plan)  # the real pair passes
+
+
+# ---- a tcp:// host with TLS ----------------------------------------------------------------
+# test_bench_across_two_hosts above already reaches h2 over tcp:// with TLS (the module's toml).
+
+
+def _cli(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=netorch_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+BENCH_ARGS = ("--backend", "docker", "--quiet", "-n", "4", "--subnet", OVERLAY_SUBNET,
+              "--mtu", "1450", "--ops", "all_reduce", "-w", "1",
+              "--set", "cluster.name=ntsw", "--set", "cluster.timeout_s=60")
+
+
+def _ntsw_resources(client: docker.DockerClient) -> list[str]:
+    flt = {"label": f"{LABEL_MANAGED}=true"}
+    return ([c.name for c in client.containers.list(all=True, filters=flt, ignore_removed=True)
+             if c.name.startswith(PREFIX)]
+            + [n.name for n in client.networks.list(filters=flt) if n.name.startswith(PREFIX)])
+
+
+def test_a_tls_host_with_a_wrong_ca_is_refused_and_nothing_is_created(
+        two_hosts: TwoHosts, tmp_path: Path) -> None:
+    toml = tmp_path / "wrong-ca.toml"
+    toml.write_text(two_hosts.toml.read_text().replace(
+        str(two_hosts.pki["ca"]), str(two_hosts.pki["wrong_ca"])))
+    assert str(two_hosts.pki["wrong_ca"]) in toml.read_text()
+    done = _cli("bench", "-c", str(toml), *BENCH_ARGS, "-B", "1K", "-E", "1K", "-i", "1",
+                "-o", str(tmp_path / "runs"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert "host h2" in line and f"TLS verification of the daemon at {URL_2_TLS} failed" in line
+    assert f"tls_ca {two_hosts.pki['wrong_ca']}" in line
+    for host, client in two_hosts.clients.items():
+        assert _ntsw_resources(client) == [], f"left on {host}"
+
+
+# ---- a host lost mid-run (keep last: it stops and restarts h2's daemon) ----------------------
+
+
+def test_a_lost_host_brings_the_job_down_naming_it_and_down_cleans_it_when_back(
+        two_hosts: TwoHosts, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "bench", "-c", str(two_hosts.toml),
+         *BENCH_ARGS, "-B", "1M", "-E", "64M", "-i", "200", "-o", str(tmp_path / "runs")],
+        env=netorch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = [c for c in two_hosts.c2.containers.list(
+                filters={"label": f"{LABEL_MANAGED}=true", "status": "running"})
+                if c.name.startswith(PREFIX)]
+            if len(running) == 2:  # worker-1 and worker-3 live on h2
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the job never ran on h2: {proc.poll()} {proc.stderr}")
+        run_id = running[0].labels["io.netorch.run"]
+        time.sleep(3)  # under way: past the rendezvous
+        assert proc.poll() is None, "the job ended before h2 was lost"
+        stop_daemon_2(two_hosts.daemon)
+        lost_at = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        ended = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if two_hosts.daemon.poll() is not None:
+            two_hosts.daemon = start_daemon_2(two_hosts.pki)
+    assert proc.returncode == 3, out + err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    # dockerd stops its containers before it stops answering, so netorch sees either a node
+    # killed by SIGTERM on h2 or (when the API went first) the node lost with its host.
+    assert re.search(r"worker-[13] failed: (killed by SIGTERM \(exit 143\) on host h2"
+                     r"|lost with host h2: the Docker daemon there stopped answering)", line), err
+    # The teardown could not finish (h2 gone, or the overlay still in use by h2's tasks): says so.
+    assert f"netorch down --run {run_id}" in err, err
+    # "Within seconds": dockerd's own shutdown (it stops its containers first) is most of it.
+    assert ended - lost_at < 60, f"took {ended - lost_at:.1f} s to come down"
+    # h2 is back (same data-root): what the run left there is still labelled, and down removes it.
+    deadline = time.monotonic() + 60
+    while True:
+        done = _cli("down", "-c", str(two_hosts.toml), "--run", run_id, timeout=120)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)  # h2 may still be rejoining the swarm
+    assert done.returncode == 0, done.stdout + done.stderr
+    for host, client in two_hosts.clients.items():
+        assert labelled(client, run_id) == [], f"left on {host}"
