@@ -1,16 +1,19 @@
-"""Several hosts over Docker Swarm, integration tier: two real daemons on this machine.
+"""Several hosts over Docker Swarm, integration tier: three real daemons on this machine.
 
-The second daemon runs in a network namespace of its own (``nsenter --net=/run/netns/X dockerd``;
-``ip netns exec`` would hide the cgroup mounts dockerd needs) with its own data-root, exec-root,
-pidfile and socket, and no default bridge. A veth pair (10.250.0.1/30 here, 10.250.0.2/30 in the
-namespace) links the two; both daemons advertise their veth address, so the swarm's control plane
-and the overlay's VXLAN traffic cross that link. The training image travels by ``image.save()`` ->
-``images.load()``.
+The main daemon is host h1 (the swarm manager). h2 and h3 run in network namespaces of their own
+(``nsenter --net=/run/netns/X dockerd``; ``ip netns exec`` would hide the cgroup mounts dockerd
+needs) with their own data-root, exec-root, pidfile and socket, and no default bridge. One L2
+segment links the three: a bridge in a fourth namespace (no iptables there) with a veth to this
+host (10.250.0.1/24) and one to each daemon's namespace (10.250.0.2, 10.250.0.3). Every daemon
+advertises that address, so the swarm's control plane and the overlay's VXLAN traffic cross the
+bridge. h2 also listens on ``tcp://10.250.0.2:2376`` with TLS (``--tlsverify``; the CA and the
+certificates are made by openssl here) and the CLI runs reach it there. The training image
+travels by ``image.save()`` -> ``images.load()``.
 
 The module fixture tears EVERYTHING down even on failure: netorch's containers and networks on
-both daemons, swarm leave on both, docker_gwbridge on the main daemon when the swarm made it,
-daemon 2 killed, its directories, the namespace and the veth removed. Traffic stays on the veth
-and the overlay (10.252.0.0/24), both private ranges this module creates.
+every daemon, swarm leave on all, docker_gwbridge on the main daemon when the swarm made it,
+daemons 2 and 3 stopped, their directories, the namespaces and the veths removed. Traffic stays
+on the bridge and the overlay (10.252.0.0/24), both private ranges this module creates.
 """
 
 from __future__ import annotations
@@ -42,13 +45,17 @@ from orchestrator.settings import load_settings
 pytestmark = pytest.mark.docker
 
 IMAGE = "netorch:latest"
-NETNS = "ntswarm"
-VETH_HOST, VETH_NS = "ntsw0", "ntsw1"
-ADDR_1, ADDR_2 = "10.250.0.1", "10.250.0.2"
+NETNS, NETNS_3 = "ntswarm", "ntswarm3"  # daemons h2 and h3
+NETNS_SWITCH = "ntswsw"  # holds the bridge that links the three hosts' veths
+VETH_HOST = "ntsw0"  # this host's end; its peer and the daemons' peers are ports of the bridge
+VETHS = {"h1": ("ntsw0", "ntswb0"), "h2": ("ntsw1", "ntswb1"), "h3": ("ntsw3", "ntswb3")}
+ADDR_1, ADDR_2, ADDR_3 = "10.250.0.1", "10.250.0.2", "10.250.0.3"
 OVERLAY_SUBNET = "10.252.0.0/24"
 URL_1 = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 ROOT = Path("/tmp/netorch-swarm-test")
+ROOT_3 = Path("/tmp/netorch-swarm-test-h3")
 SOCK_2 = ROOT / "docker.sock"
+SOCK_3 = ROOT_3 / "docker.sock"
 PREFIX = "ntsw-"  # cluster.name of every run here: what teardown may remove
 
 
@@ -62,24 +69,35 @@ class TwoHosts:
     run of this module crosses a verified TLS connection; ``pki`` holds the PEM files."""
 
     def __init__(self, c1: docker.DockerClient, c2: docker.DockerClient, toml: Path,
-                 daemon: subprocess.Popen[bytes], pki: dict[str, Path]) -> None:
+                 daemon: subprocess.Popen[bytes], pki: dict[str, Path],
+                 c3: docker.DockerClient, toml_3: Path) -> None:
         self.c1, self.c2, self.toml, self.daemon, self.pki = c1, c2, toml, daemon, pki
         self.clients = {"h1": c1, "h2": c2}
+        # A third daemon (h3, its own netns) in the same swarm, for the three-host runs;
+        # ``toml_3`` lists h1, h2 (TLS) and h3.
+        self.c3, self.toml_3 = c3, toml_3
+        self.all_clients = {"h1": c1, "h2": c2, "h3": c3}
 
 
 def start_daemon_2(pki: dict[str, Path]) -> subprocess.Popen[bytes]:
     """dockerd for h2 in its namespace (again, after a stop: same data-root, so it is still a
     swarm member), on a unix socket and on TLS TCP; returns once it answers."""
-    log = open(ROOT / "dockerd.log", "ab")
+    return start_daemon(NETNS, ROOT, [
+        "-H", URL_2_TLS, "--tlsverify", f"--tlscacert={pki['ca']}",
+        f"--tlscert={pki['server']}", f"--tlskey={pki['server_key']}"])
+
+
+def start_daemon(netns: str, root: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    """dockerd in ``netns`` with everything under ``root`` (socket root/docker.sock)."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "dockerd.log", "ab")
     # Its own netns, so its iptables and bridges cannot fight the main daemon's; no default
     # bridge (the overlay is all it needs).
     daemon = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{NETNS}", "dockerd",
-         "--data-root", str(ROOT / "data"), "--exec-root", str(ROOT / "exec"),
-         "--pidfile", str(ROOT / "dockerd.pid"), "-H", f"unix://{SOCK_2}",
-         "-H", URL_2_TLS, "--tlsverify", f"--tlscacert={pki['ca']}",
-         f"--tlscert={pki['server']}", f"--tlskey={pki['server_key']}",
-         "--bridge=none", "--ip-masq=false", "--storage-driver", "overlay2"],
+        ["nsenter", f"--net=/run/netns/{netns}", "dockerd",
+         "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "dockerd.pid"), "-H", f"unix://{root / 'docker.sock'}",
+         *extra, "--bridge=none", "--ip-masq=false", "--storage-driver", "overlay2"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
@@ -87,7 +105,7 @@ def start_daemon_2(pki: dict[str, Path]) -> subprocess.Popen[bytes]:
     while True:
         try:
             # The SDK asks the daemon for its API version on construction.
-            probe = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=10)
+            probe = docker.DockerClient(base_url=f"unix://{root / 'docker.sock'}", timeout=10)
             try:
                 probe.ping()
             finally:
@@ -96,8 +114,8 @@ def start_daemon_2(pki: dict[str, Path]) -> subprocess.Popen[bytes]:
         except Exception:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(
-                    "daemon 2 did not start: " + (ROOT / "dockerd.log").read_text()[-2000:]
-                ) from None
+                    f"dockerd in {netns} did not start: "
+                    + (root / "dockerd.log").read_text()[-2000:]) from None
             time.sleep(0.2)
 
 
@@ -108,15 +126,21 @@ def stop_daemon_2(daemon: subprocess.Popen[bytes]) -> None:
 
 
 def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | None,
-              gwbridge_was_there: bool, swarm_was_ours: bool) -> None:
+              gwbridge_was_there: bool, swarm_was_ours: bool,
+              daemon_3: subprocess.Popen[bytes] | None = None) -> None:
     errors: list[str] = []
-    c2 = None
+    c2 = c3 = None
     if daemon is not None and daemon.poll() is None:
         try:
             c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=30)
         except docker.errors.DockerException as e:
             errors.append(f"client 2: {e}; its log: " + (ROOT / "dockerd.log").read_text()[-500:])
-    for client in (c2, c1):
+    if daemon_3 is not None and daemon_3.poll() is None:
+        try:
+            c3 = docker.DockerClient(base_url=f"unix://{SOCK_3}", timeout=30)
+        except docker.errors.DockerException as e:
+            errors.append(f"client 3: {e}")
+    for client in (c3, c2, c1):
         if client is None:
             continue
         flt = {"label": f"{LABEL_MANAGED}=true"}
@@ -134,12 +158,13 @@ def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | 
                     n.remove()
         except docker.errors.DockerException as e:
             errors.append(f"networks: {e}")
-    if c2 is not None:
-        try:
-            c2.swarm.leave(force=True)
-        except docker.errors.APIError:
-            pass
-        c2.close()
+    for worker in (c2, c3):
+        if worker is not None:
+            try:
+                worker.swarm.leave(force=True)
+            except docker.errors.APIError:
+                pass
+            worker.close()
     if c1 is not None and swarm_was_ours:
         try:
             c1.swarm.leave(force=True)
@@ -153,7 +178,9 @@ def _teardown(c1: docker.DockerClient | None, daemon: subprocess.Popen[bytes] | 
                     break
                 except docker.errors.APIError:
                     time.sleep(0.5)
+    stop_netns_daemon(daemon_3, ROOT_3, VETH_HOST, NETNS_3)
     stop_netns_daemon(daemon, ROOT, VETH_HOST, NETNS)
+    sh("ip", "netns", "del", NETNS_SWITCH, check=False)
     assert not errors, errors
 
 
@@ -172,39 +199,68 @@ def two_hosts(docker_client: docker.DockerClient,  # noqa: F811
         require_docker(f"the main daemon is already in a swarm ({state}); this test makes its own")
     gwbridge_was_there = bool(c1.networks.list(names=["docker_gwbridge"]))
     daemon: subprocess.Popen[bytes] | None = None
+    daemon_3: subprocess.Popen[bytes] | None = None
     swarm_ours = False
     try:
         # Leftovers of an interrupted earlier run.
+        for ns in (NETNS, NETNS_3, NETNS_SWITCH):
+            sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", VETH_HOST, check=False)
-        sh("ip", "netns", "del", NETNS, check=False)
-        sh("ip", "netns", "add", NETNS)
-        sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
-        sh("ip", "link", "set", VETH_NS, "netns", NETNS)
-        sh("ip", "addr", "add", f"{ADDR_1}/30", "dev", VETH_HOST)
-        sh("ip", "link", "set", VETH_HOST, "up")
-        for argv in (("ip", "addr", "add", f"{ADDR_2}/30", "dev", VETH_NS),
-                     ("ip", "link", "set", VETH_NS, "up"), ("ip", "link", "set", "lo", "up")):
-            sh("ip", "netns", "exec", NETNS, *argv)
+        shutil.rmtree(ROOT_3, ignore_errors=True)
+        # One L2 segment, 10.250.0.0/24: a bridge in a namespace of its own (no iptables there)
+        # with a veth to this host and one to each daemon's namespace.
+        for ns in (NETNS, NETNS_3, NETNS_SWITCH):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", NETNS_SWITCH, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", NETNS_SWITCH, "link", "set", "br0", "up")
+        for host, ns, addr in (("h1", None, ADDR_1), ("h2", NETNS, ADDR_2),
+                               ("h3", NETNS_3, ADDR_3)):
+            end, port = VETHS[host]
+            sh("ip", "link", "add", end, "type", "veth", "peer", "name", port)
+            sh("ip", "link", "set", port, "netns", NETNS_SWITCH)
+            sh("ip", "-n", NETNS_SWITCH, "link", "set", port, "master", "br0")
+            sh("ip", "-n", NETNS_SWITCH, "link", "set", port, "up")
+            where: tuple[str, ...] = ()
+            if ns is not None:
+                sh("ip", "link", "set", end, "netns", ns)
+                where = ("-n", ns)
+            sh("ip", *where, "addr", "add", f"{addr}/24", "dev", end)
+            sh("ip", *where, "link", "set", end, "up")
         ROOT.mkdir(parents=True, exist_ok=True)
         pki = openssl_pki(ROOT, ADDR_2)
         daemon = start_daemon_2(pki)
+        daemon_3 = start_daemon(NETNS_3, ROOT_3, [])
         c2 = docker.DockerClient(base_url=f"unix://{SOCK_2}", timeout=300)
+        c3 = docker.DockerClient(base_url=f"unix://{SOCK_3}", timeout=300)
         swarm_ours = True
         swarm_init(c1, ADDR_1)
         swarm_join(c1, c2, ADDR_2)
-        c2.images.load(c1.images.get(IMAGE).save(named=True))
+        swarm_join(c1, c3, ADDR_3)
+        image = c1.images.get(IMAGE).save(named=True)
+        archive = ROOT / "image.tar"
+        with open(archive, "wb") as f:
+            for chunk in image:
+                f.write(chunk)
+        for client in (c2, c3):
+            with open(archive, "rb") as f:
+                client.images.load(f)
+        archive.unlink()
         toml = tmp_path_factory.mktemp("swarm") / "netorch.toml"
         toml.write_text(
             f'[[hosts]]\nname = "h1"\nurl = "{URL_1}"\n'
             f'[[hosts]]\nname = "h2"\nurl = "{URL_2_TLS}"\ntls_ca = "{pki["ca"]}"\n'
             f'tls_cert = "{pki["client"]}"\ntls_key = "{pki["client_key"]}"\n'
         )
-        hosts = TwoHosts(c1, c2, toml, daemon, pki)
+        toml_3 = toml.with_name("netorch-3.toml")
+        toml_3.write_text(toml.read_text() + f'[[hosts]]\nname = "h3"\nurl = "unix://{SOCK_3}"\n')
+        hosts = TwoHosts(c1, c2, toml, daemon, pki, c3, toml_3)
         yield hosts
         daemon = hosts.daemon  # a test may have stopped and restarted it
         c2.close()
+        c3.close()
     finally:
-        _teardown(c1, daemon, gwbridge_was_there, swarm_ours)
+        _teardown(c1, daemon, gwbridge_was_there, swarm_ours, daemon_3)
         c1.close()
 
 
@@ -380,16 +436,12 @@ def test_preflight_names_a_host_outside_the_swarm(two_hosts: TwoHosts) -> None:
     MultiHostDockerBackend(two_hosts.clients).preflight(plan)  # the real pair passes
 
 
-# ---- a tcp:// host with TLS ----------------------------------------------------------------
-# test_bench_across_two_hosts above already reaches h2 over tcp:// with TLS (the module's toml).
-
-
 def _cli(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=netorch_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
-BENCH_ARGS = ("--backend", "docker", "--quiet", "-n", "4", "--subnet", OVERLAY_SUBNET,
+BENCH_ARGS = ("--backend", "docker", "--quiet", "--subnet", OVERLAY_SUBNET,
               "--mtu", "1450", "--ops", "all_reduce", "-w", "1",
               "--set", "cluster.name=ntsw", "--set", "cluster.timeout_s=60")
 
@@ -401,13 +453,42 @@ def _ntsw_resources(client: docker.DockerClient) -> list[str]:
             + [n.name for n in client.networks.list(filters=flt) if n.name.startswith(PREFIX)])
 
 
+# ---- three hosts ----------------------------------------------------------------------------
+
+
+def test_bench_across_three_hosts(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """6 nodes, 2 per host (h1 local, h2 over TLS, h3), every one on its planned overlay IP."""
+    runs = tmp_path / "runs"
+    done = _cli("bench", "-c", str(two_hosts.toml_3), *BENCH_ARGS, "-n", "6", "-B", "1K",
+                "-E", "1M", "-i", "5", "-o", str(runs), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wrong: 0" in done.stdout, done.stdout
+    [run_dir] = runs.iterdir()
+    import json
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["wrong_total"] == 0 and report["nnodes"] == 6
+    planned = build_plan(load_settings(config=two_hosts.toml_3, overrides={
+        "backend": "docker", "cluster": {"nodes": 6, "name": "ntsw"},
+        "network": {"subnet": OVERLAY_SUBNET, "mtu": 1450}}), report["run_id"], "docker")
+    assert [n.host for n in planned.nodes] == ["h1", "h2", "h3"] * 2
+    for node, plan_node in zip(report["nodes"], planned.nodes):
+        assert node["host"] == plan_node.host
+        assert node["ip"] == node["planned_ip"] == plan_node.ip
+    for host, client in two_hosts.all_clients.items():
+        assert labelled(client, report["run_id"]) == [], f"left on {host}"
+
+
+# ---- a tcp:// host with TLS ----------------------------------------------------------------
+# test_bench_across_two_hosts above already reaches h2 over tcp:// with TLS (the module's toml).
+
+
 def test_a_tls_host_with_a_wrong_ca_is_refused_and_nothing_is_created(
         two_hosts: TwoHosts, tmp_path: Path) -> None:
     toml = tmp_path / "wrong-ca.toml"
     toml.write_text(two_hosts.toml.read_text().replace(
         str(two_hosts.pki["ca"]), str(two_hosts.pki["wrong_ca"])))
     assert str(two_hosts.pki["wrong_ca"]) in toml.read_text()
-    done = _cli("bench", "-c", str(toml), *BENCH_ARGS, "-B", "1K", "-E", "1K", "-i", "1",
+    done = _cli("bench", "-c", str(toml), *BENCH_ARGS, "-n", "4", "-B", "1K", "-E", "1K", "-i", "1",
                 "-o", str(tmp_path / "runs"))
     assert done.returncode == 2, done.stdout + done.stderr
     [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
@@ -424,7 +505,8 @@ def test_a_lost_host_brings_the_job_down_naming_it_and_down_cleans_it_when_back(
         two_hosts: TwoHosts, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "bench", "-c", str(two_hosts.toml),
-         *BENCH_ARGS, "-B", "1M", "-E", "64M", "-i", "200", "-o", str(tmp_path / "runs")],
+         *BENCH_ARGS, "-n", "4", "-B", "1M", "-E", "64M", "-i", "200",
+         "-o", str(tmp_path / "runs")],
         env=netorch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
