@@ -349,7 +349,8 @@ def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> Do
     from orchestrator.backends.docker import connect_settings
     from orchestrator.doctor import doctor_plan, doctor_run
 
-    single_host(settings, "doctor")
+    if len(settings.hosts) > 1:
+        return _doctor_hosts(settings, run_id, hooks)
     with connect_settings(settings) as client:
         if run_id is not None:
             return DoctorResult(f"run {run_id}", doctor_run(client, run_id))
@@ -357,6 +358,27 @@ def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> Do
         _notice(hooks, f"doctor: bringing up {plan.nnodes} sleeping containers of plan "
                        f"{plan.run_id} on {plan.network.subnet}")
         return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, client))
+
+
+def _doctor_hosts(settings: Settings, run_id: str | None, hooks: Hooks) -> DoctorResult:
+    """``netorch doctor`` across [[hosts]]: the nodes on every host, probed over the overlay."""
+    from orchestrator.backends.docker import connect_host
+    from orchestrator.doctor import doctor_plan, doctor_run
+
+    clients: dict[str, Any] = {}
+    try:
+        for h in settings.hosts:
+            clients[h.name] = connect_host(h)
+        manager, *others = clients.values()
+        if run_id is not None:
+            return DoctorResult(f"run {run_id}", doctor_run(manager, run_id, others))
+        plan = build_plan(settings, new_run_id(), "docker")
+        _notice(hooks, f"doctor: bringing up {plan.nnodes} sleeping containers of plan "
+                       f"{plan.run_id} on {len(clients)} hosts, overlay {plan.network.subnet}")
+        return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, manager, hosts=clients))
+    finally:
+        for c in clients.values():
+            c.close()
 
 
 def render_workload(settings: Settings, base_dir: Path | None = None) -> str | WorkloadSpec:

@@ -498,6 +498,92 @@ def test_a_tls_host_with_a_wrong_ca_is_refused_and_nothing_is_created(
         assert _ntsw_resources(client) == [], f"left on {host}"
 
 
+def test_doctor_across_three_hosts(two_hosts: TwoHosts) -> None:
+    """The plan's sleeping nodes on h1, h2 (TLS) and h3, probed over the overlay: every node
+    reaches every other at its planned address, and nothing is left afterwards."""
+    import json
+
+    done = _cli("doctor", "-c", str(two_hosts.toml_3), "--json", "-n", "3",
+                "--subnet", OVERLAY_SUBNET, "--set", "cluster.name=ntsw", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "on 3 hosts" in done.stderr
+    checks = json.loads(done.stdout)
+    assert [c["status"] for c in checks if c["status"] == "fail"] == []
+    reach = {c["target"]: c for c in checks if c["name"] == "reachability"}
+    assert sorted(reach) == ["master", "worker-1", "worker-2"]
+    for target, check in reach.items():
+        assert check["status"] == "pass" and "UNREACHABLE" not in check["detail"]
+        others = {"master", "worker-1", "worker-2"} - {target}
+        assert all(f"{o} " in check["detail"] for o in others), check["detail"]
+    assert any(c["name"] == "nodes up" and c["detail"] == "3 containers running" for c in checks)
+    for host, client in two_hosts.all_clients.items():
+        assert _ntsw_resources(client) == [], f"left on {host}"
+
+
+# ---- gang restart across hosts ----------------------------------------------------------------
+
+
+def _train(out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "train", "--backend", "docker", "-n", "2",
+         "--output", str(out), "--steps", "200", "--checkpoint-every", "50", "--seed", "11",
+         "--width", "128", "--quiet", "--set", "metrics.enabled=false",
+         "--set", "cluster.name=ntsw", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=netorch_env(),
+    )
+
+
+def _train_report(out: Path) -> dict[str, Any]:
+    import json
+
+    (run,) = [d for d in out.iterdir() if not d.name.startswith("_")]
+    report: dict[str, Any] = json.loads((run / "report.json").read_text())
+    return report
+
+
+def test_gang_restart_across_hosts_resumes_bit_identical(
+        two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """kill -9 of the worker on h2 (reached over TLS) after the first checkpoint: the gang on
+    both hosts restarts from the master's checkpoint and ends with the weights of an
+    uninterrupted run (same seed, same world size, on this host alone)."""
+    baseline = _train(tmp_path / "base", "--subnet", "10.252.8.0/24")
+    out, _ = baseline.communicate(timeout=600)
+    assert baseline.returncode == 0, out
+    expected = _train_report(tmp_path / "base")
+
+    runs = tmp_path / "killed"
+    proc = _train(runs, "-c", str(two_hosts.toml), "--subnet", OVERLAY_SUBNET, "--mtu", "1450")
+    try:
+        deadline = time.monotonic() + 300
+        victim = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = list(runs.glob("*/checkpoints/ckpt-00000050.ckpt"))
+            workers = [c for c in two_hosts.c2.containers.list(
+                filters={"label": "io.netorch.role=worker"}) if c.name.startswith(PREFIX)]
+            if ckpt and workers:
+                victim = workers[0]
+                victim.kill(signal="SIGKILL")
+                break
+            time.sleep(0.1)
+        assert victim is not None, "no checkpoint or worker container on h2 seen"
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    r = _train_report(runs)
+    assert r["restarts"] == 1 and r["ok"], out
+    assert "on host h2" in r["failures"][0], r["failures"]
+    assert isinstance(r["resumed_from"], int) and r["resumed_from"] >= 50
+    assert r["steps_done"] == 200
+    assert r["weights_sha256"] == expected["weights_sha256"]
+    assert r["loss_curve"] == expected["loss_curve"]
+    assert {n["host"] for n in r["nodes"]} == {"h1", "h2"}
+    for host, client in two_hosts.clients.items():
+        assert labelled(client, r["run_id"]) == [], f"left on {host}"
+
+
 # ---- a host lost mid-run (keep last: it stops and restarts h2's daemon) ----------------------
 
 
