@@ -114,10 +114,18 @@ def target_from_plan(plan: ClusterPlan, containers: Mapping[str, Any]) -> Doctor
         DoctorNode(n.name, n.hostname, n.node_rank, n.ip, containers[n.name], n.env_dict)
         for n in plan.nodes if n.name in containers
     )
+    mtu = plan.network.mtu
+    if mtu is not None and plan.network.driver == "overlay":
+        # The overlay's MTU option counts the VXLAN headers: eth0 gets 50 bytes less (README:
+        # "What the overlay costs"), which is what the path must carry.
+        mtu -= VXLAN_OVERHEAD
     return DoctorTarget(
-        plan.run_id, "plan", nodes, len(plan.nodes), plan.network.mtu,
+        plan.run_id, "plan", nodes, len(plan.nodes), mtu,
         any(n.gpus is not None for n in plan.nodes), plan.master_addr, plan.master_port,
     )
+
+
+VXLAN_OVERHEAD = 50
 
 
 def target_from_run(client: Any, run_id: str, others: Sequence[Any] = ()) -> DoctorTarget:

@@ -500,10 +500,11 @@ def test_a_tls_host_with_a_wrong_ca_is_refused_and_nothing_is_created(
 
 def test_doctor_across_three_hosts(two_hosts: TwoHosts) -> None:
     """The plan's sleeping nodes on h1, h2 (TLS) and h3, probed over the overlay: every node
-    reaches every other at its planned address, and nothing is left afterwards."""
+    reaches every other at its planned address, the path carries the overlay's MTU (1500
+    requested: 1450 inside, VXLAN's 50 bytes off), and nothing is left afterwards."""
     import json
 
-    done = _cli("doctor", "-c", str(two_hosts.toml_3), "--json", "-n", "3",
+    done = _cli("doctor", "-c", str(two_hosts.toml_3), "--json", "-n", "3", "--mtu", "1500",
                 "--subnet", OVERLAY_SUBNET, "--set", "cluster.name=ntsw", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on 3 hosts" in done.stderr
@@ -516,6 +517,10 @@ def test_doctor_across_three_hosts(two_hosts: TwoHosts) -> None:
         others = {"master", "worker-1", "worker-2"} - {target}
         assert all(f"{o} " in check["detail"] for o in others), check["detail"]
     assert any(c["name"] == "nodes up" and c["detail"] == "3 containers running" for c in checks)
+    mtus = [c for c in checks if c["name"] == "effective MTU"]
+    assert len(mtus) == 3 and all(c["detail"] == "eth0 MTU 1450, network requests 1450"
+                                  for c in mtus), mtus
+    assert len([c for c in checks if c["name"] == "path MTU" and c["status"] == "pass"]) == 3
     for host, client in two_hosts.all_clients.items():
         assert _ntsw_resources(client) == [], f"left on {host}"
 
