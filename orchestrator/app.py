@@ -273,7 +273,9 @@ def sweep(
     from orchestrator.sweep import SweepOptions, run_sweep, write_sweep
 
     base = request.load({"backend": "docker"})
-    single_host(base, "sweep")
+    if len(base.hosts) > 1 and not fresh:
+        fresh = True  # warm clusters live on one daemon; every run starts its own containers
+        _notice(hooks, f"sweep across {len(base.hosts)} hosts: every run starts fresh containers")
     chosen_rates: list[str | None] = rates if rates else [None]
     subnets: list[str | None] = [None] * (len(mtus) * len(chosen_rates))
     if not fresh:
@@ -302,6 +304,19 @@ def sweep(
         if on_point is not None:
             on_point(point, run_id, total)
 
+    if len(base.hosts) > 1:
+        from orchestrator.backends.docker import connect_host
+
+        clients: dict[str, Any] = {}
+        try:
+            for h in base.hosts:
+                clients[h.name] = connect_host(h)
+            summary = run_sweep(variants, options, next(iter(clients.values())), sweep_id,
+                                out_dir, hooks.echo, point_started, fresh=True, hosts=clients)
+        finally:
+            for c in clients.values():
+                c.close()
+        return SweepResult(summary, write_sweep(summary, out_dir))
     with connect_settings(base) as client:
         summary = run_sweep(variants, options, client, sweep_id, out_dir, hooks.echo,
                             point_started, fresh=fresh)

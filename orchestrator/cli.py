@@ -489,7 +489,7 @@ def sweep(
                   f"{point.link_rate or NO_LINK}, repeat {point.repeat + 1} (run {run_id})")
 
     result = usecases.sweep(request, mtu_list, rates, repeats, tcp_seconds, tcp_streams,
-                            tcp_pairs, Hooks(echo=echo), on_point, fresh)
+                            tcp_pairs, Hooks(echo=echo, on_notice=_notice), on_point, fresh)
     console.print(sweep_table(result.summary))
     for line in result.problems:
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")

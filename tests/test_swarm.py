@@ -525,6 +525,30 @@ def test_doctor_across_three_hosts(two_hosts: TwoHosts) -> None:
         assert _ntsw_resources(client) == [], f"left on {host}"
 
 
+def test_sweep_across_two_hosts(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """One MTU, one run, over h1 and h2 (TLS): fresh containers on both hosts, probes between
+    them, and the overlay's VXLAN cost reported as the MTU the run did not get."""
+    import json
+
+    out = tmp_path / "sweeps"
+    done = _cli("sweep", "-c", str(two_hosts.toml), "--mtu", "1450", "--repeats", "1",
+                "-n", "2", "--subnet", OVERLAY_SUBNET, "--ops", "all_reduce", "-B", "1K",
+                "-E", "64K", "-i", "3", "-w", "1", "--tcp-seconds", "1", "--quiet",
+                "--set", "cluster.name=ntsw", "--set", "cluster.timeout_s=60", "-o", str(out),
+                timeout=300)
+    assert "sweep across 2 hosts: every run starts fresh containers" in done.stderr, done.stderr
+    # Exit 4: the run measured eth0 at 1400, not the 1450 asked for (VXLAN took 50 bytes).
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "effective MTU 1400 on eth0, requested 1450" in done.stdout, done.stdout
+    [report_path] = out.glob("sweep-*/*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["wrong_total"] == 0
+    assert [n["host"] for n in report["nodes"]] == ["h1", "h2"]
+    assert [n["ip"] for n in report["nodes"]] == [n["planned_ip"] for n in report["nodes"]]
+    for host, client in two_hosts.clients.items():
+        assert _ntsw_resources(client) == [], f"left on {host}"
+
+
 # ---- gang restart across hosts ----------------------------------------------------------------
 
 
