@@ -134,7 +134,7 @@ class DockerNode:
             oom = bool(state.get("OOMKilled", False))
             finished = parse_docker_time(state.get("FinishedAt")) or finished
         except TRANSPORT_ERRORS:
-            lost = True  # e.g. a daemon that stops its containers on the way down
+            lost = status != 0  # e.g. a daemon that stopped its containers on its way down
         except DOCKER_ERRORS:
             pass
         self._exit = NodeExit(exit_code=status, finished_at=finished, oom_killed=oom,
