@@ -22,6 +22,7 @@ from orchestrator.backends.base import Backend, NodeExit, NodeHandle
 from orchestrator.errors import (
     BackendError,
     ConfigError,
+    DaemonUnavailableError,
     NetorchError,
     OutputError,
     RankFailedError,
@@ -231,9 +232,12 @@ def run_session(
                 handles = backend.up(plan, logbook.sink)
                 exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
             except RankFailedError as failure:
-                # A lost host also fails the teardown there: report both, the cause first.
+                # A lost host of several also fails the teardown there: report both, the cause
+                # first. When the only daemon is gone, that is the run's story (exit 2).
                 try:
                     backend.down(plan)
+                except DaemonUnavailableError:
+                    raise
                 except NetorchError as e:
                     failure.teardown = str(e)
                 raise
