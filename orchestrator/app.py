@@ -351,7 +351,9 @@ def sweep(
     from orchestrator.sweep import SweepOptions, run_sweep, variants_of, write_sweep
 
     base = request.load({"backend": "docker"})
-    single_host(base, "sweep")
+    if len(base.hosts) > 1 and not fresh:
+        fresh = True  # warm clusters live on one daemon; every run starts its own containers
+        _notice(hooks, f"sweep across {len(base.hosts)} hosts: every run starts fresh containers")
     keys = [a.key for a in axes]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
@@ -377,6 +379,19 @@ def sweep(
         if on_point is not None:
             on_point(point, run_id, total)
 
+    if len(base.hosts) > 1:
+        from orchestrator.backends.docker import connect_host
+
+        clients: dict[str, Any] = {}
+        try:
+            for h in base.hosts:
+                clients[h.name] = connect_host(h)
+            summary = run_sweep(variants, options, next(iter(clients.values())), sweep_id,
+                                out_dir, hooks.echo, point_started, fresh=True, hosts=clients)
+        finally:
+            for c in clients.values():
+                c.close()
+        return SweepResult(summary, write_sweep(summary, out_dir))
     with connect_settings(base) as client:
         summary = run_sweep(variants, options, client, sweep_id, out_dir, hooks.echo,
                             point_started, fresh=fresh)
@@ -436,7 +451,8 @@ def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> Do
     from orchestrator.backends.docker import connect_settings
     from orchestrator.doctor import doctor_plan, doctor_run
 
-    single_host(settings, "doctor")
+    if len(settings.hosts) > 1:
+        return _doctor_hosts(settings, run_id, hooks)
     with connect_settings(settings) as client:
         if run_id is not None:
             return DoctorResult(f"run {run_id}", doctor_run(client, run_id))
@@ -444,6 +460,27 @@ def doctor(settings: Settings, run_id: str | None, hooks: Hooks = Hooks()) -> Do
         _notice(hooks, f"doctor: bringing up {plan.nnodes} sleeping containers of plan "
                        f"{plan.run_id} on {plan.network.subnet}")
         return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, client))
+
+
+def _doctor_hosts(settings: Settings, run_id: str | None, hooks: Hooks) -> DoctorResult:
+    """``netorch doctor`` across [[hosts]]: the nodes on every host, probed over the overlay."""
+    from orchestrator.backends.docker import connect_host
+    from orchestrator.doctor import doctor_plan, doctor_run
+
+    clients: dict[str, Any] = {}
+    try:
+        for h in settings.hosts:
+            clients[h.name] = connect_host(h)
+        manager, *others = clients.values()
+        if run_id is not None:
+            return DoctorResult(f"run {run_id}", doctor_run(manager, run_id, others))
+        plan = build_plan(settings, new_run_id(), "docker")
+        _notice(hooks, f"doctor: bringing up {plan.nnodes} sleeping containers of plan "
+                       f"{plan.run_id} on {len(clients)} hosts, overlay {plan.network.subnet}")
+        return DoctorResult(f"plan {plan.run_id}", doctor_plan(plan, manager, hosts=clients))
+    finally:
+        for c in clients.values():
+            c.close()
 
 
 def render_workload(settings: Settings, base_dir: Path | None = None) -> str | WorkloadSpec:
@@ -466,16 +503,18 @@ def render_compose(settings: Settings, out_dir: Path, run_id: str | None = None,
 
 
 def render_k8s(settings: Settings, out_dir: Path, flavor: str, namespace: str | None,
-               run_id: str | None = None, workload: str | WorkloadSpec = "bench") -> list[Path]:
+               run_id: str | None = None, workload: str | WorkloadSpec = "bench",
+               master_wait_s: int | None = None) -> list[Path]:
     """``netorch render k8s``: the plan as Kubernetes objects. Starts nothing."""
     from orchestrator.errors import PlanError
-    from orchestrator.render.k8s import FLAVORS, write_k8s
+    from orchestrator.render.k8s import FLAVORS, MASTER_WAIT_S, write_k8s
 
     if flavor not in FLAVORS:
         raise PlanError(f"--flavor {flavor!r} is unknown; use one of {', '.join(FLAVORS)}")
     # The docker plan: its node IPs do not matter in Kubernetes (DNS names replace them).
     plan = build_plan(settings, run_id or new_run_id(), "docker", workload)
-    return list(write_k8s(plan, out_dir, flavor, namespace))  # type: ignore[arg-type]
+    wait_s = MASTER_WAIT_S if master_wait_s is None else master_wait_s
+    return list(write_k8s(plan, out_dir, flavor, namespace, wait_s))  # type: ignore[arg-type]
 
 
 def run_job(settings: Settings, hooks: Hooks = Hooks(), base_dir: Path | None = None,

@@ -343,15 +343,33 @@ def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
 @command(app, PLAN_FLAGS, BENCH_FLAGS)
 def plan(
     request: SettingsRequest,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print JSON instead of YAML, every node however many")] = False,
     run_id: RunIdOpt = None,
 ) -> None:
-    """Print the plan (network, nodes, IPs, env, commands). Starts nothing."""
-    data = usecases.plan_only(request.load(), run_id).to_dict()
+    """Print the plan (network, nodes, IPs, env, commands). Starts nothing.
+
+    Past 16 nodes the YAML shows the first and last nodes only (the others differ in rank, name
+    and address alone) and says how many it left out; --json prints them all.
+    """
+    the_plan = usecases.plan_only(request.load(), run_id)
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    else:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        sys.stdout.write(json.dumps(the_plan.to_dict(), indent=2) + "\n")
+        return
+    shown = PLAN_YAML_NODES
+    if the_plan.nnodes <= shown:
+        sys.stdout.write(yaml.safe_dump(the_plan.to_dict(), sort_keys=False))
+        return
+    nodes = (*the_plan.nodes[:shown - 1], the_plan.nodes[-1])
+    data = replace(the_plan, nodes=nodes).to_dict()
+    data["nodes_not_shown"] = the_plan.nnodes - shown
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    err.print(f"[dim]{the_plan.nnodes - shown} of {the_plan.nnodes} nodes not shown (ranks "
+              f"{shown - 1}..{the_plan.nnodes - 2}); --json prints every node[/]")
+
+
+# Nodes `netorch plan` prints as YAML; YAML of 10,000 nodes would take seconds and a terminal.
+PLAN_YAML_NODES = 16
 
 
 def _finish(result: usecases.RunResult, failure: str, as_json: bool = False) -> None:
@@ -419,7 +437,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         console.print(line_rate_table(report))
     from orchestrator.traffic import traffic_table
 
-    traffic = traffic_table(report)
+    traffic = traffic_table(report, console.width)
     if traffic is not None:
         console.print(traffic)
     for item in report["skipped"]:
@@ -723,7 +741,7 @@ def sweep(
                   f"{point.repeat + 1} (run {run_id}{eta})")
 
     result = usecases.sweep(request, axes, repeats, tcp_seconds, tcp_streams, tcp_pairs,
-                            Hooks(echo=echo), on_point, fresh)
+                            Hooks(echo=echo, on_notice=_notice), on_point, fresh)
     if as_json:
         _print_json(result.summary)
         if result.problems:
@@ -856,14 +874,20 @@ def render_k8s_cmd(
     flavor: Annotated[str, typer.Option("--flavor", help="indexed-job | pytorchjob | jobset")] = "indexed-job",
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,
+    master_wait: Annotated[Optional[int], typer.Option(
+        "--master-wait", min=1, metavar="SECONDS",
+        help="how long each pod's readiness step waits for the master's name and port "
+        "[default: 600]")] = None,
 ) -> None:
     """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing.
 
-    With `-- COMMAND`, the objects run your job; --mount host paths become hostPath volumes and
-    named volumes PersistentVolumeClaims of that name."""
+    Every pod first waits (init container wait-master) until the master's DNS name resolves
+    and its port accepts; with network.internal (the default) a NetworkPolicy admits only the
+    job's own pods. With `-- COMMAND`, the objects run your job; --mount host paths become
+    hostPath volumes and named volumes PersistentVolumeClaims of that name."""
     settings, work = _render_request(request, command_, env)
     paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
-                                                           run_id, work))
+                                                           run_id, work, master_wait))
     for path in paths:
         console.print(str(path))
 

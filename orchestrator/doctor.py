@@ -118,17 +118,26 @@ def target_from_plan(plan: ClusterPlan, containers: Mapping[str, Any]) -> Doctor
                    n.management_ip)
         for n in plan.nodes if n.name in containers
     )
+    mtu = plan.network.mtu
+    if mtu is not None and plan.network.driver == "overlay":
+        # The overlay's MTU option counts the VXLAN headers: eth0 gets 50 bytes less (README:
+        # "What the overlay costs"), which is what the path must carry.
+        mtu -= VXLAN_OVERHEAD
     return DoctorTarget(
-        plan.run_id, "plan", nodes, len(plan.nodes), plan.network.mtu,
+        plan.run_id, "plan", nodes, len(plan.nodes), mtu,
         any(n.gpus is not None for n in plan.nodes), plan.master_addr, plan.master_port,
     )
 
 
-def target_from_run(client: Any, run_id: str) -> DoctorTarget:
-    """The target of run mode, read back from the daemon by the run's label."""
+VXLAN_OVERHEAD = 50
+
+
+def target_from_run(client: Any, run_id: str, others: Sequence[Any] = ()) -> DoctorTarget:
+    """The target of run mode, read back from the daemon by the run's label (and from the
+    ``others`` hosts' daemons of a multi-host run; ``client`` is the manager's)."""
     with docker_errors(f"listing run {run_id}"):
-        containers = client.containers.list(all=True, filters=run_filters(run_id),
-                                            ignore_removed=True)
+        containers = [c for cl in (client, *others) for c in cl.containers.list(
+            all=True, filters=run_filters(run_id), ignore_removed=True)]
         networks = client.networks.list(filters=run_filters(run_id))
     if not containers:
         raise BackendError(
@@ -415,15 +424,26 @@ def diagnose(target: DoctorTarget) -> list[Check]:
 def doctor_plan(
     plan: ClusterPlan, client: Any,
     after_up: Callable[[ClusterPlan, Mapping[str, Any]], None] | None = None,
+    hosts: Mapping[str, Any] | None = None,
 ) -> list[Check]:
-    """Plan mode: bring ``plan`` up sleeping, diagnose, tear it down (always)."""
+    """Plan mode: bring ``plan`` up sleeping, diagnose, tear it down (always).
+
+    ``hosts`` (host name -> client) for a multi-host plan: the nodes come up on their hosts'
+    daemons over the overlay, and are probed from where they run."""
+    from orchestrator.backends.base import Backend
+
     probe = sleeping_plan(plan)
-    backend = DockerBackend(client)
+    backend: Backend = DockerBackend(client)
+    clients = [client]
+    if hosts is not None and plan.multi_host:
+        from orchestrator.backends.swarm import MultiHostDockerBackend
+
+        backend, clients = MultiHostDockerBackend(hosts), list(hosts.values())
     backend.preflight(probe)
     checks: list[Check] = []
     try:
         backend.up(probe, lambda node, line: None)
-        containers = {c.name: c for c in client.containers.list(
+        containers = {c.name: c for cl in clients for c in cl.containers.list(
             filters=run_filters(probe.run_id), ignore_removed=True)}
         if probe.network.shaped:
             try:
@@ -441,9 +461,10 @@ def doctor_plan(
     return checks
 
 
-def doctor_run(client: Any, run_id: str) -> list[Check]:
-    """Run mode: diagnose the containers of a run that exists."""
-    return diagnose(target_from_run(client, run_id))
+def doctor_run(client: Any, run_id: str, others: Sequence[Any] = ()) -> list[Check]:
+    """Run mode: diagnose the containers of a run that exists (on ``client``'s daemon and the
+    ``others`` of a multi-host run)."""
+    return diagnose(target_from_run(client, run_id, others))
 
 
 def failed(checks: Sequence[Check]) -> list[Check]:

@@ -120,6 +120,9 @@ class RankFailedError(NetorchError):
         # of each node were kept off the terminal (they are in its log file).
         self.log_dir: Path | None = None
         self.hidden_lines: Mapping[str, int] = {}
+        # Set when tearing the job down failed too (e.g. on a lost host): what is left and how
+        # to remove it.
+        self.teardown: str | None = None
         super().__init__(f"node {node} failed: {reason}")
 
     def screen_lines(self) -> list[str]:
@@ -139,6 +142,8 @@ class RankFailedError(NetorchError):
             kept = (f"; {sum(hidden.values())} stack-trace lines of {len(hidden)} node(s) are "
                     "there, not shown here") if hidden else ""
             lines.append(f"  logs: {self.log_dir}/<node>.log{kept}")
+        if self.teardown:
+            lines.append(f"  {self.teardown}")
         return lines
 
     def diagnosis(self) -> str:
@@ -151,6 +156,8 @@ class RankFailedError(NetorchError):
             lines.extend(f"    {line}" for line in self.log_tail)
         else:
             lines.append(f"  last log lines of {self.node}: none (it printed nothing)")
+        if self.teardown:
+            lines.append(f"  {self.teardown}")
         return "\n".join(lines)
 
 

@@ -22,6 +22,8 @@ from orchestrator.backends.base import Backend, NodeExit, NodeHandle
 from orchestrator.errors import (
     BackendError,
     ConfigError,
+    DaemonUnavailableError,
+    NetorchError,
     OutputError,
     RankFailedError,
     ResultError,
@@ -295,7 +297,20 @@ def run_session(
             try:
                 handles = backend.up(plan, logbook.sink)
                 exits = supervise(backend, plan, handles, logbook, timeout_s, on_tick=on_tick)
-            finally:
+            except RankFailedError as failure:
+                # A lost host of several also fails the teardown there: report both, the cause
+                # first. When the only daemon is gone, that is the run's story (exit 2).
+                try:
+                    backend.down(plan)
+                except DaemonUnavailableError:
+                    raise
+                except NetorchError as e:
+                    failure.teardown = str(e)
+                raise
+            except BaseException:
+                backend.down(plan)
+                raise
+            else:
                 backend.down(plan)
     except RankFailedError as e:
         # The survivors' tracebacks arrive while they are stopped: the counts are final only

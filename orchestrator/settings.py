@@ -103,7 +103,8 @@ class ClusterSettings(_Section):
 
     name: NamePrefix = Field(
         "netorch", description="prefix of every resource name (Docker name chars)")
-    nodes: int = Field(2, ge=1, le=256, description="nodes: 1 master + N-1 workers")
+    nodes: int = Field(
+        2, ge=1, description="nodes: 1 master + N-1 workers (as many as network.subnet addresses)")
     procs_per_node: int = Field(1, ge=1, le=64, description="ranks (torchrun processes) per node")
     dist_backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="torch.distributed backend; auto = nccl with CUDA, else gloo"
@@ -548,17 +549,18 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fits(self) -> Settings:
         needed = self.cluster.nodes
-        from orchestrator.placement import address_pool, node_placement
+        from orchestrator.placement import node_placement, usable_addresses
 
-        pool = address_pool(self.network)
-        if len(pool) < needed:
+        usable = usable_addresses(self.network)
+        if usable < needed:
             where = f"ip_range {self.network.ip_range}" if self.network.ip_range else (
                 f"subnet {self.network.subnet}"
             )
             prefix = 32 - max(3, (needed + 3 - 1).bit_length())
+            fix = f"use a /{prefix} or larger" if prefix >= 1 else "no IPv4 subnet holds that many"
             raise ValueError(
-                f"network: {where} has {len(pool)} usable addresses but the plan needs {needed} "
-                f"(1 master + {needed - 1} workers); use a /{prefix} or larger"
+                f"network: {where} has {usable} usable addresses but the plan needs {needed} "
+                f"(1 master + {needed - 1} workers); {fix}"
             )
         if self.gpu.device_ids and len(self.gpu.device_ids) != self.cluster.nodes:
             raise ValueError(

@@ -457,6 +457,7 @@ def run_sweep(
     on_point: Callable[[SweepPoint, str], None] | None = None,
     extra_hook: Callable[[SweepPoint, ClusterPlan, Mapping[str, Any]], None] | None = None,
     fresh: bool = False,
+    hosts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every point of the sweep in order; write each run's report; return the summary.
 
@@ -468,6 +469,8 @@ def run_sweep(
     run and removed after the last, and every run forks fresh ranks on it; the probes run on its
     idle nodes before each run, as in a gated cold start. ``fresh=True`` starts and removes the
     containers of every run instead (the first landing's behaviour, for comparison).
+    ``hosts`` (host name -> client; ``client`` is the manager's) runs a multi-host plan across
+    them, fresh only: warm clusters live on one daemon.
     """
     records: list[dict[str, Any]] = []
     warm: dict[Variant, Any] = {}
@@ -488,8 +491,12 @@ def run_sweep(
 
             if on_point is not None:
                 on_point(point, run_id)
-            if fresh:
+            if fresh or plan.multi_host:
                 backend: Any = DockerBackend(client, after_start=hook)
+                if hosts is not None and plan.multi_host:
+                    from orchestrator.backends.swarm import MultiHostDockerBackend
+
+                    backend = MultiHostDockerBackend(hosts, after_start=hook)
                 plan = with_start_gate(plan)
             else:
                 if point.key not in warm:

@@ -82,6 +82,13 @@ def traffic_warnings(rows: Sequence[Mapping[str, Any]], planned: str,
     return [item[1] for item in (elsewhere, off) if item is not None]
 
 
+def own_namespaces(report: Mapping[str, Any]) -> bool:
+    """Whether the ranks' counters are their nodes' own: containers have a network namespace
+    each; local processes (the process backend) read the host's, which every other program on
+    the host sends through too, so their readings prove nothing and are not judged or shown."""
+    return report.get("backend") != "process"
+
+
 def add_traffic(report: dict[str, Any]) -> None:
     """Put each row's ``traffic_summary`` into ``report`` and its warnings into ``warnings``."""
     ranks = sorted(report.get("ranks", []), key=lambda r: int(r.get("rank", 0)))
@@ -94,18 +101,20 @@ def add_traffic(report: dict[str, Any]) -> None:
     net = report.get("network", {})
     planned = str(net.get("fabric_interface") or net.get("interface") or "")
     one_per_node = int(report.get("nproc_per_node", 1)) == 1
-    report.setdefault("warnings", []).extend(traffic_warnings(rows, planned, one_per_node))
+    if own_namespaces(report):
+        report.setdefault("warnings", []).extend(traffic_warnings(rows, planned, one_per_node))
 
 
-def traffic_table(report: Mapping[str, Any]) -> Any:
+def traffic_table(report: Mapping[str, Any], width: int = 120) -> Any:
     """Bytes per rank per iteration on each interface next to the algorithm's, one row per
     result row; interfaces that carried under 1 % of the expected bytes everywhere are left out
     (the planned one and the management network's are always shown). None when no row carries
-    readings."""
-    from rich.table import Table
+    readings or the ranks share the host's counters (:func:`own_namespaces`)."""
+    from orchestrator.report import format_size
+    from orchestrator.tables import Column, fit_table
 
     rows = [r for r in report.get("results", []) if r.get("traffic_summary")]
-    if not rows:
+    if not rows or not own_namespaces(report):
         return None
     net = report.get("network", {})
     planned = str(net.get("fabric_interface") or net.get("interface") or "")
@@ -114,15 +123,14 @@ def traffic_table(report: Mapping[str, Any]) -> Any:
         name for r in rows for name, value in r["traffic_summary"]["bytes_per_rank"].items()
         if value > 0.01 * max(1.0, r["traffic_summary"]["expected_bytes_per_rank"])}
     names = sorted(shown, key=lambda n: (n != planned, n))
-    table = Table(title="traffic: bytes sent per rank per iteration (kernel counters)",
-                  title_justify="left")
-    for col in ("op", "dtype", "size", "in_place", "expected"):
-        table.add_column(col, justify="right" if col in ("size", "expected") else "left")
-    for name in names:
-        table.add_column(name + (" (planned)" if name == planned else ""), justify="right")
-    for r in rows:
-        t = r["traffic_summary"]
-        table.add_row(r["op"], r["dtype"], str(r["size_bytes"]), str(r["in_place"]).lower(),
-                      f"{t['expected_bytes_per_rank']:,.0f}",
-                      *(f"{t['bytes_per_rank'].get(n, 0.0):,.0f}" for n in names))
-    return table
+    columns = [Column("op", priority=3), Column("dtype", priority=2),
+               Column("size", "right", 5), Column("in_place", priority=1),
+               Column("expected B", "right", 5)]
+    columns += [Column(name + (" (planned)" if name == planned else ""), "right",
+                       5 if name == planned else 4) for name in names]
+    cells = [[r["op"], r["dtype"], format_size(int(r["size_bytes"])), str(r["in_place"]).lower(),
+              f"{r['traffic_summary']['expected_bytes_per_rank']:,.0f}",
+              *(f"{r['traffic_summary']['bytes_per_rank'].get(n, 0.0):,.0f}" for n in names)]
+             for r in rows]
+    return fit_table("traffic: bytes sent per rank per iteration (kernel counters)", columns,
+                     cells, width)

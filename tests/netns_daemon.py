@@ -32,3 +32,35 @@ def stop_netns_daemon(daemon: subprocess.Popen[bytes] | None, root: Path, veth_h
     shutil.rmtree(root, ignore_errors=True)
     sh("ip", "link", "del", veth_host, check=False)
     sh("ip", "netns", "del", netns, check=False)
+
+
+def openssl_pki(d: Path, server_ip: str) -> dict[str, Path]:
+    """A CA, a daemon certificate for ``server_ip`` signed by it, a client certificate signed by
+    it, and an unrelated second CA: PEM files in ``d`` (made by openssl)."""
+    def key(name: str) -> Path:
+        path = d / f"{name}-key.pem"
+        sh("openssl", "genrsa", "-out", str(path), "2048")
+        return path
+
+    def ca(name: str) -> Path:
+        cert = d / f"{name}.pem"
+        sh("openssl", "req", "-new", "-x509", "-days", "2", "-key", str(key(name)),
+           "-subj", f"/CN=netorch test {name}", "-out", str(cert))
+        return cert
+
+    def signed(name: str, ext: str) -> Path:
+        csr, cert, extfile = d / f"{name}.csr", d / f"{name}.pem", d / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        sh("openssl", "req", "-new", "-key", str(key(name)), "-subj", f"/CN={name}",
+           "-out", str(csr))
+        sh("openssl", "x509", "-req", "-days", "2", "-in", str(csr), "-CA", str(d / "ca.pem"),
+           "-CAkey", str(d / "ca-key.pem"), "-CAcreateserial", "-out", str(cert),
+           "-extfile", str(extfile))
+        return cert
+
+    files = {"ca": ca("ca"), "wrong_ca": ca("wrong-ca")}
+    files["server"] = signed("server", f"subjectAltName = IP:{server_ip}\n"
+                                       "extendedKeyUsage = serverAuth")
+    files["client"] = signed("client", "extendedKeyUsage = clientAuth")
+    files["server_key"], files["client_key"] = d / "server-key.pem", d / "client-key.pem"
+    return files

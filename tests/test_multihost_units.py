@@ -204,3 +204,73 @@ def test_plan_for_host_keeps_only_that_hosts_nodes_and_every_host() -> None:
     on_b = plan_for_host(plan, TWO[1]["name"])
     assert [n.node_rank for n in on_b.nodes] == [1, 3]
     assert on_b.hosts == plan.hosts and on_b.network == plan.network
+
+
+# --- a lost host ---------------------------------------------------------------------------------
+
+
+def test_exit_reason_of_a_lost_host() -> None:
+    assert NodeExit(-1, 0.0, host="b", lost=True).reason() == (
+        "lost with host b: the Docker daemon there stopped answering")
+
+
+class _GoneDaemonContainer:
+    """A container whose daemon went away mid-wait: every call fails in the transport."""
+
+    def logs(self, **_: Any) -> Any:
+        return iter(())
+
+    def wait(self, **_: Any) -> Any:
+        import requests.exceptions
+
+        raise requests.exceptions.ConnectionError("read timed out / connection refused")
+
+    reload = wait
+
+
+def test_a_node_whose_daemon_stops_answering_is_lost_not_signalled() -> None:
+    from orchestrator.backends.docker.nodes import DockerNode
+
+    plan = build_plan(make(hosts=TWO, cluster={"nodes": 2}), RUN, "docker")
+    node = DockerNode(plan.nodes[1], _GoneDaemonContainer(), lambda _n, _l: None)
+    node.join(timeout=10)
+    ex = node.poll()
+    assert ex is not None and ex.lost and ex.host == "b"
+    assert "lost with host b" in ex.reason() and "SIGHUP" not in ex.reason()
+
+
+def test_a_failed_run_on_a_lost_host_reports_the_failure_and_the_teardown(
+        tmp_path: Path) -> None:
+    from orchestrator.errors import RankFailedError
+    from orchestrator.session import run_session
+
+    plan = build_plan(make(hosts=TWO, cluster={"nodes": 2}), RUN, "docker")
+
+    class Ended:
+        def __init__(self, name: str, ex: NodeExit | None) -> None:
+            self.name, self._ex = name, ex
+
+        def poll(self) -> NodeExit | None:
+            return self._ex
+
+    class HostBGone:
+        name = "docker"
+
+        def preflight(self, plan: Any) -> None: ...
+
+        def up(self, plan: Any, sink: Any) -> list[Any]:
+            return [Ended(plan.nodes[0].name, None),
+                    Ended(plan.nodes[1].name, NodeExit(-1, 1.0, host="b", lost=True))]
+
+        def stop(self, plan: Any, grace_s: float) -> None: ...
+
+        def down(self, plan: Any) -> None:
+            down_hosts({"a": _EmptyClient(), "b": Unreachable()}, plan.run_id, ["a", "b"])
+
+    with pytest.raises(RankFailedError) as caught:
+        run_session(HostBGone(), plan, tmp_path, timeout_s=10)  # type: ignore[arg-type]
+    error = caught.value
+    assert error.node == plan.nodes[1].name
+    assert error.reason.startswith("lost with host b")
+    assert error.teardown is not None and f"netorch down --run {RUN}" in error.teardown
+    assert error.diagnosis().splitlines()[-1].strip().startswith("teardown incomplete: host b")

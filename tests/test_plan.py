@@ -75,7 +75,7 @@ def test_roles_names_aliases_labels() -> None:
 
 
 def test_names_stay_valid_docker_names_under_64() -> None:
-    plan = build_plan(make(cluster={"name": "a" * 24, "nodes": 256},
+    plan = build_plan(make(cluster={"name": "a" * 24, "nodes": 10_000},
                            network={"subnet": "10.0.0.0/16"}), new_run_id(), "docker")
     for name in [plan.network.name, *(n.name for n in plan.nodes)]:
         assert DOCKER_NAME.match(name) and len(name) < 64, name
@@ -226,3 +226,103 @@ def test_random_settings_raise_only_config_error(section: str, key: str, value: 
         build_plan(s, RUN, "docker")
     except NetorchError:
         pass
+
+
+# --- scale: no node cap below what the subnet addresses -------------------------------------------
+
+
+def _reference_pool(subnet: str, gateway: str | None, ip_range: str | None) -> list[str]:
+    """What ``address_pool`` must give, the slow obvious way (ipaddress walks every host)."""
+    net = ipaddress.IPv4Network(subnet)
+    source = ipaddress.IPv4Network(ip_range) if ip_range else net
+    gw = ipaddress.IPv4Address(gateway) if gateway else next(net.hosts())
+    hosts = source.hosts() if source.prefixlen < 31 else iter(source)
+    return [str(a) for a in hosts if a not in {net.network_address, net.broadcast_address, gw}]
+
+
+@pytest.mark.parametrize(("subnet", "gateway", "ip_range"), [
+    ("10.0.0.0/16", None, None),
+    ("10.0.0.0/24", "10.0.0.7", None),
+    ("10.0.0.0/24", None, "10.0.0.0/28"),  # the range holds the subnet's network address
+    ("10.0.0.0/24", "10.0.0.17", "10.0.0.16/28"),  # ... and the gateway
+    ("10.0.0.0/24", None, "10.0.0.254/31"),  # holds the broadcast address
+    ("10.0.0.0/29", "10.0.0.6", None),
+    ("172.28.0.0/20", None, "172.28.8.0/21"),
+])
+def test_address_pool_equals_walking_every_host(
+        subnet: str, gateway: str | None, ip_range: str | None) -> None:
+    from orchestrator.placement import address_pool, usable_addresses
+    from orchestrator.settings import NetworkSettings
+
+    net = NetworkSettings(subnet=subnet, gateway=gateway, ip_range=ip_range)
+    expected = _reference_pool(subnet, gateway, ip_range)
+    assert usable_addresses(net) == len(expected)
+    assert address_pool(net, len(expected) + 5) == expected
+    assert address_pool(net, 3) == expected[:3]
+
+
+def test_ten_thousand_nodes_get_distinct_consecutive_addresses() -> None:
+    plan = build_plan(make(cluster={"nodes": 10_000}, network={"subnet": "10.0.0.0/16"}),
+                      RUN, "docker")
+    ips = [n.ip for n in plan.nodes]
+    assert len(set(ips)) == 10_000
+    assert ips[0] == "10.0.0.2" and ips[-1] == "10.0.39.17"  # .1 is the gateway
+    assert [int(ipaddress.IPv4Address(ip)) for ip in ips] == list(range(
+        int(ipaddress.IPv4Address("10.0.0.2")), int(ipaddress.IPv4Address("10.0.39.18"))))
+    last = plan.nodes[-1]
+    assert last.name == f"netorch-{RUN}-worker-9999"
+    assert last.env_dict["NODE_RANK"] == "9999" and last.env_dict["NETORCH_PLANNED_IP"] == ips[-1]
+    assert last.env_dict["NNODES"] == "10000"
+    # Everything but the per-node values is the master's, in the master's order.
+    per_node = {"NODE_RANK", "NETORCH_NODE_NAME", "NETORCH_PLANNED_IP"}
+    assert [k for k, _ in last.env] == [k for k, _ in plan.master.env]
+    assert {k: v for k, v in last.env if k not in per_node} == {
+        k: v for k, v in plan.master.env if k not in per_node}
+
+
+def test_more_nodes_than_the_subnet_addresses_names_its_size() -> None:
+    with pytest.raises(ConfigError) as e:
+        make(cluster={"nodes": 10_000}, network={"subnet": "10.0.0.0/20"})
+    assert str(e.value) == (
+        "network: subnet 10.0.0.0/20 has 4093 usable addresses but the plan needs 10000 "
+        "(1 master + 9999 workers); use a /18 or larger")
+    assert make(cluster={"nodes": 4093}, network={"subnet": "10.0.0.0/20"}).cluster.nodes == 4093
+
+
+def test_overlay_of_many_nodes_stays_in_the_lower_half() -> None:
+    hosts = [{"name": "a", "url": "unix:///a.sock"}, {"name": "b", "url": "unix:///b.sock"}]
+    plan = build_plan(make(cluster={"nodes": 5000}, hosts=hosts,
+                           network={"subnet": "10.0.0.0/18"}), RUN, "docker")
+    assert plan.network.ip_range == "10.0.32.0/19" and plan.nodes[-1].ip == "10.0.19.137"
+    with pytest.raises(PlanError, match=r"lower half 10.0.0.0/19.*use a /17 or larger"):
+        build_plan(make(cluster={"nodes": 9000}, hosts=hosts,
+                        network={"subnet": "10.0.0.0/18"}), RUN, "docker")
+
+
+def test_cli_plan_summarises_many_nodes_and_json_prints_all() -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import PLAN_YAML_NODES, app
+
+    args = ["plan", "--backend", "docker", "--nodes", "300", "--run-id", RUN]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.stdout)
+    ranks = [n["node_rank"] for n in data["nodes"]]
+    assert ranks == [*range(PLAN_YAML_NODES - 1), 299]
+    assert data["nnodes"] == 300 and data["nodes_not_shown"] == 300 - PLAN_YAML_NODES
+    assert f"{300 - PLAN_YAML_NODES} of 300 nodes not shown" in result.stderr
+    assert "--json prints every node" in result.stderr
+
+    full = CliRunner().invoke(app, [*args, "--json"])
+    assert full.exit_code == 0, full.output
+    nodes = json.loads(full.stdout)["nodes"]
+    assert [n["node_rank"] for n in nodes] == list(range(300))
+    assert nodes[-1] == data["nodes"][-1]
+
+    few = CliRunner().invoke(app, ["plan", "--backend", "docker", "--nodes", str(PLAN_YAML_NODES)])
+    assert len(yaml.safe_load(few.stdout)["nodes"]) == PLAN_YAML_NODES
+    assert "nodes_not_shown" not in few.stdout and few.stderr == ""

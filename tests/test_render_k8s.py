@@ -9,8 +9,14 @@ fields are checked one by one here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,9 @@ from orchestrator.plan import LABEL_RANK, LABEL_ROLE, LABEL_RUN, ClusterPlan, bu
 from orchestrator.render.k8s import (
     FLAVORS,
     JOB_INDEX_ANNOTATION,
+    MASTER_WAIT_S,
+    WAIT_CONTAINER,
+    WAIT_SCRIPT,
     dump_k8s,
     is_dns_label,
     is_dns_subdomain,
@@ -97,8 +106,8 @@ def env_of(ctr: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_indexed_job_shape() -> None:
     plan = make_plan(cluster={"nodes": 4})
     objects = render_k8s(plan)
-    assert [o["kind"] for o in objects] == ["Service", "Job"]
-    job = objects[1]
+    assert [o["kind"] for o in objects] == ["NetworkPolicy", "Service", "Job"]
+    job = objects[2]
     assert job["apiVersion"] == "batch/v1"
     assert job["metadata"]["name"] == JOB == k8s_name(plan)
     spec = job["spec"]
@@ -151,7 +160,7 @@ def test_node_rank_from_downward_api() -> None:
 
 def test_master_addr_is_index0_dns_name() -> None:
     plan = make_plan()
-    service, job = render_k8s(plan)
+    _, service, job = render_k8s(plan)
     addr = env_of(job["spec"]["template"]["spec"]["containers"][0])["MASTER_ADDR"]["value"]
     assert addr == f"{JOB}-0.{JOB}" == master_addr(plan)
     # <hostname of index 0 = <job>-0>.<subdomain = the Service>
@@ -259,7 +268,7 @@ def test_runtime_options() -> None:
 
 def test_headless_service_selects_job_pods() -> None:
     plan = make_plan(cluster={"master_port": 29555})
-    service, job = render_k8s(plan)
+    _, service, job = render_k8s(plan)
     assert service["apiVersion"] == "v1"
     spec = service["spec"]
     assert spec["clusterIP"] == "None"
@@ -277,7 +286,7 @@ def test_headless_service_selects_job_pods() -> None:
 
 def test_labels_plan_plus_app() -> None:
     plan = make_plan()
-    service, job = render_k8s(plan)
+    _, service, job = render_k8s(plan)
     for labels in (service["metadata"]["labels"], job["metadata"]["labels"],
                    job["spec"]["template"]["metadata"]["labels"]):
         assert dict(plan.labels).items() <= labels.items()
@@ -309,7 +318,7 @@ def test_pure_and_unshared() -> None:
         assert a == render_k8s(plan, flavor)  # type: ignore[arg-type]
         assert dump_k8s(plan, flavor) == dump_k8s(plan, flavor)  # type: ignore[arg-type]
         assert "&id" not in dump_k8s(plan, flavor)  # type: ignore[arg-type]  # no YAML aliases
-    service, job = render_k8s(plan)
+    _, service, job = render_k8s(plan)
     job["metadata"]["labels"]["x"] = "y"  # one object's labels are not another's
     assert "x" not in job["spec"]["template"]["metadata"]["labels"]
     assert "x" not in service["metadata"]["labels"]
@@ -359,7 +368,7 @@ def test_is_dns_label() -> None:
 
 def test_pytorchjob_replicas_and_env() -> None:
     plan = make_plan(cluster={"nodes": 4, "master_port": 29511}, gpu={"per_node": 2})
-    (obj,) = render_k8s(plan, "pytorchjob")
+    _, obj = render_k8s(plan, "pytorchjob")
     assert obj["apiVersion"] == "kubeflow.org/v1"
     assert obj["kind"] == "PyTorchJob"
     assert obj["spec"]["runPolicy"]["backoffLimit"] == 0
@@ -394,7 +403,7 @@ def test_pytorchjob_replicas_and_env() -> None:
 
 
 def test_pytorchjob_single_node_has_no_workers() -> None:
-    (obj,) = render_k8s(make_plan(cluster={"nodes": 1}), "pytorchjob")
+    _, obj = render_k8s(make_plan(cluster={"nodes": 1}), "pytorchjob")
     assert list(obj["spec"]["pytorchReplicaSpecs"]) == ["Master"]
 
 
@@ -403,7 +412,7 @@ def test_pytorchjob_single_node_has_no_workers() -> None:
 
 def test_jobset() -> None:
     plan = make_plan(cluster={"nodes": 3})
-    (obj,) = render_k8s(plan, "jobset")
+    _, obj = render_k8s(plan, "jobset")
     assert obj["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
     assert obj["kind"] == "JobSet"
     spec = obj["spec"]
@@ -448,14 +457,14 @@ def test_cli_render_k8s(tmp_path: Path) -> None:
         "--flavor", "pytorchjob", "--namespace", "ml",
     ])
     assert result.exit_code == 0, result.output
-    (obj,) = yaml.safe_load_all((out / f"netorch-{RUN}.yaml").read_text())
+    _, obj = yaml.safe_load_all((out / f"netorch-{RUN}.yaml").read_text())
     assert obj["kind"] == "PyTorchJob"
     assert obj["metadata"]["namespace"] == "ml"
     assert obj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
     default = CliRunner().invoke(app, ["render", "k8s", "-o", str(out), "--run-id", "abc-1"])
     assert default.exit_code == 0, default.output
     kinds = [o["kind"] for o in yaml.safe_load_all((out / "netorch-abc-1.yaml").read_text())]
-    assert kinds == ["Service", "Job"]
+    assert kinds == ["NetworkPolicy", "Service", "Job"]
 
 
 def test_cli_errors(tmp_path: Path) -> None:
@@ -598,7 +607,7 @@ def test_cli_render_k8s_user_job(project: Path) -> None:
         "python", "train.py",
     ])
     assert result.exit_code == 0, result.output
-    (obj,) = yaml.safe_load_all((out / f"netorch-{RUN}.yaml").read_text())
+    _, obj = yaml.safe_load_all((out / f"netorch-{RUN}.yaml").read_text())
     (template,) = pod_templates([obj])
     assert template["spec"]["containers"][0]["workingDir"] == "/workspace"
     assert template["spec"]["volumes"][-1] == {
@@ -642,14 +651,14 @@ def test_schema_indexed_job(case: str) -> None:
 
 @pytest.mark.parametrize("case", PLANS)
 def test_schema_pytorchjob_templates(case: str) -> None:
-    (obj,) = render_k8s(make_plan(**PLANS[case]), "pytorchjob")
+    _, obj = render_k8s(make_plan(**PLANS[case]), "pytorchjob")
     for role, spec in obj["spec"]["pytorchReplicaSpecs"].items():
         validate(as_pod(spec["template"], f"{JOB}-{role.lower()}-0"))
 
 
 @pytest.mark.parametrize("case", PLANS)
 def test_schema_jobset_template(case: str) -> None:
-    (obj,) = render_k8s(make_plan(**PLANS[case]), "jobset")
+    _, obj = render_k8s(make_plan(**PLANS[case]), "jobset")
     template = obj["spec"]["replicatedJobs"][0]["template"]
     validate({"apiVersion": "batch/v1", "kind": "Job",
               "metadata": {"name": f"{JOB}-node-0", **template["metadata"]}, "spec": template["spec"]})
@@ -674,7 +683,7 @@ def test_schema_run_job(project: Path, flavor: str) -> None:
 
 def test_schema_validator_is_live() -> None:
     """The validator rejects what it should, so the passes above mean something."""
-    service, job = render_k8s(make_plan())
+    _, service, job = render_k8s(make_plan())
     broken = yaml.safe_load(yaml.safe_dump(job))
     broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []  # misspelt field
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -683,3 +692,180 @@ def test_schema_validator_is_live() -> None:
     wrong_type["spec"]["ports"][0]["port"] = "c10d"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(wrong_type)
+
+
+# --- the readiness step, the NetworkPolicy, size independent of the node count ----------------
+
+
+def wait_env(template_spec: dict[str, Any]) -> dict[str, Any]:
+    (wait,) = template_spec["initContainers"]
+    assert wait["name"] == WAIT_CONTAINER
+    assert wait["args"] == ["python", "-c", WAIT_SCRIPT]  # no "$" in it: nothing to escape
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in wait["env"]}
+
+
+@pytest.mark.parametrize("flavor", ["indexed-job", "jobset"])
+def test_readiness_step_before_the_workload_of_every_node(flavor: str) -> None:
+    plan = make_plan(cluster={"nodes": 4, "master_port": 29611}, gpu={"per_node": 2})
+    objects = render_k8s(plan, flavor, master_wait_s=90)  # type: ignore[arg-type]
+    (template,) = pod_templates(objects)
+    env = wait_env(template["spec"])
+    assert env == {
+        "NETORCH_WAIT_ADDR": master_addr(plan, flavor),  # type: ignore[arg-type]
+        "NETORCH_WAIT_PORT": "29611",
+        "NETORCH_WAIT_TIMEOUT_S": "90",
+        # The same node rank the workload reads: the master waits for its name only.
+        "NODE_RANK": {"fieldRef": {"fieldPath": f"metadata.annotations['{JOB_INDEX_ANNOTATION}']"}},
+    }
+    (wait,) = template["spec"]["initContainers"]
+    assert wait["image"] == plan.runtime.image and "resources" not in wait  # no GPU held
+
+
+def test_readiness_step_of_pytorchjob_roles() -> None:
+    plan = make_plan(cluster={"nodes": 3})
+    _, obj = render_k8s(plan, "pytorchjob")
+    replicas = obj["spec"]["pytorchReplicaSpecs"]
+    master, worker = (wait_env(replicas[r]["template"]["spec"]) for r in ("Master", "Worker"))
+    assert master["NETORCH_WAIT_ADDR"] == worker["NETORCH_WAIT_ADDR"] == f"{JOB}-master-0"
+    assert master["NODE_RANK"] == "0" and "NODE_RANK" not in worker
+    assert master["NETORCH_WAIT_TIMEOUT_S"] == str(MASTER_WAIT_S)
+
+
+def run_wait(addr: str, port: int, timeout_s: float, node_rank: str | None
+             ) -> subprocess.CompletedProcess[str]:
+    """The readiness step's program as the init container runs it."""
+    env = {"PATH": os.environ["PATH"], "NETORCH_WAIT_ADDR": addr,
+           "NETORCH_WAIT_PORT": str(port), "NETORCH_WAIT_TIMEOUT_S": str(timeout_s)}
+    if node_rank is not None:
+        env["NODE_RANK"] = node_rank
+    return subprocess.run([sys.executable, "-c", WAIT_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_wait_script_waits_for_the_port_then_goes_on() -> None:
+    with socket.socket() as probe:  # a free port, which nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def listen_later() -> None:
+        time.sleep(2)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+
+    thread = threading.Thread(target=listen_later)
+    thread.start()
+    try:
+        done = run_wait("127.0.0.1", port, 30, node_rank="1")
+    finally:
+        thread.join()
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"netorch: waiting up to 30s for the master 127.0.0.1:{port}"
+    waited = re.fullmatch(rf"netorch: the master 127.0.0.1:{port} is reachable after (\S+)s",
+                          lines[1])
+    assert waited is not None and float(waited.group(1)) >= 1  # it did wait for the listener
+
+
+def test_wait_script_gives_up_naming_the_master_and_the_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: connections are refused
+    refused = run_wait("127.0.0.1", port, 1.5, node_rank="2")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"netorch: the master 127.0.0.1:{port} is not reachable after 1.5s "
+        "(ConnectionRefusedError: [Errno 111] Connection refused); giving up")
+    unknown = run_wait("nt-unresolvable.invalid", port, 1, node_rank=None)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith(
+        f"netorch: the master nt-unresolvable.invalid:{port} is not reachable after 1s (gaierror")
+
+
+def test_wait_script_on_the_master_needs_its_name_only() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run_wait("localhost", port, 5, node_rank="0")  # nothing listens: not asked
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("netorch: the master localhost is reachable")
+    assert run_wait("nt-unresolvable.invalid", port, 1, node_rank="0").returncode == 1
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_network_policy_admits_only_the_jobs_pods(flavor: str) -> None:
+    plan = make_plan(cluster={"nodes": 3})
+    assert plan.network.internal  # the default
+    objects = render_k8s(plan, flavor, namespace="ml")  # type: ignore[arg-type]
+    policy = objects[0]
+    assert policy["kind"] == "NetworkPolicy" and policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["namespace"] == "ml"
+    own = service_selector(plan, flavor)  # type: ignore[arg-type]
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": own}
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+    assert spec["egress"][0] == {"to": [{"podSelector": {"matchLabels": own}}]}
+    assert spec["egress"][1]["ports"] == [{"protocol": "UDP", "port": 53},
+                                          {"protocol": "TCP", "port": 53}]
+    # The selector picks every pod of this job (all templates carry its labels) and no other's.
+    for template in pod_templates(objects[1:]):
+        assert own.items() <= template["metadata"]["labels"].items()
+    other = make_plan(run_id="20261128-120000-ffff", cluster={"nodes": 3})
+    for template in pod_templates(render_k8s(other, flavor)):  # type: ignore[arg-type]
+        assert not own.items() <= template["metadata"]["labels"].items()
+    validate(policy)
+
+
+def test_network_policy_admits_the_scraper_on_the_metrics_ports() -> None:
+    plan = build_plan(load_settings(overrides={"cluster": {"nodes": 2, "procs_per_node": 4},
+                                               "metrics": {"port_base": 9500}}),
+                      RUN, "docker", "train")
+    ports = plan.master.env_dict["NETORCH_METRICS_PORT_BASE"]
+    assert ports == "9500"
+    policy = render_k8s(dataclasses.replace(plan, nodes=tuple(
+        dataclasses.replace(n, mounts=()) for n in plan.nodes)))[0]  # checkpoints: master only
+    scrape = policy["spec"]["ingress"][1]
+    assert scrape == {
+        "from": [{"namespaceSelector": {},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": 9500, "endPort": 9503}],
+    }
+    validate(policy)
+
+
+def test_no_network_policy_when_the_network_is_not_internal() -> None:
+    plan = make_plan(network={"internal": False})
+    assert [o["kind"] for o in render_k8s(plan)] == ["Service", "Job"]
+    assert "NetworkPolicy" not in dump_k8s(plan)
+
+
+@pytest.mark.parametrize("flavor", ["indexed-job", "jobset"])
+def test_render_size_does_not_grow_with_the_node_count(flavor: str) -> None:
+    small = dump_k8s(make_plan(cluster={"nodes": 2}), flavor)  # type: ignore[arg-type]
+    big = dump_k8s(make_plan(cluster={"nodes": 2000}, network={"subnet": "10.0.0.0/20"}),
+                   flavor)  # type: ignore[arg-type]
+    # Only numbers change (completions, parallelism, NNODES, WORLD_SIZE, --nnodes): a few digits.
+    assert len(small.splitlines()) == len(big.splitlines())
+    assert 0 < len(big) - len(small) < 64
+
+
+def test_cli_render_k8s_of_2000_nodes_validates(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "render", "k8s", "-o", str(tmp_path), "--run-id", RUN, "--nodes", "2000",
+        "--subnet", "10.0.0.0/16", "--master-wait", "120"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / f"netorch-{RUN}.yaml").read_text()
+    assert "waits up to 120 s until the master's" in text  # the header says so
+    objects = list(yaml.safe_load_all(text))
+    assert [o["kind"] for o in objects] == ["NetworkPolicy", "Service", "Job"]
+    for obj in objects:
+        validate(obj)
+    job = objects[2]
+    assert job["spec"]["completions"] == 2000
+    validate(as_pod(job["spec"]["template"], f"{JOB}-1999"))
+    assert wait_env(job["spec"]["template"]["spec"])["NETORCH_WAIT_TIMEOUT_S"] == "120"
+    bad = CliRunner().invoke(app, ["render", "k8s", "-o", str(tmp_path), "--master-wait", "0"])
+    assert bad.exit_code == 2 and "--master-wait" in bad.output

@@ -42,6 +42,7 @@ from orchestrator.render.k8s import (
     LABEL_APP_INSTANCE,
     LABEL_APP_NAME,
     LABEL_APP_PART_OF,
+    WAIT_SCRIPT,
     Flavor,
     dump_k8s,
     is_dns_label,
@@ -309,6 +310,8 @@ def check_compose(plan: ClusterPlan) -> None:
 
 
 def _pod_specs(flavor: str, docs: list[Any]) -> list[dict[str, Any]]:
+    if docs and docs[0]["kind"] == "NetworkPolicy":  # network.internal
+        docs = docs[1:]
     if flavor == "indexed-job":
         assert [d["kind"] for d in docs] == ["Service", "Job"]
         return [docs[1]["spec"]["template"]["spec"]]
@@ -345,7 +348,7 @@ def check_k8s(plan: ClusterPlan, flavor: Flavor) -> None:
     text = dump_k8s(plan, flavor)
     docs = check_header(text, k8s_header(plan, flavor), "---\n")
     assert docs == render_k8s(plan, flavor)
-    assert len(docs) == (2 if flavor == "indexed-job" else 1)
+    assert len(docs) == (2 if flavor == "indexed-job" else 1) + plan.network.internal
     name = k8s_name(plan, flavor)
     assert is_dns_label(name)
     labels = {**dict(plan.labels), LABEL_APP_NAME: APP_NAME, LABEL_APP_INSTANCE: name,
@@ -361,6 +364,9 @@ def check_k8s(plan: ClusterPlan, flavor: Flavor) -> None:
     for pod in _pod_specs(flavor, docs):
         (ctr,) = pod["containers"]
         assert ctr["image"] == plan.runtime.image
+        (wait,) = pod["initContainers"]  # the readiness step, in the same image
+        assert wait["image"] == plan.runtime.image
+        assert [kubelet_expand(a) for a in wait["args"]] == ["python", "-c", WAIT_SCRIPT]
         assert [kubelet_expand(a) for a in ctr["args"]] == command
         assert [(e["name"], kubelet_expand(e["value"]) if "value" in e
                  else "from:" + e["valueFrom"]["fieldRef"]["fieldPath"])
@@ -414,7 +420,7 @@ def test_newline_in_image_stays_in_the_comment_and_the_value() -> None:
     for flavor in FLAVORS:
         docs = list(yaml.safe_load_all(dump_k8s(plan, flavor)))  # type: ignore[arg-type]
         assert "Pod" not in [d["kind"] for d in docs]
-        assert len(docs) == (2 if flavor == "indexed-job" else 1)
+        assert len(docs) == (2 if flavor == "indexed-job" else 1) + plan.network.internal
 
 
 def test_dollar_in_compose_image_ipc_and_network_name() -> None:
@@ -436,7 +442,7 @@ def test_env_names_are_written_as_they_are() -> None:
                   for n in base.nodes)
     plan = dataclasses.replace(base, nodes=nodes)
     assert render_compose(plan)["services"]["master"]["environment"]["NCCL_$(A)$B"] == "$$(A)"
-    env = render_k8s(plan)[1]["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = render_k8s(plan)[2]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "NCCL_$(A)$B", "value": "$$(A)"} in env
 
 

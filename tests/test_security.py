@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_daemon import sh, stop_netns_daemon
+from netns_daemon import openssl_pki, sh, stop_netns_daemon
 from docker_fixtures import docker_client  # noqa: F401  (fixture)
 
 from orchestrator import metrics
@@ -247,38 +247,6 @@ TLS_URL = f"tcp://{TLS_ADDR_NS}:2376"
 _sh = sh
 
 
-def _openssl_pki(d: Path) -> dict[str, Path]:
-    """A CA, a daemon certificate for TLS_ADDR_NS signed by it, a client certificate signed by
-    it, and an unrelated second CA: PEM files in ``d``."""
-    def key(name: str) -> Path:
-        path = d / f"{name}-key.pem"
-        _sh("openssl", "genrsa", "-out", str(path), "2048")
-        return path
-
-    def ca(name: str) -> Path:
-        cert = d / f"{name}.pem"
-        _sh("openssl", "req", "-new", "-x509", "-days", "2", "-key", str(key(name)),
-            "-subj", f"/CN=netorch test {name}", "-out", str(cert))
-        return cert
-
-    def signed(name: str, ext: str) -> Path:
-        csr, cert, extfile = d / f"{name}.csr", d / f"{name}.pem", d / f"{name}.ext"
-        extfile.write_text(ext + "\n")
-        _sh("openssl", "req", "-new", "-key", str(key(name)), "-subj", f"/CN={name}",
-            "-out", str(csr))
-        _sh("openssl", "x509", "-req", "-days", "2", "-in", str(csr), "-CA", str(d / "ca.pem"),
-            "-CAkey", str(d / "ca-key.pem"), "-CAcreateserial", "-out", str(cert),
-            "-extfile", str(extfile))
-        return cert
-
-    files = {"ca": ca("ca"), "wrong_ca": ca("wrong-ca")}
-    files["server"] = signed("server", f"subjectAltName = IP:{TLS_ADDR_NS}\n"
-                                       "extendedKeyUsage = serverAuth")
-    files["client"] = signed("client", "extendedKeyUsage = clientAuth")
-    files["server_key"], files["client_key"] = d / "server-key.pem", d / "client-key.pem"
-    return files
-
-
 def _tls_teardown(daemon: subprocess.Popen[bytes] | None) -> None:
     stop_netns_daemon(daemon, TLS_ROOT, TLS_VETH_HOST, TLS_NETNS)
 
@@ -298,7 +266,7 @@ def tls_daemon() -> Iterator[dict[str, Path]]:
     _tls_teardown(None)  # leftovers of an interrupted earlier run
     try:
         TLS_ROOT.mkdir(parents=True)
-        pki = _openssl_pki(TLS_ROOT)
+        pki = openssl_pki(TLS_ROOT, TLS_ADDR_NS)
         _sh("ip", "netns", "add", TLS_NETNS)
         _sh("ip", "link", "add", TLS_VETH_HOST, "type", "veth", "peer", "name", TLS_VETH_NS)
         _sh("ip", "link", "set", TLS_VETH_NS, "netns", TLS_NETNS)

@@ -77,3 +77,15 @@ def test_far_more_bytes_than_the_algorithm_warn_and_small_sizes_are_not_judged()
     assert "far more than expected" in traffic_warnings(more, "eth0", True)[0]
     assert traffic_warnings(small, "eth0", True) == []
     assert traffic_warnings(more, "eth0", False) == []  # several ranks per node: not judged
+
+
+def test_process_backend_counters_are_the_hosts_and_are_not_judged_or_shown() -> None:
+    # Local ranks read the host's counters, which every other program on the host moves too.
+    report = _report([{"lo": 0.02 * MIB, "docker0": 16.8 * MIB}] * 2, planned="lo")
+    report["backend"] = "process"
+    add_traffic(report)
+    assert report["warnings"] == []
+    assert traffic_table(report) is None
+    report["backend"] = "docker"
+    add_traffic(report)
+    assert report["warnings"] and traffic_table(report) is not None

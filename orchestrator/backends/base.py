@@ -37,10 +37,15 @@ class NodeExit:
     oom_killed: bool = False
     # The Docker host the node ran on (multi-host runs); named in the diagnosis.
     host: str | None = None
+    # Its daemon stopped answering (the host was lost): the exit code is not the node's own.
+    lost: bool = False
 
     def reason(self) -> str:
         """Human words for the exit: ``exit code 1``, ``killed by SIGKILL (exit 137)``, and
         ``on host NAME`` when the node ran on a named host."""
+        if self.lost:
+            where = f"host {self.host}" if self.host else "its host"
+            return f"lost with {where}: the Docker daemon there stopped answering"
         text = self._reason()
         return f"{text} on host {self.host}" if self.host else text
 

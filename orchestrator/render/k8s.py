@@ -29,6 +29,13 @@ Three flavors:
     headless Service itself (``network.enableDNSHostnames``), so ``MASTER_ADDR`` is
     ``<jobset>-node-0-0.<jobset>``. ``failurePolicy.maxRestarts: 0`` keeps fail-fast.
 
+Every pod template starts with the readiness step, an init container running
+:data:`WAIT_SCRIPT` in the job's image: the master's DNS name must resolve and (on the other
+nodes) its port accept before torchrun starts, with a timeout and one log line either way. With
+``network.internal`` the objects are led by a NetworkPolicy admitting only the job's own pods
+(plus cluster DNS, and Prometheus on the metrics ports when the ranks serve metrics). Nothing
+rendered grows with the node count.
+
 What does not carry over from the Docker plan: fixed IPs, the bridge network, its subnet and MTU
 (the CNI decides; pods get ``eth0``, which the plan's ``=eth0`` socket settings expect); the per
 node ``NETORCH_PLANNED_IP``; ``gpu.device_ids`` (the device plugin allocates by count: a
@@ -108,6 +115,48 @@ DNS_LABEL_MAX: Final = 63
 DNS_SUBDOMAIN_MAX: Final = 253
 # Pod volume names of the plan's mounts: mount-0, mount-1, ... (one per distinct source).
 MOUNT_VOLUME_PREFIX: Final = "mount-"
+# The readiness step: an init container that holds the workload until the master can be reached.
+WAIT_CONTAINER: Final = "wait-master"
+MASTER_WAIT_S: Final = 600
+# What the NetworkPolicy admits besides the job's own pods: cluster DNS, and Prometheus (pods
+# labelled app.kubernetes.io/name=prometheus in any namespace) on the metrics ports.
+DNS_NAMESPACE: Final = "kube-system"
+DNS_POD_LABELS: Final[dict[str, str]] = {"k8s-app": "kube-dns"}
+SCRAPER_POD_LABELS: Final[dict[str, str]] = {"app.kubernetes.io/name": "prometheus"}
+
+# The readiness step's program (``python -c``, in the job's own image, which has Python for
+# torchrun). The master's DNS name must resolve (torchrun's agent on the master resolves its own
+# name: pytorch/pytorch#73682) and, on every other node, its c10d port must accept a connection
+# (kubeflow/pytorch-operator#333), else torchrun fails or burns its rendezvous timeout. Gives up
+# after NETORCH_WAIT_TIMEOUT_S with one line naming the address and the last error; exit 1 fails
+# the pod, and backoffLimit 0 the job. No "$" in it: the kubelet expands $(VAR) in args.
+WAIT_SCRIPT: Final = """\
+import os, socket, sys, time
+host = os.environ["NETORCH_WAIT_ADDR"]
+port = int(os.environ["NETORCH_WAIT_PORT"])
+timeout = float(os.environ["NETORCH_WAIT_TIMEOUT_S"])
+master = os.environ.get("NODE_RANK") == "0"
+what = host if master else "%s:%d" % (host, port)
+print("netorch: waiting up to %gs for the master %s" % (timeout, what), flush=True)
+start = time.monotonic()
+problem = "not tried"
+while True:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if master:
+            break
+        socket.create_connection((host, port), timeout=2).close()
+        break
+    except OSError as e:
+        problem = "%s: %s" % (type(e).__name__, e)
+    if time.monotonic() - start >= timeout:
+        print("netorch: the master %s is not reachable after %gs (%s); giving up" % (
+            what, timeout, problem), file=sys.stderr, flush=True)
+        sys.exit(1)
+    time.sleep(1)
+print("netorch: the master %s is reachable after %.1fs" % (what, time.monotonic() - start),
+      flush=True)
+"""
 
 # Env the plan sets per node; everything else must be equal on every node to fit one pod template.
 _PER_NODE_ENV: Final = frozenset({"NODE_RANK", "NETORCH_NODE_NAME", "NETORCH_PLANNED_IP"})
@@ -192,10 +241,15 @@ def shm_quantity(shm_size: str) -> str:
 
 def _uniform(plan: ClusterPlan) -> None:
     """Refuse a plan whose nodes cannot share one pod template (beyond rank-specific values)."""
+    # Mounts on every node become volumes of the shared pod template. Linear in the nodes: a
+    # mount on every node is on the master, and a node's own mount is what is not on them all.
+    common = set(plan.master.mounts)
+    for node in plan.nodes:
+        common &= set(node.mounts)
     for node in plan.nodes:
         for mount in node.mounts:
-            if all(mount in other.mounts for other in plan.nodes):
-                continue  # on every node: one volume of the shared pod template
+            if mount in common:
+                continue
             what = (f"bind-mounts host directory {mount.source}" if mount.kind == "bind"
                     else f"mounts volume {mount.source}")
             raise PlanError(
@@ -356,9 +410,27 @@ def _metadata(name: str, labels: dict[str, str], namespace: str | None) -> dict[
     return meta
 
 
+def _wait_container(plan: ClusterPlan, flavor: Flavor, role: Literal["any", "master", "worker"],
+                    wait_s: int) -> dict[str, Any]:
+    """The readiness step: :data:`WAIT_SCRIPT` in the job's image. ``role`` ``any`` (one template
+    for every node) reads the node rank from the pod like the workload does."""
+    env: list[dict[str, Any]] = [
+        {"name": "NETORCH_WAIT_ADDR", "value": master_addr(plan, flavor)},
+        {"name": "NETORCH_WAIT_PORT", "value": str(plan.master_port)},
+        {"name": "NETORCH_WAIT_TIMEOUT_S", "value": str(wait_s)},
+    ]
+    if role == "any":
+        env.append(_field_env("NODE_RANK", f"metadata.annotations['{JOB_INDEX_ANNOTATION}']"))
+    elif role == "master":
+        env.append({"name": "NODE_RANK", "value": "0"})
+    return {"name": WAIT_CONTAINER, "image": plan.runtime.image,
+            "args": ["python", "-c", _esc(WAIT_SCRIPT)], "env": env}
+
+
 def _pod_spec(
     plan: ClusterPlan, flavor: Flavor, container: str, port_name: str | None,
-    node_rank: str, addr: str,
+    node_rank: str, addr: str, role: Literal["any", "master", "worker"] = "any",
+    wait_s: int = MASTER_WAIT_S,
 ) -> dict[str, Any]:
     rt = plan.runtime
     ctr: dict[str, Any] = {
@@ -387,6 +459,7 @@ def _pod_spec(
             f"docker.ipc_mode {rt.ipc_mode!r} has no Kubernetes equivalent; use host or leave it unset"
         )
     spec["terminationGracePeriodSeconds"] = rt.stop_timeout_s
+    spec["initContainers"] = [_wait_container(plan, flavor, role, wait_s)]
     spec["containers"] = [ctr]
     spec["volumes"] = [
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_quantity(rt.shm_size)}},
@@ -396,8 +469,9 @@ def _pod_spec(
 
 
 def _indexed_job_spec(plan: ClusterPlan, flavor: Flavor, pod_labels: dict[str, str],
-                      subdomain: str | None) -> dict[str, Any]:
-    pod = _pod_spec(plan, flavor, CONTAINER_NAME, C10D_PORT_NAME, "$(NODE_RANK)", "$(MASTER_ADDR)")
+                      subdomain: str | None, wait_s: int) -> dict[str, Any]:
+    pod = _pod_spec(plan, flavor, CONTAINER_NAME, C10D_PORT_NAME, "$(NODE_RANK)", "$(MASTER_ADDR)",
+                    wait_s=wait_s)
     if subdomain is not None:
         pod = {"subdomain": subdomain, **pod}
     return {
@@ -414,7 +488,54 @@ def service_selector(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR) -> dict
     return {LABEL_RUN: plan.run_id, LABEL_APP_INSTANCE: k8s_name(plan, flavor)}
 
 
-def _indexed_job(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]]:
+def metrics_ports(plan: ClusterPlan) -> tuple[int, int] | None:
+    """The first and last port the ranks of a node serve /metrics on; None: metrics are off."""
+    base = plan.master.env_dict.get("NETORCH_METRICS_PORT_BASE")
+    if base is None:
+        return None
+    return int(base), int(base) + plan.nproc_per_node - 1
+
+
+def network_policy(plan: ClusterPlan, flavor: Flavor,
+                   namespace: str | None) -> dict[str, Any] | None:
+    """``network.internal``: a NetworkPolicy that lets the job's pods talk to each other and to
+    the cluster DNS only, and admits Prometheus on the metrics ports when metrics are on.
+    None when the plan's network is not internal."""
+    if not plan.network.internal:
+        return None
+    name = k8s_name(plan, flavor)
+    own = {"podSelector": {"matchLabels": service_selector(plan, flavor)}}
+    ingress: list[dict[str, Any]] = [{"from": [own]}]
+    ports = metrics_ports(plan)
+    if ports is not None:
+        port: dict[str, Any] = {"protocol": "TCP", "port": ports[0]}
+        if ports[1] > ports[0]:
+            port["endPort"] = ports[1]
+        ingress.append({
+            "from": [{"namespaceSelector": {},
+                      "podSelector": {"matchLabels": dict(SCRAPER_POD_LABELS)}}],
+            "ports": [port],
+        })
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": DNS_NAMESPACE}},
+           "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name, _labels(plan, name), namespace),
+        "spec": {
+            "podSelector": {"matchLabels": service_selector(plan, flavor)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": [
+                {"to": [own]},
+                {"to": [dns], "ports": [{"protocol": "UDP", "port": 53},
+                                        {"protocol": "TCP", "port": 53}]},
+            ],
+        },
+    }
+
+
+def _indexed_job(plan: ClusterPlan, namespace: str | None, wait_s: int) -> list[dict[str, Any]]:
     name = k8s_name(plan, "indexed-job")
     labels = _labels(plan, name)
     service: dict[str, Any] = {
@@ -434,20 +555,22 @@ def _indexed_job(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(name, labels, namespace),
-        "spec": _indexed_job_spec(plan, "indexed-job", labels, subdomain=name),
+        "spec": _indexed_job_spec(plan, "indexed-job", labels, subdomain=name, wait_s=wait_s),
     }
     return [service, job]
 
 
-def _pytorchjob(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]]:
+def _pytorchjob(plan: ClusterPlan, namespace: str | None, wait_s: int) -> list[dict[str, Any]]:
     name = k8s_name(plan, "pytorchjob")
     labels = _labels(plan, name)
 
-    def replica(role: str, count: int, port: str | None, rank_label: bool) -> dict[str, Any]:
+    def replica(role: Literal["master", "worker"], count: int, port: str | None,
+                rank_label: bool) -> dict[str, Any]:
         pod_labels = {**labels, LABEL_ROLE: role, LABEL_APP_COMPONENT: role}
         if rank_label:
             pod_labels[LABEL_RANK] = "0"
-        spec = _pod_spec(plan, "pytorchjob", PYTORCHJOB_CONTAINER, port, "$(RANK)", "$(MASTER_ADDR)")
+        spec = _pod_spec(plan, "pytorchjob", PYTORCHJOB_CONTAINER, port, "$(RANK)", "$(MASTER_ADDR)",
+                         role=role, wait_s=wait_s)
         return {
             "replicas": count,
             "restartPolicy": "Never",  # the operator retries nothing: a failed node fails the job
@@ -468,7 +591,7 @@ def _pytorchjob(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]
     }]
 
 
-def _jobset(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]]:
+def _jobset(plan: ClusterPlan, namespace: str | None, wait_s: int) -> list[dict[str, Any]]:
     name = k8s_name(plan, "jobset")
     labels = _labels(plan, name)
     return [{
@@ -485,7 +608,8 @@ def _jobset(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]]:
                 "replicas": 1,
                 "template": {
                     "metadata": {"labels": dict(labels)},
-                    "spec": _indexed_job_spec(plan, "jobset", labels, subdomain=None),
+                    "spec": _indexed_job_spec(plan, "jobset", labels, subdomain=None,
+                                              wait_s=wait_s),
                 },
             }],
         },
@@ -496,12 +620,16 @@ def _jobset(plan: ClusterPlan, namespace: str | None) -> list[dict[str, Any]]:
 
 
 def render_k8s(
-    plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR, namespace: str | None = None
+    plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR, namespace: str | None = None,
+    master_wait_s: int = MASTER_WAIT_S,
 ) -> list[dict[str, Any]]:
     """Return the Kubernetes objects equal in meaning to ``plan``, in apply order.
 
     Pure: no I/O, same inputs -> equal lists. ``indexed-job`` gives ``[Service, Job]``,
-    ``pytorchjob`` ``[PyTorchJob]``, ``jobset`` ``[JobSet]``. ``namespace`` (an RFC 1123 label) is
+    ``pytorchjob`` ``[PyTorchJob]``, ``jobset`` ``[JobSet]``, each led by a ``NetworkPolicy``
+    when the plan's network is internal (so no pod runs unprotected). Every pod starts with the
+    readiness step (:data:`WAIT_SCRIPT`), which waits up to ``master_wait_s`` for the master.
+    The objects' size does not depend on the node count. ``namespace`` (an RFC 1123 label) is
     written into every object's metadata; without it ``kubectl``'s current namespace applies.
     Raises :class:`PlanError` for what Kubernetes cannot express (``gpu.device_ids``, an unknown
     GPU driver or ipc mode, mounts that differ between nodes, a named volume that cannot name a
@@ -514,13 +642,18 @@ def render_k8s(
             f"namespace {namespace!r} is not a Kubernetes namespace name; use at most 63 "
             "lowercase letters, digits and '-', starting and ending with a letter or digit"
         )
+    if master_wait_s < 1:
+        raise PlanError(f"master wait {master_wait_s} s is not a timeout; give 1 s or more")
     _gpu_limits(plan)  # device_ids / unknown driver: the clearest error first
     _uniform(plan)
+    policy = network_policy(plan, flavor, namespace)
     if flavor == "pytorchjob":
-        return _pytorchjob(plan, namespace)
-    if flavor == "jobset":
-        return _jobset(plan, namespace)
-    return _indexed_job(plan, namespace)
+        objects = _pytorchjob(plan, namespace, master_wait_s)
+    elif flavor == "jobset":
+        objects = _jobset(plan, namespace, master_wait_s)
+    else:
+        objects = _indexed_job(plan, namespace, master_wait_s)
+    return objects if policy is None else [policy, *objects]
 
 
 def k8s_file_name(plan: ClusterPlan) -> str:
@@ -530,7 +663,7 @@ def k8s_file_name(plan: ClusterPlan) -> str:
 
 
 def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
-               namespace: str | None = None) -> str:
+               namespace: str | None = None, master_wait_s: int = MASTER_WAIT_S) -> str:
     """The comment block written above the YAML: origin, how to apply, watch and remove.
 
     Every line starts with ``#`` whatever the plan holds; values in the commands it shows are
@@ -581,6 +714,18 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
         f"emptyDir of {shm_quantity(plan.runtime.shm_size)}",
         "(it counts against the pod's memory limit).",
     ]
+    lines.append(f"Every pod first runs the init container {WAIT_CONTAINER}: it waits up to "
+                 f"{master_wait_s} s until the master's")
+    lines.append("name resolves and (on the other nodes) its port accepts, and logs one line "
+                 "either way.")
+    if plan.network.internal:
+        lines.append("network.internal: a NetworkPolicy admits only this job's pods (and "
+                     "cluster DNS on port 53)")
+        ports = metrics_ports(plan)
+        if ports is not None:
+            lines.append(f"plus pods labelled app.kubernetes.io/name=prometheus on the metrics "
+                         f"ports {ports[0]}-{ports[1]};")
+        lines.append("it takes effect where the CNI enforces NetworkPolicies (Calico, Cilium, ...).")
     binds = [m for m in plan.master.mounts if m.kind == "bind"]
     claims = [m for m in plan.master.mounts if m.kind == "volume"]
     if binds:
@@ -602,18 +747,18 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
 
 
 def dump_k8s(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
-             namespace: str | None = None) -> str:
+             namespace: str | None = None, master_wait_s: int = MASTER_WAIT_S) -> str:
     """The full multi-document YAML text for ``plan``: header comment, then one doc per object."""
-    objects = render_k8s(plan, flavor, namespace)
+    objects = render_k8s(plan, flavor, namespace, master_wait_s)
     body = yaml.dump_all(objects, Dumper=RenderDumper, sort_keys=False,
                          default_flow_style=False, width=4096, explicit_start=True)
-    return k8s_header(plan, flavor, namespace) + body
+    return k8s_header(plan, flavor, namespace, master_wait_s) + body
 
 
 def write_k8s(plan: ClusterPlan, out_dir: Path, flavor: Flavor = DEFAULT_FLAVOR,
-              namespace: str | None = None) -> list[Path]:
+              namespace: str | None = None, master_wait_s: int = MASTER_WAIT_S) -> list[Path]:
     """Write ``out_dir/netorch-<run_id>.yaml`` (creating ``out_dir``); return the written paths."""
-    text = dump_k8s(plan, flavor, namespace)  # render first: a PlanError writes nothing
+    text = dump_k8s(plan, flavor, namespace, master_wait_s)  # render first: a PlanError writes nothing
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / k8s_file_name(plan)
     path.write_text(text, encoding="utf-8")
@@ -622,6 +767,9 @@ def write_k8s(plan: ClusterPlan, out_dir: Path, flavor: Flavor = DEFAULT_FLAVOR,
 
 __all__ = [
     "APP_NAME",
+    "MASTER_WAIT_S",
+    "WAIT_CONTAINER",
+    "WAIT_SCRIPT",
     "DEFAULT_FLAVOR",
     "FLAVORS",
     "Flavor",
@@ -636,6 +784,8 @@ __all__ = [
     "k8s_header",
     "k8s_name",
     "master_addr",
+    "metrics_ports",
+    "network_policy",
     "render_k8s",
     "service_selector",
     "shm_quantity",

@@ -48,10 +48,15 @@ def comment_block(lines: Iterable[str]) -> str:
     return "".join(f"# {comment_text(line)}".rstrip() + "\n" for line in lines)
 
 
-class RenderDumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, plus: no anchors/aliases (they confuse readers of generated files)
-    and strings quoted wherever YAML 1.2 or Go's yaml would read the plain scalar as a number,
-    boolean or null."""
+# libyaml's emitter writes the same text as PyYAML's pure-Python one about five times faster;
+# a compose file of 10,000 services is 17 MB of YAML.
+_SafeDumper = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
+
+
+class RenderDumper(_SafeDumper):  # type: ignore[valid-type,misc]
+    """PyYAML's safe dumper (on libyaml when it is there), plus: no anchors/aliases (they
+    confuse readers of generated files) and strings quoted wherever YAML 1.2 or Go's yaml would
+    read the plain scalar as a number, boolean or null."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True

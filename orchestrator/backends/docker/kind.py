@@ -55,7 +55,7 @@ class DockerKind:
             raise PlanError(str(e)) from None
         subnet = ipaddress.IPv4Network(net.subnet)
         gateway = net.gateway or str(next(subnet.hosts()))
-        ips = [str(a) for a in address_pool(net)[:n]]
+        ips = address_pool(net, n)
         ip_range = overlay_dynamic_range(net.subnet, net.ip_range, ips) if overlay else net.ip_range
         network = NetworkSpec(
             name=net.name or f"{settings.cluster.name}-{run_id}-net",

@@ -109,6 +109,8 @@ class DockerNode:
 
     def _wait(self) -> None:
         status: int | None = None
+        # The node's daemon stopped answering (its host was lost): what became of it is unknown.
+        lost = False
         while status is None:
             try:
                 status = int(self.container.wait(timeout=WAIT_POLL_S).get("StatusCode", -1))
@@ -116,8 +118,8 @@ class DockerNode:
                 # A bounded wait timed out (the SDK reports it as ConnectionError): still running?
                 try:
                     self.container.reload()
-                except DOCKER_ERRORS:
-                    status = -1
+                except DOCKER_ERRORS as e:
+                    status, lost = -1, isinstance(e, TRANSPORT_ERRORS)
                     break
                 if self.container.status not in ("running", "created", "restarting"):
                     status = int(self.container.attrs["State"].get("ExitCode", -1))
@@ -131,9 +133,12 @@ class DockerNode:
             status = int(state.get("ExitCode", status))
             oom = bool(state.get("OOMKilled", False))
             finished = parse_docker_time(state.get("FinishedAt")) or finished
+        except TRANSPORT_ERRORS:
+            lost = status != 0  # e.g. a daemon that stopped its containers on its way down
         except DOCKER_ERRORS:
             pass
-        self._exit = NodeExit(exit_code=status, finished_at=finished, oom_killed=oom, host=self.host)
+        self._exit = NodeExit(exit_code=status, finished_at=finished, oom_killed=oom,
+                              host=self.host, lost=lost)
 
     def poll(self) -> NodeExit | None:
         return self._exit
