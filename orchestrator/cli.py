@@ -701,7 +701,7 @@ def sweep(
     significant difference" is a result, not a failure); 4 when a run's variant could not be
     verified (its MTU, or a rank's environment).
     """
-    from orchestrator.sweep import Axis, parse_vary, sockets_preset, sweep_table
+    from orchestrator.sweep import Axis, parse_vary, sockets_preset_for, sweep_table
 
     axes: list[Axis] = []
     if mtus is not None:
@@ -717,11 +717,7 @@ def sweep(
     if preset is not None:
         if preset != "sockets":
             raise ConfigError(f"--preset: {preset!r} is not a preset; the one preset is sockets")
-        base = request.load({"backend": "docker"})
-        backend = base.cluster.dist_backend
-        if backend == "auto":
-            backend = "nccl" if base.gpu.per_node or base.gpu.device_ids else "gloo"
-        axes += sockets_preset(backend, base.network.interface)
+        axes += sockets_preset_for(request.load({"backend": "docker"}))
     if not axes or all(a.key == "network.link.rate" for a in axes):
         axes.append(Axis("network.mtu", (1500, 9000)))
 
