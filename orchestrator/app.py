@@ -636,6 +636,12 @@ def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hook
                           "process")
     if idle_timeout_s < 0:
         raise ConfigError(f"--idle-timeout {idle_timeout_s}: give seconds >= 0 (0: never)")
+    if settings.network.management.enabled:
+        # Its runs would pin NCCL/gloo to the cluster's recorded interface (eth0), which a
+        # management network takes; warm clusters have the fabric only.
+        raise ConfigError(f"network.management.subnet={settings.network.management.subnet}: a "
+                          "warm cluster has the fabric only; drop [network.management] for "
+                          "netorch up (runs without --on support it)")
     single_host(settings, "up")
     run = settings.run
     base = None

@@ -97,7 +97,7 @@ def test_every_service_equals_its_node() -> None:
     assert list(doc["services"]) == ["master", "worker-1", "worker-2", "worker-3"]
     net = plan.network.name
     for node in plan.nodes:
-        svc = doc["services"][service_name(node)]
+        svc = doc["services"][service_name(plan, node)]
         assert svc["image"] == plan.runtime.image == "netorch:latest"
         assert svc["container_name"] == node.name
         assert svc["hostname"] == node.hostname
@@ -121,7 +121,7 @@ def test_every_service_equals_its_node() -> None:
 def test_gpu_count_reservation() -> None:
     plan = make_plan(network={"subnet": "10.13.0.0/24"}, gpu={"per_node": 2})
     for node in plan.nodes:
-        svc = render_compose(plan)["services"][service_name(node)]
+        svc = render_compose(plan)["services"][service_name(plan, node)]
         assert svc["deploy"] == {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "count": 2, "capabilities": ["gpu", "compute", "utility"]},
         ]}}}
@@ -236,7 +236,7 @@ def test_run_job_services(project: Path) -> None:
     doc = render_compose(plan)
     assert plan.emits_result is False and plan.workdir == "/workspace"
     for rank, node in enumerate(plan.nodes):
-        svc = doc["services"][service_name(node)]
+        svc = doc["services"][service_name(plan, node)]
         assert svc["image"] == "my/ddp:1.0" == plan.runtime.image
         assert svc["working_dir"] == "/workspace"
         # The plan expanded the placeholders per node; the file carries each node's own argv.
@@ -500,7 +500,7 @@ def test_compose_up_runs_the_bench(compose_run: Any) -> None:
                      bench={"ops": ["all_reduce"], "min_bytes": "64K", "max_bytes": "1M",
                             "warmup": 1, "iters": 3})
     file, project = compose_run(plan)
-    master = service_name(plan.master)
+    master = service_name(plan, plan.master)
     up = _up_and_wait(file, project, plan.master.name)
     logs = _compose(file, project, "logs", "--no-color", master)
     assert up.returncode == 0, (up.stdout[-6000:], up.stderr[-3000:], logs.stdout[-3000:])
