@@ -515,27 +515,6 @@ FABRIC_FLAGS = (
 )
 
 
-def fabric_table(report: dict[str, Any]) -> Any:
-    """The bandwidth matrix (GB/s, sender rows, receiver columns), slow pairs in red."""
-    from rich.table import Table
-
-    names = [node["name"] for node in report["nodes"]]
-    slow = {(p["a"], p["b"]) for p in report["pairs"] if p["slow"]}
-    slow |= {(b, a) for a, b in slow}
-    table = Table(title=f"fabric {report['run_id']}: bandwidth GB/s (sender -> receiver)",
-                  title_justify="left")
-    table.add_column("from \\ to")
-    for name in names:
-        table.add_column(name, justify="right")
-    for i, row in enumerate(report["matrix"]["bandwidth_gbps"]):
-        cells = []
-        for j, value in enumerate(row):
-            text = "-" if value is None else f"{value:.3f}"
-            cells.append(f"[bold red]{text}[/]" if (names[i], names[j]) in slow else text)
-        table.add_row(names[i], *cells)
-    return table
-
-
 @command(app, PLAN_FLAGS, FABRIC_FLAGS)
 def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
            as_json: JsonOpt = False) -> None:
@@ -554,7 +533,9 @@ def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         if result.suspects:
             raise typer.Exit(5)
         return
-    console.print(fabric_table(report))
+    from orchestrator.fabric import fabric_table
+
+    console.print(fabric_table(report, console.width))
     for pair in report["pairs"]:
         if pair["latency_outlier"]:
             console.print(f"[yellow]note:[/] latency {pair['a']} <-> {pair['b']} "

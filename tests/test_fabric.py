@@ -202,6 +202,34 @@ def test_analyse_names_the_slow_node_and_writes_json_csv_png(tmp_path: Path) -> 
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _printed(renderable: Any, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def test_the_matrix_fits_the_width_or_gives_way_to_one_row_per_node() -> None:
+    from orchestrator.fabric import fabric_table
+
+    small = analyse(_plan(4), _doc(4, _values(4, slow_nodes={2})), 0.5, 3.0)
+    lines = _printed(fabric_table(small, 80), 80)
+    assert lines[0].startswith("fabric ") and lines[0].endswith("(sender -> receiver)")
+    assert max(map(len, lines)) <= 80 and len(lines) == 1 + 4 + 4  # title, frame+head, 4 rows
+    assert any(line.split("│")[1].strip() == "worker-2" for line in lines if "│" in line)
+
+    big = analyse(_plan(12), _doc(12, _values(12, slow_nodes={5})), 0.5, 3.0)
+    lines = _printed(fabric_table(big, 80), 80)
+    assert max(map(len, lines)) <= 80
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("│") for line in lines) if len(cells) > 2}
+    assert set(rows) == {n["name"] for n in big["nodes"]}
+    assert rows["worker-5"][-1] == "11" and rows["master"][-1] == "1"  # its slow pairs
+    assert "(12x12 matrix too wide: fabric.csv, --json)" in lines[0]
+    assert _printed(fabric_table(big, 200), 200)[0].endswith("(sender -> receiver)")
+
+
 def test_analyse_refuses_a_result_with_a_missing_pair() -> None:
     from orchestrator.errors import ResultError
 
