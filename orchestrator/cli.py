@@ -50,9 +50,10 @@ app.add_typer(swarm_app, name="swarm")
 
 # Tables fit the console's width (orchestrator/tables.py): a terminal's, or COLUMNS when set
 # (a pipe has no width of its own); in a pipe without COLUMNS, 140 (CI logs are wide).
-console = Console(highlight=False,
+# No emoji codes: a value like the pair key "master:x" followed by ":" would print as an emoji.
+console = Console(highlight=False, emoji=False,
                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 # --------------------------------------------------------------------------------------------

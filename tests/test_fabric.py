@@ -99,6 +99,7 @@ def test_pair_link_with_a_common_rate_puts_the_common_link_in_the_default_class(
     ({"pairs": {"master": {"rate": "1gbit"}}}, "network.link.pairs.master: expected two"),
     ({"pairs": {"master:master": {"rate": "1gbit"}}}, "expected two different nodes"),
     ({"nodes": {"master": {"rate": "fast"}}}, "rate"),
+    ({"pairs": {"master:x": {"rate": "1gbit"}}}, "network.link.pairs.master:x: no node 'x'"),
 ])
 def test_bad_node_or_pair_keys_are_one_clear_error(link: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -112,6 +113,24 @@ def test_node_override_through_set_syntax() -> None:
                               "network.link.pairs.master:worker-1.rate=1gbit")).load()
     assert s.network.link.nodes["worker-2"].rate == "50mbit"
     assert s.network.link.pairs["master:worker-1"].rate == "1gbit"
+    # The TOML spelling of the key works too (a quoted part is one key, quotes dropped).
+    quoted = SettingsRequest(sets=("cluster.nodes=3",
+                                   'network.link.pairs."master:worker-2".rate=2gbit')).load()
+    assert quoted.network.link.pairs["master:worker-2"].rate == "2gbit"
+    with pytest.raises(ConfigError, match="opening quote has no closing one"):
+        SettingsRequest(sets=('network.link.pairs."master:worker-1.rate=1gbit',)).load()
+
+
+def test_cli_names_a_bad_pair_in_one_line_with_exit_2() -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["plan", "--set", 'network.link.pairs."master:x".rate=1gbit'])
+    assert result.exit_code == 2, result.output
+    # One line, and the key as written: rich would print "master:x:" as an emoji code.
+    assert result.stderr.splitlines() == [
+        "error: network.link.pairs.master:x: no node 'x'; the plan's nodes are master, worker-1"]
 
 
 # ---- the verdict ----------------------------------------------------------------------------
