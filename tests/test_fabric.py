@@ -121,6 +121,17 @@ def test_node_override_through_set_syntax() -> None:
         SettingsRequest(sets=('network.link.pairs."master:worker-1.rate=1gbit',)).load()
 
 
+@pytest.mark.parametrize("link", [{"rate": "1gbit"}, {"nodes": {"worker-1": {"delay": "1ms"}}},
+                                  {"pairs": {"master:worker-1": {"rate": "50mbit"}}}])
+def test_the_process_backend_refuses_links_it_cannot_emulate(link: dict[str, Any]) -> None:
+    from orchestrator.errors import PlanError
+
+    settings = load_settings(overrides={"network": {"link": link}})
+    with pytest.raises(PlanError, match="network.link: the process backend cannot emulate"):
+        build_plan(settings, "run-1", "process")
+    assert build_plan(settings, "run-1", "docker").network.shaped
+
+
 def test_cli_names_a_bad_pair_in_one_line_with_exit_2() -> None:
     from typer.testing import CliRunner
 
