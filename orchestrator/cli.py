@@ -853,7 +853,7 @@ def render_k8s_cmd(
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,
     master_wait: Annotated[Optional[int], typer.Option(
-        "--master-wait", min=1, metavar="SECONDS",
+        "--master-wait", metavar="SECONDS",
         help="how long each pod's readiness step waits for the master's name and port "
         "[default: 600]")] = None,
 ) -> None:

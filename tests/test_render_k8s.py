@@ -704,6 +704,17 @@ def wait_env(template_spec: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in wait["env"]}
 
 
+def test_a_master_wait_below_one_second_is_one_line_with_exit_2() -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["render", "k8s", "-o", "unused", "--master-wait", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "error: --master-wait 0: not a timeout; give 1 s or more (default 600)"]
+
+
 @pytest.mark.parametrize("flavor", ["indexed-job", "jobset"])
 def test_readiness_step_before_the_workload_of_every_node(flavor: str) -> None:
     plan = make_plan(cluster={"nodes": 4, "master_port": 29611}, gpu={"per_node": 2})

@@ -643,7 +643,8 @@ def render_k8s(
             "lowercase letters, digits and '-', starting and ending with a letter or digit"
         )
     if master_wait_s < 1:
-        raise PlanError(f"master wait {master_wait_s} s is not a timeout; give 1 s or more")
+        raise PlanError(f"--master-wait {master_wait_s}: not a timeout; give 1 s or more "
+                        f"(default {MASTER_WAIT_S})")
     _gpu_limits(plan)  # device_ids / unknown driver: the clearest error first
     _uniform(plan)
     policy = network_policy(plan, flavor, namespace)
