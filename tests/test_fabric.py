@@ -121,6 +121,20 @@ def test_node_override_through_set_syntax() -> None:
         SettingsRequest(sets=('network.link.pairs."master:worker-1.rate=1gbit',)).load()
 
 
+def test_a_warm_cluster_of_one_node_is_refused_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.app as usecases
+
+    def one_node_cluster(settings: Any, hooks: Any, on: Any, asked: Any) -> Any:
+        # What _executor returns for `--on lab` when lab was `netorch up --nodes 1`.
+        cluster = settings.cluster.model_copy(update={"nodes": 1})
+        return "docker", settings.model_copy(update={"cluster": cluster}), object()
+
+    monkeypatch.setattr(usecases, "_executor", one_node_cluster)
+    with pytest.raises(ConfigError, match="1 node.s. in cluster lab make no pair"):
+        run_fabric(load_settings(overrides={"backend": "docker"}), on="lab")
+
+
 @pytest.mark.parametrize("link", [{"rate": "1gbit"}, {"nodes": {"worker-1": {"delay": "1ms"}}},
                                   {"pairs": {"master:worker-1": {"rate": "50mbit"}}}])
 def test_the_process_backend_refuses_links_it_cannot_emulate(link: dict[str, Any]) -> None:
