@@ -25,6 +25,7 @@ from orchestrator.render.compose import (
     BRIDGE_NAME_OPTION,
     COMPOSE_FILE_NAME,
     MTU_OPTION,
+    compose_header,
     compose_project,
     dump_compose,
     render_compose,
@@ -187,6 +188,10 @@ def test_written_file_parses_back_and_has_header(tmp_path: Path) -> None:
                for line in header)
     assert any(f"docker wait {plan.master.name}" in line for line in header)
     assert any("depends_on" in line for line in header)
+    assert not any("[network.link]" in line for line in header)
+    shaped = make_plan(network={"subnet": "10.19.0.0/24",
+                                "link": {"nodes": {"worker-1": {"rate": "1gbit"}}}})
+    assert "# [network.link] is not in this file" in compose_header(shaped)
 
 
 def test_cli_render_compose(tmp_path: Path) -> None:

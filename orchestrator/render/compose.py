@@ -260,6 +260,9 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
     if volumes:
         lines.append("Named volumes are external (down -v keeps them): create a missing one with")
         lines.extend(f"  docker volume create {q(name)}" for name in volumes)
+    if plan.network.shaped:
+        lines += ["[network.link] is not in this file: netorch shapes links with tc in each",
+                  "container after it starts (netorch bench/run on the docker backend)."]
     return comment_block(lines)
 
 

@@ -744,6 +744,9 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
     if plan.runtime.memlock is not None:
         lines.append(f"docker.memlock={plan.runtime.memlock} has no pod field: set it in the "
                      "container runtime's default ulimits.")
+    if plan.network.shaped:
+        lines += ["[network.link] is not in this file: netorch shapes links with tc in each",
+                  "container after it starts (docker backend only)."]
     return comment_block(lines)
 
 
