@@ -192,8 +192,8 @@ def render_compose(plan: ClusterPlan) -> dict[str, Any]:
     """Return the compose document equal in meaning to ``plan`` (a docker-backend plan).
 
     Pure: no I/O, same plan -> equal dict, keys in a fixed order. Services are keyed by the
-    containers' hostname (``master``, ``worker-1``, ...; see :func:`service_name`) and keep the plan's container names; the network is
-    keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
+    containers' hostname (``master``, ``worker-1``, ...; see :func:`service_name`) and keep the
+    plan's container names; the network is keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
     top-level ``volumes:`` (only when there are any) as external volumes of that exact name.
     String values come with ``$`` doubled (compose turns ``$$`` back into ``$``), keys as they
     are. Raises :class:`PlanError` for a process-backend plan, whose loopback "network" has no
