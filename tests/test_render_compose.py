@@ -584,3 +584,27 @@ def test_compose_up_runs_the_user_example(compose_env: Any, tmp_path: Path) -> N
     gone = CliRunner().invoke(app, ["down", "--run", run_id])
     assert gone.exit_code == 0, gone.output
     assert "0 resource(s)" in gone.output
+
+
+@pytest.mark.docker
+def test_beside_a_management_network_master_resolves_to_the_fabric(
+        compose_run: Any, compose_env: Any, project: Path) -> None:
+    """docker-compose 1.29 makes a service key a DNS name on every network the service joins:
+    keyed by container name, "master" is the fabric's alias alone, on every node."""
+    from test_faults import free_test_subnet
+
+    fabric = free_test_subnet(compose_env)
+    mgmt = free_test_subnet(compose_env)
+    while mgmt == fabric:
+        mgmt = free_test_subnet(compose_env)
+    probe = ("import socket; print('master is', sorted({a[4][0] for a in "
+             "socket.getaddrinfo('master', None)}), flush=True)")
+    plan = make_run_plan(project, _run_id(), cluster={"nodes": 2},
+                         network={"subnet": fabric, "management": {"subnet": mgmt}},
+                         run={"command": ["python", "-c", probe]})
+    file, project_name = compose_run(plan)
+    up = _up_and_wait(file, project_name, plan.master.name)
+    for node in plan.nodes:
+        logs = _compose(file, project_name, "logs", "--no-color", service_name(plan, node))
+        assert up.returncode == 0, (up.stderr[-3000:], logs.stdout[-3000:])
+        assert f"master is ['{plan.master.ip}']" in logs.stdout, logs.stdout[-3000:]
