@@ -87,6 +87,18 @@ def test_pair_link_is_an_htb_class_filtered_by_the_peer_address_on_both_ends() -
     assert f"{plan.nodes[0].ip}/32" in next(argv for argv in worker3 if "filter" in argv)
 
 
+def test_netem_under_htb_classes_takes_handles_of_its_own() -> None:
+    # A common delay (default class 1:1) beside a delayed pair (class 1:10): each class's netem
+    # qdisc needs a handle unlike the root's "1:" and unlike each other's.
+    plan = _plan(delay="1ms", pairs={"master:worker-1": {"delay": "5ms"}})
+    master = plan_tc_commands(plan)[plan.nodes[0].name]
+    handles = [argv[argv.index("handle") + 1] for argv in master
+               if "qdisc" in argv and "handle" in argv]
+    assert handles == ["1:", "101:", "110:"]
+    assert [argv[argv.index("parent") + 1] for argv in master if "netem" in argv] == [
+        "1:1", "1:10"]
+
+
 def test_pair_link_with_a_common_rate_puts_the_common_link_in_the_default_class() -> None:
     plan = _plan(rate="1gbit", pairs={"master:worker-1": {"rate": "10mbit"}})
     master = plan_tc_commands(plan)[plan.nodes[0].name]
