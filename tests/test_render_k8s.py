@@ -597,6 +597,11 @@ def test_run_job_header(project: Path) -> None:
     assert list(yaml.safe_load_all(text)) == render_k8s(plan)
     bench = dump_k8s(make_plan())
     assert "| grep @@NETORCH_RESULT@@" in bench and "hostPath" not in bench
+    assert "[network.link]" not in bench and "[network.management]" not in bench
+    beside = dump_k8s(make_plan(network={"subnet": "10.9.0.0/24", "link": {"rate": "1gbit"},
+                                         "management": {"subnet": "10.8.0.0/24"}}))
+    assert "# [network.link] is not in this file: netorch shapes links with tc in each" in beside
+    assert "# [network.management] is not in this file: a pod has one interface." in beside
 
 
 def test_cli_render_k8s_user_job(project: Path) -> None:

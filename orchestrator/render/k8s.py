@@ -747,6 +747,8 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
     if plan.network.shaped:
         lines += ["[network.link] is not in this file: netorch shapes links with tc in each",
                   "container after it starts (docker backend only)."]
+    if plan.management is not None:
+        lines.append("[network.management] is not in this file: a pod has one interface.")
     return comment_block(lines)
 
 
