@@ -285,13 +285,19 @@ def run_fabric(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None
     node, N/2 disjoint pairs at a time), the matrix, its outliers and the verdict."""
     from orchestrator.fabric import analyse, write_fabric
 
-    if settings.cluster.nodes < 2:
-        raise ConfigError(f"cluster.nodes: {settings.cluster.nodes} node(s) make no pair; "
-                          "netorch fabric needs 2 or more (3 or more to name a suspect)")
-    if settings.cluster.procs_per_node != 1:
-        raise ConfigError(f"cluster.procs_per_node: {settings.cluster.procs_per_node}; netorch "
-                          "fabric measures nodes, one rank each: drop --procs-per-node")
+
+    def check(settings: Settings, where: str = "") -> None:
+        if settings.cluster.nodes < 2:
+            raise ConfigError(f"cluster.nodes: {settings.cluster.nodes} node(s){where} make no "
+                              "pair; netorch fabric needs 2 or more (3 or more to name a suspect)")
+        if settings.cluster.procs_per_node != 1:
+            raise ConfigError(f"cluster.procs_per_node: {settings.cluster.procs_per_node}; "
+                              "netorch fabric measures nodes, one rank each: drop "
+                              "--procs-per-node")
+
+    check(settings)
     name, settings, warm = _executor(settings, hooks, on, asked)
+    check(settings, f" in cluster {on}" if on else "")  # a warm cluster brings its own count
     plan = build_plan(settings, new_run_id(), name, "fabric")
     backend = warm or make_backend(name, settings)
     out_dir = settings.output / plan.run_id
@@ -636,6 +642,12 @@ def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hook
                           "process")
     if idle_timeout_s < 0:
         raise ConfigError(f"--idle-timeout {idle_timeout_s}: give seconds >= 0 (0: never)")
+    if settings.network.management.enabled:
+        # Its runs would pin NCCL/gloo to the cluster's recorded interface (eth0), which a
+        # management network takes; warm clusters have the fabric only.
+        raise ConfigError(f"network.management.subnet={settings.network.management.subnet}: a "
+                          "warm cluster has the fabric only; drop [network.management] for "
+                          "netorch up (runs without --on support it)")
     single_host(settings, "up")
     run = settings.run
     base = None

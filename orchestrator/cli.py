@@ -50,9 +50,10 @@ app.add_typer(swarm_app, name="swarm")
 
 # Tables fit the console's width (orchestrator/tables.py): a terminal's, or COLUMNS when set
 # (a pipe has no width of its own); in a pipe without COLUMNS, 140 (CI logs are wide).
-console = Console(highlight=False,
+# No emoji codes: a value like the pair key "master:x" followed by ":" would print as an emoji.
+console = Console(highlight=False, emoji=False,
                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,27 +516,6 @@ FABRIC_FLAGS = (
 )
 
 
-def fabric_table(report: dict[str, Any]) -> Any:
-    """The bandwidth matrix (GB/s, sender rows, receiver columns), slow pairs in red."""
-    from rich.table import Table
-
-    names = [node["name"] for node in report["nodes"]]
-    slow = {(p["a"], p["b"]) for p in report["pairs"] if p["slow"]}
-    slow |= {(b, a) for a, b in slow}
-    table = Table(title=f"fabric {report['run_id']}: bandwidth GB/s (sender -> receiver)",
-                  title_justify="left")
-    table.add_column("from \\ to")
-    for name in names:
-        table.add_column(name, justify="right")
-    for i, row in enumerate(report["matrix"]["bandwidth_gbps"]):
-        cells = []
-        for j, value in enumerate(row):
-            text = "-" if value is None else f"{value:.3f}"
-            cells.append(f"[bold red]{text}[/]" if (names[i], names[j]) in slow else text)
-        table.add_row(names[i], *cells)
-    return table
-
-
 @command(app, PLAN_FLAGS, FABRIC_FLAGS)
 def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
            as_json: JsonOpt = False) -> None:
@@ -554,7 +534,9 @@ def fabric(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         if result.suspects:
             raise typer.Exit(5)
         return
-    console.print(fabric_table(report))
+    from orchestrator.fabric import fabric_table
+
+    console.print(fabric_table(report, console.width))
     for pair in report["pairs"]:
         if pair["latency_outlier"]:
             console.print(f"[yellow]note:[/] latency {pair['a']} <-> {pair['b']} "
@@ -701,7 +683,7 @@ def sweep(
     significant difference" is a result, not a failure); 4 when a run's variant could not be
     verified (its MTU, or a rank's environment).
     """
-    from orchestrator.sweep import Axis, parse_vary, sockets_preset, sweep_table
+    from orchestrator.sweep import Axis, parse_vary, sockets_preset_for, sweep_table
 
     axes: list[Axis] = []
     if mtus is not None:
@@ -717,11 +699,7 @@ def sweep(
     if preset is not None:
         if preset != "sockets":
             raise ConfigError(f"--preset: {preset!r} is not a preset; the one preset is sockets")
-        base = request.load({"backend": "docker"})
-        backend = base.cluster.dist_backend
-        if backend == "auto":
-            backend = "nccl" if base.gpu.per_node or base.gpu.device_ids else "gloo"
-        axes += sockets_preset(backend, base.network.interface)
+        axes += sockets_preset_for(request.load({"backend": "docker"}))
     if not axes or all(a.key == "network.link.rate" for a in axes):
         axes.append(Axis("network.mtu", (1500, 9000)))
 
@@ -875,7 +853,7 @@ def render_k8s_cmd(
     namespace: Annotated[Optional[str], typer.Option("--namespace", help="write this namespace into every object")] = None,
     run_id: RunIdOpt = None,
     master_wait: Annotated[Optional[int], typer.Option(
-        "--master-wait", min=1, metavar="SECONDS",
+        "--master-wait", metavar="SECONDS",
         help="how long each pod's readiness step waits for the master's name and port "
         "[default: 600]")] = None,
 ) -> None:

@@ -276,3 +276,56 @@ def _frame(row: int, col: int) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def fabric_table(report: Mapping[str, Any], width: int) -> Any:
+    """The bandwidth matrix (GB/s, sender rows, receiver columns), slow pairs in red, when it
+    fits ``width`` one line per row; otherwise one row per node (its median GB/s sending and
+    receiving, its slowest pair, its slow pairs), since a matrix of many nodes cannot fit a
+    terminal: ``fabric.csv`` and ``--json`` have every pair."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.tables import Column, fit_table, table_width
+
+    names = [node["name"] for node in report["nodes"]]
+    slow = {(p["a"], p["b"]) for p in report["pairs"] if p["slow"]}
+    slow |= {(b, a) for a, b in slow}
+    matrix = report["matrix"]["bandwidth_gbps"]
+    title = f"fabric {report['run_id']}: bandwidth GB/s (sender -> receiver)"
+    cells = [["-" if v is None else f"{v:.3f}" for v in row] for row in matrix]
+    corner = "from \\ to"
+    widths = [max(len(corner), *map(len, names))]
+    widths += [max(len(name), *(len(row[j]) for row in cells)) for j, name in enumerate(names)]
+    if table_width(widths) <= width:
+        # The title on a line of its own: a table's title wraps at the table's width.
+        table = Table()
+        table.add_column(corner, no_wrap=True)
+        for name in names:
+            table.add_column(name, justify="right", no_wrap=True)
+        for i, row in enumerate(cells):
+            table.add_row(names[i], *(f"[bold red]{text}[/]" if (names[i], names[j]) in slow
+                                      else text for j, text in enumerate(row)))
+        return Group(Text(title), table)
+
+    def median(values: Iterable[float | None]) -> str:
+        got = [v for v in values if v is not None]
+        return f"{statistics.median(got):.3f}" if got else "-"
+
+    rows = []
+    for i, name in enumerate(names):
+        mine = [p for p in report["pairs"] if name in (p["a"], p["b"])]
+        worst = min(mine, key=lambda p: p["gbps"], default=None)
+        peer = "-" if worst is None else (worst["b"] if worst["a"] == name else worst["a"])
+        n_slow = sum(p["slow"] for p in mine)
+        rows.append([name, median(matrix[i]), median(row[i] for row in matrix),
+                     "-" if worst is None else f"{worst['gbps']:.3f} with {peer}",
+                     f"[bold red]{n_slow}[/]" if n_slow else "0"])
+    columns = [Column("node", priority=2), Column("send GB/s", "right", 2),
+               Column("recv GB/s", "right", 1), Column("slowest pair", priority=2),
+               Column("slow pairs", "right", 2)]
+    n = len(names)
+    return Group(Text(f"fabric {report['run_id']}: GB/s per node ({n}x{n} matrix too wide: "
+                      "fabric.csv, --json)"),
+                 fit_table("", columns, rows, width))

@@ -282,6 +282,13 @@ class ClusterPlan:
     def master(self) -> NodeSpec:
         return self.nodes[0]
 
+    def container_hostname(self, node: NodeSpec) -> str:
+        """The hostname ``node``'s container gets: its short name (``master``), or with a
+        management network its unique container name: Docker's DNS answers a container's hostname
+        (and a compose service's name) on each of its networks, the first (the management
+        network, eth0) included, so ``master`` must be the fabric's alias alone."""
+        return node.name if self.management is not None else node.hostname
+
     @property
     def multi_host(self) -> bool:
         """True when nodes spread over several Docker hosts (an overlay network)."""

@@ -636,9 +636,12 @@ def _link_node_problem(link: LinkSettings, nodes: int) -> str | None:
             return f"network.link.nodes.{key}: no node {key!r}; {known}"
     for key in link.pairs:
         ends = key.split(":")
-        if len(ends) != 2 or ends[0] == ends[1] or any(e not in names for e in ends):
+        if len(ends) != 2 or ends[0] == ends[1]:
             return (f"network.link.pairs.{key}: expected two different nodes as "
                     f"\"<node>:<node>\" (e.g. \"master:worker-1\"); {known}")
+        for end in ends:
+            if end not in names:
+                return f"network.link.pairs.{key}: no node {end!r}; {known}"
     return None
 
 

@@ -14,13 +14,31 @@ from orchestrator.errors import ConfigError
 from orchestrator.settings_errors import show_loc
 
 
+def key_parts(dotted: str) -> list[str]:
+    """``network.link.pairs."master:worker-1".rate`` -> its keys, a double-quoted part one key
+    (as in TOML), its quotes dropped; unquoted dots separate keys."""
+    parts, current, quoted = [], "", False
+    for char in dotted:
+        if char == '"':
+            quoted = not quoted
+        elif char == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if quoted:
+        raise ConfigError(f"{dotted}: a key's opening quote has no closing one; write e.g. "
+                          'network.link.pairs."master:worker-1".rate')
+    return [*parts, current]
+
+
 def _deep_set(target: dict[str, Any], dotted: str, value: object) -> None:
     node = target
-    *parents, leaf = dotted.split(".")
+    *parents, leaf = key_parts(dotted)
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{show_loc(dotted.split('.'))}: {part!r} is not a section; "
+            raise ConfigError(f"{show_loc(key_parts(dotted))}: {part!r} is not a section; "
                               "check the key")
     node[leaf] = value
 

@@ -54,7 +54,7 @@ from orchestrator.netprobe import (
     path_mtu,
     tcp_throughput,
 )
-from orchestrator.plan import CONTAINER_IFNAME, ClusterPlan, build_plan, with_start_gate
+from orchestrator.plan import CONTAINER_IFNAME, ClusterPlan, build_plan, new_run_id, with_start_gate
 from orchestrator.report import build_report, format_size
 from orchestrator.session import Echo, run_session
 from orchestrator.settings import Settings
@@ -193,6 +193,16 @@ def sockets_preset(backend: str, ifname: str) -> list[Axis]:
         return [Axis("env.NCCL_SOCKET_NTHREADS", ("1", "2", "4")),
                 Axis("env.NCCL_NSOCKS_PERTHREAD", ("1", "4"))]
     return [Axis("env.GLOO_SOCKET_IFNAME", tuple(",".join([ifname] * n) for n in (1, 2, 4)))]
+
+
+def sockets_preset_for(settings: Settings) -> list[Axis]:
+    """``--preset sockets`` for these settings: their process-group backend, and the interface
+    the plan pins NCCL/gloo to (eth1 when a management network takes eth0)."""
+    backend = settings.cluster.dist_backend
+    if backend == "auto":
+        backend = "nccl" if settings.gpu.per_node or settings.gpu.device_ids else "gloo"
+    plan = build_plan(settings, new_run_id(), "docker")
+    return sockets_preset(backend, plan.network.interface)
 
 
 def variant_problems(variant: Variant, report: dict[str, Any]) -> list[str]:

@@ -87,6 +87,18 @@ def test_pair_link_is_an_htb_class_filtered_by_the_peer_address_on_both_ends() -
     assert f"{plan.nodes[0].ip}/32" in next(argv for argv in worker3 if "filter" in argv)
 
 
+def test_netem_under_htb_classes_takes_handles_of_its_own() -> None:
+    # A common delay (default class 1:1) beside a delayed pair (class 1:10): each class's netem
+    # qdisc needs a handle unlike the root's "1:" and unlike each other's.
+    plan = _plan(delay="1ms", pairs={"master:worker-1": {"delay": "5ms"}})
+    master = plan_tc_commands(plan)[plan.nodes[0].name]
+    handles = [argv[argv.index("handle") + 1] for argv in master
+               if "qdisc" in argv and "handle" in argv]
+    assert handles == ["1:", "101:", "110:"]
+    assert [argv[argv.index("parent") + 1] for argv in master if "netem" in argv] == [
+        "1:1", "1:10"]
+
+
 def test_pair_link_with_a_common_rate_puts_the_common_link_in_the_default_class() -> None:
     plan = _plan(rate="1gbit", pairs={"master:worker-1": {"rate": "10mbit"}})
     master = plan_tc_commands(plan)[plan.nodes[0].name]
@@ -99,6 +111,7 @@ def test_pair_link_with_a_common_rate_puts_the_common_link_in_the_default_class(
     ({"pairs": {"master": {"rate": "1gbit"}}}, "network.link.pairs.master: expected two"),
     ({"pairs": {"master:master": {"rate": "1gbit"}}}, "expected two different nodes"),
     ({"nodes": {"master": {"rate": "fast"}}}, "rate"),
+    ({"pairs": {"master:x": {"rate": "1gbit"}}}, "network.link.pairs.master:x: no node 'x'"),
 ])
 def test_bad_node_or_pair_keys_are_one_clear_error(link: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -112,6 +125,49 @@ def test_node_override_through_set_syntax() -> None:
                               "network.link.pairs.master:worker-1.rate=1gbit")).load()
     assert s.network.link.nodes["worker-2"].rate == "50mbit"
     assert s.network.link.pairs["master:worker-1"].rate == "1gbit"
+    # The TOML spelling of the key works too (a quoted part is one key, quotes dropped).
+    quoted = SettingsRequest(sets=("cluster.nodes=3",
+                                   'network.link.pairs."master:worker-2".rate=2gbit')).load()
+    assert quoted.network.link.pairs["master:worker-2"].rate == "2gbit"
+    with pytest.raises(ConfigError, match="opening quote has no closing one"):
+        SettingsRequest(sets=('network.link.pairs."master:worker-1.rate=1gbit',)).load()
+
+
+def test_a_warm_cluster_of_one_node_is_refused_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.app as usecases
+
+    def one_node_cluster(settings: Any, hooks: Any, on: Any, asked: Any) -> Any:
+        # What _executor returns for `--on lab` when lab was `netorch up --nodes 1`.
+        cluster = settings.cluster.model_copy(update={"nodes": 1})
+        return "docker", settings.model_copy(update={"cluster": cluster}), object()
+
+    monkeypatch.setattr(usecases, "_executor", one_node_cluster)
+    with pytest.raises(ConfigError, match="1 node.s. in cluster lab make no pair"):
+        run_fabric(load_settings(overrides={"backend": "docker"}), on="lab")
+
+
+@pytest.mark.parametrize("link", [{"rate": "1gbit"}, {"nodes": {"worker-1": {"delay": "1ms"}}},
+                                  {"pairs": {"master:worker-1": {"rate": "50mbit"}}}])
+def test_the_process_backend_refuses_links_it_cannot_emulate(link: dict[str, Any]) -> None:
+    from orchestrator.errors import PlanError
+
+    settings = load_settings(overrides={"network": {"link": link}})
+    with pytest.raises(PlanError, match="network.link: the process backend cannot emulate"):
+        build_plan(settings, "run-1", "process")
+    assert build_plan(settings, "run-1", "docker").network.shaped
+
+
+def test_cli_names_a_bad_pair_in_one_line_with_exit_2() -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["plan", "--set", 'network.link.pairs."master:x".rate=1gbit'])
+    assert result.exit_code == 2, result.output
+    # One line, and the key as written: rich would print "master:x:" as an emoji code.
+    assert result.stderr.splitlines() == [
+        "error: network.link.pairs.master:x: no node 'x'; the plan's nodes are master, worker-1"]
 
 
 # ---- the verdict ----------------------------------------------------------------------------
@@ -200,6 +256,34 @@ def test_analyse_names_the_slow_node_and_writes_json_csv_png(tmp_path: Path) -> 
     assert {(r["a"], r["b"]) for r in rows if r["slow"] == "True"} == {
         ("master", "worker-2"), ("worker-1", "worker-2"), ("worker-2", "worker-3")}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _printed(renderable: Any, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def test_the_matrix_fits_the_width_or_gives_way_to_one_row_per_node() -> None:
+    from orchestrator.fabric import fabric_table
+
+    small = analyse(_plan(4), _doc(4, _values(4, slow_nodes={2})), 0.5, 3.0)
+    lines = _printed(fabric_table(small, 80), 80)
+    assert lines[0].startswith("fabric ") and lines[0].endswith("(sender -> receiver)")
+    assert max(map(len, lines)) <= 80 and len(lines) == 1 + 4 + 4  # title, frame+head, 4 rows
+    assert any(line.split("│")[1].strip() == "worker-2" for line in lines if "│" in line)
+
+    big = analyse(_plan(12), _doc(12, _values(12, slow_nodes={5})), 0.5, 3.0)
+    lines = _printed(fabric_table(big, 80), 80)
+    assert max(map(len, lines)) <= 80
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("│") for line in lines) if len(cells) > 2}
+    assert set(rows) == {n["name"] for n in big["nodes"]}
+    assert rows["worker-5"][-1] == "11" and rows["master"][-1] == "1"  # its slow pairs
+    assert "(12x12 matrix too wide: fabric.csv, --json)" in lines[0]
+    assert _printed(fabric_table(big, 200), 200)[0].endswith("(sender -> receiver)")
 
 
 def test_analyse_refuses_a_result_with_a_missing_pair() -> None:

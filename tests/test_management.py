@@ -65,7 +65,13 @@ def test_compose_declares_both_networks_with_fixed_addresses() -> None:
     doc = render_compose(plan)
     mgmt = doc["networks"][plan.management.name]
     assert mgmt["internal"] is False and mgmt["ipam"]["config"][0]["subnet"] == "10.77.0.0/24"
-    nets = doc["services"]["worker-1"]["networks"]
+    # Compose makes a service key a DNS name on every network: keyed by container name, as
+    # the hostname is, "master" is the fabric's alias alone.
+    master = doc["services"][plan.master.name]
+    assert master["hostname"] == plan.master.name and "master" not in doc["services"]
+    assert "master" in master["networks"][plan.network.name]["aliases"]
+    assert "aliases" not in master["networks"][plan.management.name]
+    nets = doc["services"][plan.nodes[1].name]["networks"]
     assert nets[plan.management.name] == {"ipv4_address": "10.77.0.3"}
     assert nets[plan.network.name]["ipv4_address"] == "10.9.0.3"
 
@@ -131,6 +137,15 @@ def test_beside_a_management_network_the_hostname_is_not_the_master_alias() -> N
     assert kwargs["hostname"] == plan.master.name and "master" in plan.master.aliases
     plain = _plan()
     assert container_create_kwargs(plain, plain.master, "n", "1.41")["hostname"] == "master"
+
+
+def test_warm_clusters_refuse_a_management_network_at_up(tmp_path: Path) -> None:
+    from orchestrator import app
+
+    settings = load_settings(overrides={"backend": "docker", "network": {"management": MGMT}})
+    with pytest.raises(ConfigError, match="network.management.subnet=10.77.0.0/24: a warm "
+                       "cluster has the fabric only"):
+        app.up(settings, "nt-mgmt-up", 60.0, base_dir=tmp_path)
 
 
 @pytest.mark.parametrize(("gloo", "route", "status", "needle"), [

@@ -25,6 +25,7 @@ from orchestrator.render.compose import (
     BRIDGE_NAME_OPTION,
     COMPOSE_FILE_NAME,
     MTU_OPTION,
+    compose_header,
     compose_project,
     dump_compose,
     render_compose,
@@ -97,7 +98,7 @@ def test_every_service_equals_its_node() -> None:
     assert list(doc["services"]) == ["master", "worker-1", "worker-2", "worker-3"]
     net = plan.network.name
     for node in plan.nodes:
-        svc = doc["services"][service_name(node)]
+        svc = doc["services"][service_name(plan, node)]
         assert svc["image"] == plan.runtime.image == "netorch:latest"
         assert svc["container_name"] == node.name
         assert svc["hostname"] == node.hostname
@@ -121,7 +122,7 @@ def test_every_service_equals_its_node() -> None:
 def test_gpu_count_reservation() -> None:
     plan = make_plan(network={"subnet": "10.13.0.0/24"}, gpu={"per_node": 2})
     for node in plan.nodes:
-        svc = render_compose(plan)["services"][service_name(node)]
+        svc = render_compose(plan)["services"][service_name(plan, node)]
         assert svc["deploy"] == {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "count": 2, "capabilities": ["gpu", "compute", "utility"]},
         ]}}}
@@ -187,6 +188,10 @@ def test_written_file_parses_back_and_has_header(tmp_path: Path) -> None:
                for line in header)
     assert any(f"docker wait {plan.master.name}" in line for line in header)
     assert any("depends_on" in line for line in header)
+    assert not any("[network.link]" in line for line in header)
+    shaped = make_plan(network={"subnet": "10.19.0.0/24",
+                                "link": {"nodes": {"worker-1": {"rate": "1gbit"}}}})
+    assert "# [network.link] is not in this file" in compose_header(shaped)
 
 
 def test_cli_render_compose(tmp_path: Path) -> None:
@@ -236,7 +241,7 @@ def test_run_job_services(project: Path) -> None:
     doc = render_compose(plan)
     assert plan.emits_result is False and plan.workdir == "/workspace"
     for rank, node in enumerate(plan.nodes):
-        svc = doc["services"][service_name(node)]
+        svc = doc["services"][service_name(plan, node)]
         assert svc["image"] == "my/ddp:1.0" == plan.runtime.image
         assert svc["working_dir"] == "/workspace"
         # The plan expanded the placeholders per node; the file carries each node's own argv.
@@ -500,7 +505,7 @@ def test_compose_up_runs_the_bench(compose_run: Any) -> None:
                      bench={"ops": ["all_reduce"], "min_bytes": "64K", "max_bytes": "1M",
                             "warmup": 1, "iters": 3})
     file, project = compose_run(plan)
-    master = service_name(plan.master)
+    master = service_name(plan, plan.master)
     up = _up_and_wait(file, project, plan.master.name)
     logs = _compose(file, project, "logs", "--no-color", master)
     assert up.returncode == 0, (up.stdout[-6000:], up.stderr[-3000:], logs.stdout[-3000:])
@@ -579,3 +584,27 @@ def test_compose_up_runs_the_user_example(compose_env: Any, tmp_path: Path) -> N
     gone = CliRunner().invoke(app, ["down", "--run", run_id])
     assert gone.exit_code == 0, gone.output
     assert "0 resource(s)" in gone.output
+
+
+@pytest.mark.docker
+def test_beside_a_management_network_master_resolves_to_the_fabric(
+        compose_run: Any, compose_env: Any, project: Path) -> None:
+    """docker-compose 1.29 makes a service key a DNS name on every network the service joins:
+    keyed by container name, "master" is the fabric's alias alone, on every node."""
+    from test_faults import free_test_subnet
+
+    fabric = free_test_subnet(compose_env)
+    mgmt = free_test_subnet(compose_env)
+    while mgmt == fabric:
+        mgmt = free_test_subnet(compose_env)
+    probe = ("import socket; print('master is', sorted({a[4][0] for a in "
+             "socket.getaddrinfo('master', None)}), flush=True)")
+    plan = make_run_plan(project, _run_id(), cluster={"nodes": 2},
+                         network={"subnet": fabric, "management": {"subnet": mgmt}},
+                         run={"command": ["python", "-c", probe]})
+    file, project_name = compose_run(plan)
+    up = _up_and_wait(file, project_name, plan.master.name)
+    for node in plan.nodes:
+        logs = _compose(file, project_name, "logs", "--no-color", service_name(plan, node))
+        assert up.returncode == 0, (up.stderr[-3000:], logs.stdout[-3000:])
+        assert f"master is ['{plan.master.ip}']" in logs.stdout, logs.stdout[-3000:]

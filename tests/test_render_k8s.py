@@ -597,6 +597,11 @@ def test_run_job_header(project: Path) -> None:
     assert list(yaml.safe_load_all(text)) == render_k8s(plan)
     bench = dump_k8s(make_plan())
     assert "| grep @@NETORCH_RESULT@@" in bench and "hostPath" not in bench
+    assert "[network.link]" not in bench and "[network.management]" not in bench
+    beside = dump_k8s(make_plan(network={"subnet": "10.9.0.0/24", "link": {"rate": "1gbit"},
+                                         "management": {"subnet": "10.8.0.0/24"}}))
+    assert "# [network.link] is not in this file: netorch shapes links with tc in each" in beside
+    assert "# [network.management] is not in this file: a pod has one interface." in beside
 
 
 def test_cli_render_k8s_user_job(project: Path) -> None:
@@ -702,6 +707,17 @@ def wait_env(template_spec: dict[str, Any]) -> dict[str, Any]:
     assert wait["name"] == WAIT_CONTAINER
     assert wait["args"] == ["python", "-c", WAIT_SCRIPT]  # no "$" in it: nothing to escape
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in wait["env"]}
+
+
+def test_a_master_wait_below_one_second_is_one_line_with_exit_2() -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["render", "k8s", "-o", "unused", "--master-wait", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "error: --master-wait 0: not a timeout; give 1 s or more (default 600)"]
 
 
 @pytest.mark.parametrize("flavor", ["indexed-job", "jobset"])

@@ -22,6 +22,7 @@ from orchestrator.sweep import (
     recommend,
     ring_pairs,
     sockets_preset,
+    sockets_preset_for,
     sweep_order,
     variant_problems,
     verdicts,
@@ -239,6 +240,16 @@ def test_sockets_preset_follows_the_backend() -> None:
     assert gloo == Axis("env.GLOO_SOCKET_IFNAME", ("eth0", "eth0,eth0", "eth0,eth0,eth0,eth0"))
     assert [a.key for a in sockets_preset("nccl", "eth0")] == [
         "env.NCCL_SOCKET_NTHREADS", "env.NCCL_NSOCKS_PERTHREAD"]
+
+
+def test_sockets_preset_uses_the_plans_fabric_interface() -> None:
+    """With a management network the fabric is eth1: the preset lists eth1, not the eth0 default."""
+    plain = load_settings(None, {"network": {"subnet": "10.219.9.0/24"}})
+    assert sockets_preset_for(plain) == sockets_preset("gloo", "eth0")
+    mgmt = load_settings(None, {"network": {"subnet": "10.219.9.0/24",
+                                            "management": {"subnet": "10.219.10.0/24"}}})
+    (axis,) = sockets_preset_for(mgmt)
+    assert axis.values == ("eth1", "eth1,eth1", "eth1,eth1,eth1,eth1")
 
 
 def test_variant_problems_read_every_rank_env() -> None:

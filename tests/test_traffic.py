@@ -56,7 +56,10 @@ def test_bytes_on_the_planned_interface_give_no_warning() -> None:
     report = _report([{"eth0": 16.9 * MIB, "eth1": 0.01 * MIB}] * 2)
     add_traffic(report)
     assert report["warnings"] == []
-    assert traffic_table(report) is not None
+    table = traffic_table(report, 80)
+    assert [c.header for c in table.columns][-2:] == ["expected B", "eth0 (planned)"]
+    assert list(table.columns[-1].cells) == [f"{16.9 * MIB:,.0f}"]  # eth1's 0.06 % left out
+    assert list(table.columns[-2].cells) == [f"{16 * MIB:,}"]
 
 
 def test_bytes_on_another_interface_warn_naming_both() -> None:

@@ -20,7 +20,14 @@ import psutil
 
 from orchestrator.backends.base import Backend, LineSink, NodeExit, NodeHandle
 from orchestrator.errors import BackendError, PlanError, PreflightError
-from orchestrator.plan import BackendName, ClusterPlan, FabricSpec, NetworkSpec, NodeSpec
+from orchestrator.plan import (
+    BackendName,
+    ClusterPlan,
+    FabricSpec,
+    NetworkSpec,
+    NodeSpec,
+    link_spec,
+)
 from orchestrator.settings import Settings
 
 LOOPBACK_ADDR = "127.0.0.1"
@@ -260,6 +267,13 @@ class ProcessKind:
                 f"{len(settings.hosts)} hosts are configured but the process backend runs on this "
                 "host only; use --backend docker (or drop [[hosts]])"
             )
+        link = settings.network.link
+        if link_spec(link) is not None or link.nodes or link.pairs:
+            # Local processes share the host's loopback: there is no per-node interface to shape,
+            # and a silently unshaped run (or a "healthy" fabric) would mislead.
+            raise PlanError("network.link: the process backend cannot emulate links (tc needs a "
+                            "network namespace per node); use --backend docker, or drop "
+                            "[network.link]")
         n = settings.cluster.nodes
         network = NetworkSpec(
             name="lo", driver="loopback", subnet="127.0.0.0/8", gateway=None, ip_range=None,

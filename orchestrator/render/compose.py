@@ -69,9 +69,11 @@ def compose_project(plan: ClusterPlan) -> str:
     return f"netorch-{plan.run_id}"
 
 
-def service_name(node: NodeSpec) -> str:
-    """The compose service key of ``node``: its hostname (``master``, ``worker-1``, ...)."""
-    return node.hostname
+def service_name(plan: ClusterPlan, node: NodeSpec) -> str:
+    """The compose service key of ``node``: its container's hostname (``master``, ``worker-1``,
+    ...; the container name beside a management network, since compose makes the service key a
+    DNS name on every network the service joins: see ClusterPlan.container_hostname)."""
+    return plan.container_hostname(node)
 
 
 def _esc(text: str) -> str:
@@ -159,7 +161,7 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "image": rt.image,
         "container_name": node.name,
-        "hostname": node.hostname,
+        "hostname": plan.container_hostname(node),
         "init": rt.init,
         "shm_size": rt.shm_size,
     }
@@ -189,16 +191,16 @@ def _service(plan: ClusterPlan, node: NodeSpec) -> dict[str, Any]:
 def render_compose(plan: ClusterPlan) -> dict[str, Any]:
     """Return the compose document equal in meaning to ``plan`` (a docker-backend plan).
 
-    Pure: no I/O, same plan -> equal dict, keys in a fixed order. Services are keyed by node
-    hostname (``master``, ``worker-1``, ...) and keep the plan's container names; the network is
-    keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
+    Pure: no I/O, same plan -> equal dict, keys in a fixed order. Services are keyed by the
+    containers' hostname (``master``, ``worker-1``, ...; see :func:`service_name`) and keep the
+    plan's container names; the network is keyed and named by the plan's network name. Named volumes the nodes mount are declared in a
     top-level ``volumes:`` (only when there are any) as external volumes of that exact name.
     String values come with ``$`` doubled (compose turns ``$$`` back into ``$``), keys as they
     are. Raises :class:`PlanError` for a process-backend plan, whose loopback "network" has no
     compose equivalent, and for a bind mount whose source is not an absolute path.
     """
     network = _network(plan)
-    services = {service_name(node): _service(plan, node) for node in plan.nodes}
+    services = {service_name(plan, node): _service(plan, node) for node in plan.nodes}
     doc: dict[str, Any] = {
         "version": COMPOSE_VERSION,
         "services": services,
@@ -221,7 +223,7 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
     """
     q = shlex.quote
     run_id = q(plan.run_id)
-    master = q(service_name(plan.master))
+    master = q(service_name(plan, plan.master))
     compose = f"docker-compose -p {q(compose_project(plan))} -f {q(file_name)}"
     flags = "[config flags]" if plan.emits_result else "[config and run flags] -- COMMAND"
     if plan.emits_result:
@@ -258,6 +260,9 @@ def compose_header(plan: ClusterPlan, file_name: str = COMPOSE_FILE_NAME) -> str
     if volumes:
         lines.append("Named volumes are external (down -v keeps them): create a missing one with")
         lines.extend(f"  docker volume create {q(name)}" for name in volumes)
+    if plan.network.shaped:
+        lines += ["[network.link] is not in this file: netorch shapes links with tc in each",
+                  "container after it starts (netorch bench/run on the docker backend)."]
     return comment_block(lines)
 
 

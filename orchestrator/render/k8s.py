@@ -643,7 +643,8 @@ def render_k8s(
             "lowercase letters, digits and '-', starting and ending with a letter or digit"
         )
     if master_wait_s < 1:
-        raise PlanError(f"master wait {master_wait_s} s is not a timeout; give 1 s or more")
+        raise PlanError(f"--master-wait {master_wait_s}: not a timeout; give 1 s or more "
+                        f"(default {MASTER_WAIT_S})")
     _gpu_limits(plan)  # device_ids / unknown driver: the clearest error first
     _uniform(plan)
     policy = network_policy(plan, flavor, namespace)
@@ -743,6 +744,11 @@ def k8s_header(plan: ClusterPlan, flavor: Flavor = DEFAULT_FLAVOR,
     if plan.runtime.memlock is not None:
         lines.append(f"docker.memlock={plan.runtime.memlock} has no pod field: set it in the "
                      "container runtime's default ulimits.")
+    if plan.network.shaped:
+        lines += ["[network.link] is not in this file: netorch shapes links with tc in each",
+                  "container after it starts (docker backend only)."]
+    if plan.management is not None:
+        lines.append("[network.management] is not in this file: a pod has one interface.")
     return comment_block(lines)
 
 

@@ -210,10 +210,7 @@ def container_create_kwargs(
         "image": rt.image,
         "command": command,
         "name": node.name,
-        # Docker's DNS answers a container's hostname on each of its networks, the first
-        # interface's first: beside a management network "master" must stay the fabric's alias
-        # alone, so the hostname becomes the (unique) container name.
-        "hostname": node.name if plan.management is not None else node.hostname,
+        "hostname": plan.container_hostname(node),
         "environment": environment,
         "user": run_as,
         "labels": node.labels_dict,

@@ -60,8 +60,10 @@ def _htb_class(ifname: str, classid: str, link: LinkSpec) -> list[tuple[str, ...
         "rate", rate, "ceil", rate, "burst", burst, "cburst", burst,
     )]
     if link.delay or link.loss:
-        minor = classid.split(":")[1]
-        commands.append(_netem(link, ifname, ("parent", classid, "handle", f"{minor}:")))
+        # The class's own netem qdisc: a handle no other qdisc has (class 1:1 must not take
+        # "1:", the root htb's: tc answers "Cannot move an existing qdisc").
+        handle = f"{0x100 + int(classid.split(':')[1], 16):x}:"
+        commands.append(_netem(link, ifname, ("parent", classid, "handle", handle)))
     return commands
 
 
