@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, RegressionError
@@ -297,17 +298,20 @@ def gate(deltas: Sequence[Delta], baseline: Baseline) -> None:
     raise RegressionError(f"regression against {', '.join(baseline.sources)}: {items}")
 
 
-def delta_table(deltas: Sequence[Delta], baseline: Baseline, unit: str) -> Table:
-    """The comparison: baseline median (min..max, n), this run, change, allowance, verdict."""
-    table = Table(title=f"against baseline {', '.join(baseline.run_ids)}", title_justify="left")
-    for col, right in (("figure", False), ("size", True), (f"baseline {unit}", True),
-                       ("min..max", True), ("n", True), (f"this run {unit}", True),
-                       ("change", True), ("allowed", True), ("verdict", False)):
-        table.add_column(col, justify="right" if right else "left")
-    for d in deltas:
-        verdict = "[bold red]REGRESSED[/]" if d.regressed else "ok"
-        table.add_row(d.label, "-" if d.size_bytes is None else format_size(d.size_bytes),
-                      f"{d.median:.3f}", f"{min(d.baseline):.3f}..{max(d.baseline):.3f}",
-                      str(len(d.baseline)), f"{d.current:.3f}", f"{d.change:+.1%}",
-                      f"-{d.allowed:.0%}", verdict)
-    return table
+def delta_table(deltas: Sequence[Delta], baseline: Baseline, unit: str,
+                width: int = 120) -> Table:
+    """The comparison: baseline median (min..max, n), this run, change, allowance, verdict;
+    fitted to ``width`` (the least important columns go first, see orchestrator/tables.py)."""
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("figure", priority=3), Column("size", "right", 3),
+               Column("baseline", "right", 2), Column("min..max", "right"),
+               Column("n", "right"), Column("this run", "right", 3),
+               Column("change", "right", 3), Column("allowed", "right", 1),
+               Column("verdict", priority=3)]
+    rows = [[escape(d.label), "-" if d.size_bytes is None else format_size(d.size_bytes),
+             f"{d.median:.3f}", f"{min(d.baseline):.3f}..{max(d.baseline):.3f}",
+             str(len(d.baseline)), f"{d.current:.3f}", f"{d.change:+.1%}", f"-{d.allowed:.0%}",
+             "[bold red]REGRESSED[/]" if d.regressed else "ok"] for d in deltas]
+    return fit_table(f"against baseline {', '.join(baseline.run_ids)} ({unit})", columns, rows,
+                     width)

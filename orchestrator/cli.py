@@ -329,7 +329,8 @@ def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
             reports.append(again.report)
             deltas = compare(best_of(reports), matched, allowed)
         # With --json, stdout holds the report alone: the deltas go to stderr and baseline.json.
-        (err if as_json else console).print(delta_table(deltas, matched, unit))
+        shown = err if as_json else console
+        shown.print(delta_table(deltas, matched, unit, shown.width))
         out = result.paths["json"].parent / "baseline.json"
         _writable(out.parent, lambda: out.write_text(json.dumps({
             "baseline": list(matched.sources), "baseline_runs": list(matched.run_ids),
@@ -434,7 +435,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         return
     console.print(results_table(report, console.width))
     if "line_rate" in report:
-        console.print(line_rate_table(report))
+        console.print(line_rate_table(report, console.width))
     from orchestrator.traffic import traffic_table
 
     traffic = traffic_table(report, console.width)
