@@ -631,6 +631,8 @@ def up(
     name: Annotated[str, typer.Option("--name", help="the cluster's name (3-32 of a-z, 0-9, -)")],
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", help="seconds without a job after which the nodes go away (0: never)")] = 1800.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the cluster as JSON (as "
+                                          "netorch ls --json lists it)")] = False,
 ) -> None:
     """Start a WARM cluster: network and nodes up, torch imported, idle. Then
     `netorch bench|train|run --on NAME` forks fresh ranks on it in seconds; `netorch ls` lists
@@ -638,6 +640,11 @@ def up(
     settings = request.load()
     with err.status(f"starting warm cluster {name}"):
         info = usecases.up(settings, name, idle_timeout, Hooks(on_notice=_notice))
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(info))
+        return
     console.print(f"cluster {info.name}: {info.nodes} node(s) up on {info.subnet} (MTU {info.mtu}), "
                   f"image {escape(info.image)}, idle timeout {info.idle_timeout_s:.0f} s")
     console.print(f"run on it with --on {info.name}; remove it with netorch down --run {info.name}")
@@ -766,6 +773,8 @@ def compare(
         "folder (settings' output, default runs/)", show_default=False)],
     out: Annotated[Path, typer.Option("--output", "-o", help="folder for compare.html, "
                                       "compare.png and compare.json")] = Path("compare"),
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print compare.json (runs, busbw deltas, differences) on stdout")] = False,
 ) -> None:
     """Compare runs: overlaid busbw curves, a delta table and a diff of everything that differed
     (settings, env, MTU, versions, hosts, line rate) in one self-contained compare.html, plus
@@ -774,6 +783,9 @@ def compare(
 
     reports = load_reports(runs, request.load().output)
     paths = write_compare(reports, out)
+    if as_json:
+        sys.stdout.write(paths["json"].read_text(encoding="utf-8"))
+        return
     console.print("compare: " + "  ".join(str(p) for p in paths.values()))
 
 
@@ -814,12 +826,16 @@ def down(
     request: SettingsRequest,
     run: Annotated[Optional[str], typer.Option("--run", help="remove the resources of this run id")] = None,
     all_: Annotated[bool, typer.Option("--all", help="remove the resources of every netorch run")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was removed as JSON")] = False,
 ) -> None:
     """Remove what netorch left behind: containers and networks labelled io.netorch.managed=true
     (docker, the default) or processes carrying a run id (--backend process)."""
     if (run is None) == (not all_):
         raise ConfigError("give exactly one of --run ID or --all")
     removed = usecases.down(request.load(), None if all_ else run)
+    if as_json:
+        _print_json({"run": None if all_ else run, "removed": list(removed)})
+        return
     for item in removed:
         console.print(f"removed {escape(item)}")
     scope = "every netorch run" if all_ else f"run {run}"
@@ -831,6 +847,8 @@ RenderCommandArg = Annotated[Optional[list[str]], typer.Argument(
     help="render YOUR job (as netorch run would start it) instead of the benchmark")]
 RenderEnvOpt = Annotated[Optional[list[str]], typer.Option("--env", "-e",
                                                            help="NAME=VALUE for the job")]
+RenderJsonOpt = Annotated[bool, typer.Option("--json", help="print the written files as JSON "
+                                             "({\"files\": [...]})")]
 RENDER_FLAGS = (_exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS,
                 _exclude(RUN_FLAGS, "max_restarts"))
 
@@ -855,6 +873,7 @@ def render_compose_cmd(
     command_: RenderCommandArg = None,
     env: RenderEnvOpt = None,
     run_id: RunIdOpt = None,
+    as_json: RenderJsonOpt = False,
 ) -> None:
     """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing.
 
@@ -862,6 +881,9 @@ def render_compose_cmd(
     benchmark."""
     settings, work = _render_request(request, command_, env)
     path = _writable(out_dir, lambda: usecases.render_compose(settings, out_dir, run_id, work))
+    if as_json:
+        _print_json({"files": [str(path)]})
+        return
     console.print(str(path))
 
 
@@ -879,6 +901,7 @@ def render_k8s_cmd(
         "--master-wait", min=1, metavar="SECONDS",
         help="how long each pod's readiness step waits for the master's name and port "
         "[default: 600]")] = None,
+    as_json: RenderJsonOpt = False,
 ) -> None:
     """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing.
 
@@ -889,6 +912,9 @@ def render_k8s_cmd(
     settings, work = _render_request(request, command_, env)
     paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
                                                            run_id, work, master_wait))
+    if as_json:
+        _print_json({"files": [str(p) for p in paths]})
+        return
     for path in paths:
         console.print(str(path))
 
