@@ -290,13 +290,14 @@ ToleranceOpt = Annotated[str, typer.Option(
     "50% against a single run); or the percentage drop allowed, e.g. 10")]
 
 
-def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
+def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int, kind: str
                    ) -> Callable[[usecases.RunResult, str, Callable[[], usecases.RunResult], bool],
                                  None]:
     """Check ``--baseline``/``--tolerance`` now (exit 2 before anything runs); return the step
     that compares a finished run with it (re-running it up to ``confirm`` times while a figure
     looks regressed, judging the best of the runs), prints the deltas, saves baseline.json and
-    exits 5 on a regression (nothing without ``--baseline``)."""
+    exits 5 on a regression (nothing without ``--baseline``). A baseline of another ``kind``
+    (train reports for a bench) is refused before the run too."""
     from orchestrator.baseline import (
         best_of,
         compare,
@@ -314,6 +315,9 @@ def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
 
         return no_gate
     baseline = load_baseline(paths)
+    if baseline.kind != kind:
+        raise ConfigError(f"--baseline: {', '.join(baseline.sources)} holds {baseline.kind} "
+                          f"reports, this run is {kind}; compare like with like")
 
     def check(result: usecases.RunResult, unit: str,
               rerun: Callable[[], usecases.RunResult], as_json: bool = False) -> None:
@@ -419,7 +423,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance, confirm)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm, "bench")
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
 
     def run_once() -> usecases.RunResult:
@@ -473,7 +477,7 @@ def train(request: SettingsRequest,
     from train.results import decode_progress
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance, confirm)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm, "train")
     hooks, started = _run_hooks(settings.cluster.name, quiet)
     node_echo = hooks.echo
     assert node_echo is not None

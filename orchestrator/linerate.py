@@ -156,14 +156,18 @@ def line_rate_table(report: dict[str, Any], width: int = 120) -> Table:
     def gbps(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f} GB/s"
 
-    streams = max((t["streams"] for t in line["tcp_parallel"]), default=1)
+    streams = max((t["streams"] for t in line["tcp_parallel"]), default=0)
     par = line["parallel_gbps"]
     columns = [Column("op", priority=2), Column("size", "right", 2),
-               Column("busbw GB/s", "right", 1), Column("share of 1 stream", "right", 2),
-               Column(f"share of {streams} streams", "right")]
+               Column("busbw GB/s", "right", 1), Column("share of 1 stream", "right", 2)]
     rows = [[f"{row['op']} {row['dtype']}{'' if row['in_place'] else ' oop'}",
              format_size(int(row["size_bytes"])), f"{row['busbw_gbps']:.3f}",
-             "-" if row.get("line_share") is None else f"{row['line_share']:.0%}",
-             f"{row['busbw_gbps'] / par:.0%}" if par else "-"] for row in report["results"]]
-    return fit_table(f"line rate: TCP 1 stream {gbps(line['single_gbps'])}, {streams} streams "
-                     f"{gbps(par)}", columns, rows, width)
+             "-" if row.get("line_share") is None else f"{row['line_share']:.0%}"]
+            for row in report["results"]]
+    title = f"line rate: TCP 1 stream {gbps(line['single_gbps'])}"
+    if streams:  # no parallel test with --tcp-streams 1
+        columns.append(Column(f"share of {streams} streams", "right"))
+        for row, cells in zip(report["results"], rows):
+            cells.append(f"{row['busbw_gbps'] / par:.0%}" if par else "-")
+        title += f", {streams} streams {gbps(par)}"
+    return fit_table(title, columns, rows, width)

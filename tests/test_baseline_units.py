@@ -169,3 +169,7 @@ def test_delta_and_line_rate_tables_fit_80_columns_one_line_per_row(tmp_path: Pa
     lines = _printed(line_rate_table(now, 40), 40)
     assert all(len(line) <= 40 for line in lines), lines
     assert sum(line.startswith("│") for line in lines) == 3, lines
+    assert "share of 4 streams" in "\n".join(_printed(line_rate_table(now, 120), 120))
+    now["line_rate"] = {"single_gbps": 2.0, "parallel_gbps": None, "tcp_parallel": []}
+    single = "\n".join(_printed(line_rate_table(now, 120), 120))  # --tcp-streams 1
+    assert "streams" not in single and "share of 1 stream" in single, single

@@ -118,3 +118,18 @@ def test_sweep_refuses_bad_axes_before_starting_anything(tmp_path: Path, args: t
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_baseline_of_another_kind_is_refused_before_the_run(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "report.json").write_text(json.dumps({"kind": "bench", "run_id": "b-1", "results": [
+        {"op": "all_reduce", "dtype": "float32", "in_place": True, "size_bytes": 1 << 20,
+         "busbw_gbps": 1.0}]}))
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--backend",
+                           "process", "--steps", "5", "-o", str(out), "--baseline", str(saved)],
+                          env=netorch_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds bench reports, this run is train; compare like with like" in proc.stderr
+    assert not out.exists()  # refused before anything ran
