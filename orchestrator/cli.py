@@ -936,7 +936,8 @@ def image_build(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the summary")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be built (base, "
                                           "build arguments, torch, wheels); build nothing")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (with --dry-run: what "
+                                          "would be built)")] = False,
 ) -> None:
     """Build the training image through the Docker SDK; a no-op when its inputs are unchanged."""
     from orchestrator.backends.docker import connect
@@ -963,6 +964,11 @@ def image_build(
     with connect() as client:
         result = build_image(client, tag=tag, offline=offline, base_image=base_image,
                              force=force, progress=progress)
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+        return
     state = "up to date" if result.up_to_date else "built"
     console.print(f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)")
 
