@@ -660,20 +660,25 @@ def ls(request: SettingsRequest,
     """List warm clusters (netorch up); expired ones are removed."""
     from dataclasses import asdict
 
-    from rich.table import Table
-
     found = usecases.clusters(request.load())
     if as_json:
         sys.stdout.write(json.dumps([asdict(c) for c in found], indent=2) + "\n")
         return
-    table = Table(title="warm clusters", title_justify="left")
-    for col in ("name", "state", "nodes", "subnet", "mtu", "image", "idle timeout"):
-        table.add_column(col)
-    for c in found:
-        state = c.state + (" (removed)" if c.state == "expired" else "")
-        table.add_row(c.name, state, str(c.nodes), c.subnet, str(c.mtu), escape(c.image),
-                      f"{c.idle_timeout_s:.0f} s")
-    console.print(table)
+    console.print(clusters_table(found, console.width))
+
+
+def clusters_table(found: Sequence[usecases.ClusterInfo], width: int) -> Any:
+    """``netorch ls``'s table, fitted to ``width`` (orchestrator/tables.py)."""
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("name", priority=3), Column("state", priority=3),
+               Column("nodes", "right", 2), Column("subnet", priority=2),
+               Column("mtu", "right", 1), Column("image", priority=1),
+               Column("idle timeout", "right")]
+    rows = [[escape(c.name), c.state + (" (removed)" if c.state == "expired" else ""),
+             str(c.nodes), c.subnet, str(c.mtu), escape(c.image), f"{c.idle_timeout_s:.0f} s"]
+            for c in found]
+    return fit_table("warm clusters", columns, rows, width)
 
 
 SOCKET_PRESET_HELP = (

@@ -251,3 +251,19 @@ def test_compare_render_and_down_print_json(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"run": "nt-none", "removed": []}
+
+
+def test_ls_table_fits_80_columns_one_line_per_cluster() -> None:
+    from orchestrator.app import ClusterInfo
+    from orchestrator.cli import clusters_table
+
+    found = [ClusterInfo(f"cluster-{i}", "up", 4, f"10.83.{i}.0/24", 9000,
+                         "registry.example.com/team/netorch-with-a-long-name:2026-11-29", 1800.0,
+                         None, ()) for i in range(2)]
+    for width in (80, 200):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))
+        console.print(clusters_table(found, width))
+        lines = console.export_text().splitlines()
+        assert all(len(line) <= width for line in lines), lines
+        assert sum(line.startswith("│") for line in lines) == 2, lines
+        assert ("netorch-with-a-long-name" in lines[4]) == (width == 200), lines  # a row
