@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, RegressionError
-from orchestrator.report import format_size
+from orchestrator.report import format_size, saved_report_problem
 
 AUTO_FLOOR = 0.2
 """Smallest drop ``--tolerance auto`` calls a regression against several saved runs: 20% of
@@ -191,17 +191,31 @@ def _reports_at(path: Path) -> list[tuple[dict[str, Any], dict[str, Any] | None]
     if "results" not in data and "samples_per_s" not in data:
         raise ConfigError(f"--baseline: {path} is no bench or train report (no results, no "
                           "samples_per_s); pass a report.json that netorch bench or train wrote")
+    _check_saved(path, data)
     return [(data, None)]
+
+
+def _check_saved(path: Path, data: dict[str, Any]) -> None:
+    problem = saved_report_problem(data)
+    if problem is not None:
+        raise ConfigError(f"--baseline: {path} is no netorch report ({problem}); pass a "
+                          "report.json that netorch bench or train wrote")
 
 
 def _sweep_reports(path: Path, sweep: dict[str, Any]
                    ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
     """A sweep's runs with their variants (sweeps from before ``--vary``: MTU and link)."""
     out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    for run in sweep["runs"]:
+    runs = sweep["runs"]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "run_id" in r
+                                             for r in runs):
+        raise ConfigError(f"--baseline: {path} is no netorch sweep (runs without run_id); pass "
+                          "the sweep.json that netorch sweep wrote")
+    for run in runs:
         saved = path.parent / str(run["run_id"]) / "report.json"
         report = _read_json(saved) if saved.is_file() else {
-            "kind": "bench", "run_id": run["run_id"], "results": run["results"]}
+            "kind": "bench", "run_id": run["run_id"], "results": run.get("results", [])}
+        _check_saved(saved, report)
         variant = run.get("variant") or {"network.link.rate": run.get("link_rate"),
                                          "network.mtu": run.get("mtu")}
         out.append((report, variant))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,24 @@ def test_delta_and_line_rate_tables_fit_80_columns_one_line_per_row(tmp_path: Pa
     now["line_rate"] = {"single_gbps": 2.0, "parallel_gbps": None, "tcp_parallel": []}
     single = "\n".join(_printed(line_rate_table(now, 120), 120))  # --tcp-streams 1
     assert "streams" not in single and "share of 1 stream" in single, single
+
+
+def test_malformed_saved_reports_are_config_errors_not_tracebacks(tmp_path: Path) -> None:
+    from orchestrator.compare import load_reports
+
+    good = save(tmp_path / "good", bench_report("good", {MIB: 1.0}))
+    rowless = bench_report("x", {MIB: 1.0})
+    del rowless["results"][0]["in_place"]
+    save(tmp_path / "rowless", rowless)
+    save(tmp_path / "sps", {"kind": "train", "run_id": "t", "samples_per_s": "fast"})
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"sweep_id": "s", "runs": [{}]}))
+    for bad, words in (("rowless", "results[0] has no valid in_place"),
+                       ("sps", "samples_per_s is no number"),
+                       ("sweep", "runs without run_id")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_baseline([tmp_path / bad])
+    with pytest.raises(ConfigError, match=re.escape("(results[0] has no valid in_place)")):
+        load_reports([str(good), str(tmp_path / "rowless")], tmp_path)
+    assert len(load_reports([str(good), str(save(tmp_path / "b", bench_report("b", {})))],
+                            tmp_path)) == 2
