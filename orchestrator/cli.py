@@ -27,7 +27,7 @@ from rich.markup import escape
 from orchestrator import app as usecases
 from orchestrator.app import Hooks, SettingsRequest
 from orchestrator.backends.registry import backend_names
-from orchestrator.errors import ConfigError, NetorchError, RankFailedError
+from orchestrator.errors import ConfigError, NetorchError, OutputError, RankFailedError
 from orchestrator.plan import ClusterPlan
 from orchestrator.settings import unknown_env_warnings
 from train.contract import DTYPE_NAMES, OPS
@@ -791,7 +791,11 @@ def compare(
     from orchestrator.compare import load_reports, write_compare
 
     reports = load_reports(runs, request.load().output)
-    paths = write_compare(reports, out)
+    try:
+        paths = write_compare(reports, out)
+    except OutputError as e:  # nothing was measured: a folder it cannot write is a bad -o
+        raise ConfigError(f"--output {out}: cannot write {e.path} ({e.reason}); choose a "
+                          "writable directory") from None
     if as_json:
         sys.stdout.write(paths["json"].read_text(encoding="utf-8"))
         return

@@ -240,6 +240,13 @@ def test_compare_render_and_down_print_json(tmp_path: Path) -> None:
     assert compared == json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert compared["runs"] == ["r-a", "r-b"]
     assert compared["deltas"][0]["change"][1] == pytest.approx(-0.5)
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run([*NETORCH, "compare", *runs, "-o", str(tmp_path / "a-file")],
+                          capture_output=True, text=True, env=netorch_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr  # a bad -o, nothing measured: exit 2
+    assert proc.stderr.startswith(f"error: --output {tmp_path / 'a-file'}: cannot write"), \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
     for kind in ("compose", "k8s"):
         proc = subprocess.run([*NETORCH, "render", kind, "-o", str(tmp_path / kind), "--json"],
                               capture_output=True, text=True, env=netorch_env(), timeout=60)
