@@ -42,7 +42,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
             # Our validators already name the value and the fix; model validators name the field.
             line = msg if _NAMES_FIELD.match(msg) or not loc else f"{loc}: {msg}"
         elif kind in ("bool_parsing", "bool_type"):
-            line = f"{loc}: {value!r} is not true or false; write true or false (or 1 or 0)"
+            line = f"{loc}: {value!r} is not true or false; write true or false"
         elif kind == "literal_error":
             line = f"{loc}: {value!r} is not allowed; {msg.lower()}"
         else:
