@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, RegressionError
-from orchestrator.report import format_size
+from orchestrator.report import format_size, saved_report_problem
 
 AUTO_FLOOR = 0.2
 """Smallest drop ``--tolerance auto`` calls a regression against several saved runs: 20% of
@@ -190,17 +191,31 @@ def _reports_at(path: Path) -> list[tuple[dict[str, Any], dict[str, Any] | None]
     if "results" not in data and "samples_per_s" not in data:
         raise ConfigError(f"--baseline: {path} is no bench or train report (no results, no "
                           "samples_per_s); pass a report.json that netorch bench or train wrote")
+    _check_saved(path, data)
     return [(data, None)]
+
+
+def _check_saved(path: Path, data: dict[str, Any]) -> None:
+    problem = saved_report_problem(data)
+    if problem is not None:
+        raise ConfigError(f"--baseline: {path} is no netorch report ({problem}); pass a "
+                          "report.json that netorch bench or train wrote")
 
 
 def _sweep_reports(path: Path, sweep: dict[str, Any]
                    ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
     """A sweep's runs with their variants (sweeps from before ``--vary``: MTU and link)."""
     out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    for run in sweep["runs"]:
+    runs = sweep["runs"]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "run_id" in r
+                                             for r in runs):
+        raise ConfigError(f"--baseline: {path} is no netorch sweep (runs without run_id); pass "
+                          "the sweep.json that netorch sweep wrote")
+    for run in runs:
         saved = path.parent / str(run["run_id"]) / "report.json"
         report = _read_json(saved) if saved.is_file() else {
-            "kind": "bench", "run_id": run["run_id"], "results": run["results"]}
+            "kind": "bench", "run_id": run["run_id"], "results": run.get("results", [])}
+        _check_saved(saved, report)
         variant = run.get("variant") or {"network.link.rate": run.get("link_rate"),
                                          "network.mtu": run.get("mtu")}
         out.append((report, variant))
@@ -297,17 +312,20 @@ def gate(deltas: Sequence[Delta], baseline: Baseline) -> None:
     raise RegressionError(f"regression against {', '.join(baseline.sources)}: {items}")
 
 
-def delta_table(deltas: Sequence[Delta], baseline: Baseline, unit: str) -> Table:
-    """The comparison: baseline median (min..max, n), this run, change, allowance, verdict."""
-    table = Table(title=f"against baseline {', '.join(baseline.run_ids)}", title_justify="left")
-    for col, right in (("figure", False), ("size", True), (f"baseline {unit}", True),
-                       ("min..max", True), ("n", True), (f"this run {unit}", True),
-                       ("change", True), ("allowed", True), ("verdict", False)):
-        table.add_column(col, justify="right" if right else "left")
-    for d in deltas:
-        verdict = "[bold red]REGRESSED[/]" if d.regressed else "ok"
-        table.add_row(d.label, "-" if d.size_bytes is None else format_size(d.size_bytes),
-                      f"{d.median:.3f}", f"{min(d.baseline):.3f}..{max(d.baseline):.3f}",
-                      str(len(d.baseline)), f"{d.current:.3f}", f"{d.change:+.1%}",
-                      f"-{d.allowed:.0%}", verdict)
-    return table
+def delta_table(deltas: Sequence[Delta], baseline: Baseline, unit: str,
+                width: int = 120) -> Table:
+    """The comparison: baseline median (min..max, n), this run, change, allowance, verdict;
+    fitted to ``width`` (the least important columns go first, see orchestrator/tables.py)."""
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("figure", priority=3), Column("size", "right", 3),
+               Column("baseline", "right", 2), Column("min..max", "right"),
+               Column("n", "right"), Column("this run", "right", 3),
+               Column("change", "right", 3), Column("allowed", "right", 1),
+               Column("verdict", priority=3)]
+    rows = [[escape(d.label), "-" if d.size_bytes is None else format_size(d.size_bytes),
+             f"{d.median:.3f}", f"{min(d.baseline):.3f}..{max(d.baseline):.3f}",
+             str(len(d.baseline)), f"{d.current:.3f}", f"{d.change:+.1%}", f"-{d.allowed:.0%}",
+             "[bold red]REGRESSED[/]" if d.regressed else "ok"] for d in deltas]
+    return fit_table(f"against baseline {', '.join(baseline.run_ids)} ({unit})", columns, rows,
+                     width)

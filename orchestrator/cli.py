@@ -27,7 +27,7 @@ from rich.markup import escape
 from orchestrator import app as usecases
 from orchestrator.app import Hooks, SettingsRequest
 from orchestrator.backends.registry import backend_names
-from orchestrator.errors import ConfigError, NetorchError, RankFailedError
+from orchestrator.errors import ConfigError, NetorchError, OutputError, RankFailedError
 from orchestrator.plan import ClusterPlan
 from orchestrator.settings import unknown_env_warnings
 from train.contract import DTYPE_NAMES, OPS
@@ -291,13 +291,14 @@ ToleranceOpt = Annotated[str, typer.Option(
     "50% against a single run); or the percentage drop allowed, e.g. 10")]
 
 
-def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
+def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int, kind: str
                    ) -> Callable[[usecases.RunResult, str, Callable[[], usecases.RunResult], bool],
                                  None]:
     """Check ``--baseline``/``--tolerance`` now (exit 2 before anything runs); return the step
     that compares a finished run with it (re-running it up to ``confirm`` times while a figure
     looks regressed, judging the best of the runs), prints the deltas, saves baseline.json and
-    exits 5 on a regression (nothing without ``--baseline``)."""
+    exits 5 on a regression (nothing without ``--baseline``). A baseline of another ``kind``
+    (train reports for a bench) is refused before the run too."""
     from orchestrator.baseline import (
         best_of,
         compare,
@@ -315,6 +316,9 @@ def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
 
         return no_gate
     baseline = load_baseline(paths)
+    if baseline.kind != kind:
+        raise ConfigError(f"--baseline: {', '.join(baseline.sources)} holds {baseline.kind} "
+                          f"reports, this run is {kind}; compare like with like")
 
     def check(result: usecases.RunResult, unit: str,
               rerun: Callable[[], usecases.RunResult], as_json: bool = False) -> None:
@@ -330,7 +334,8 @@ def _baseline_gate(paths: list[Path] | None, tolerance: str, confirm: int
             reports.append(again.report)
             deltas = compare(best_of(reports), matched, allowed)
         # With --json, stdout holds the report alone: the deltas go to stderr and baseline.json.
-        (err if as_json else console).print(delta_table(deltas, matched, unit))
+        shown = err if as_json else console
+        shown.print(delta_table(deltas, matched, unit, shown.width))
         out = result.paths["json"].parent / "baseline.json"
         _writable(out.parent, lambda: out.write_text(json.dumps({
             "baseline": list(matched.sources), "baseline_runs": list(matched.run_ids),
@@ -419,7 +424,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
     from orchestrator.report import avg_busbw, results_table
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance, confirm)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm, "bench")
     hooks, _ = _run_hooks(settings.cluster.name, quiet)
 
     def run_once() -> usecases.RunResult:
@@ -435,7 +440,7 @@ def bench(request: SettingsRequest, quiet: QuietOpt = False, on: OnOpt = None,
         return
     console.print(results_table(report, console.width))
     if "line_rate" in report:
-        console.print(line_rate_table(report))
+        console.print(line_rate_table(report, console.width))
     from orchestrator.traffic import traffic_table
 
     traffic = traffic_table(report, console.width)
@@ -473,7 +478,7 @@ def train(request: SettingsRequest,
     from train.results import decode_progress
 
     settings = request.load()
-    check_baseline = _baseline_gate(baseline, tolerance, confirm)
+    check_baseline = _baseline_gate(baseline, tolerance, confirm, "train")
     hooks, started = _run_hooks(settings.cluster.name, quiet)
     node_echo = hooks.echo
     assert node_echo is not None
@@ -612,6 +617,8 @@ def up(
     name: Annotated[str, typer.Option("--name", help="the cluster's name (3-32 of a-z, 0-9, -)")],
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", help="seconds without a job after which the nodes go away (0: never)")] = 1800.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the cluster as JSON (as "
+                                          "netorch ls --json lists it)")] = False,
 ) -> None:
     """Start a WARM cluster: network and nodes up, torch imported, idle. Then
     `netorch bench|train|run --on NAME` forks fresh ranks on it in seconds; `netorch ls` lists
@@ -619,6 +626,11 @@ def up(
     settings = request.load()
     with err.status(f"starting warm cluster {name}"):
         info = usecases.up(settings, name, idle_timeout, Hooks(on_notice=_notice))
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(info))
+        return
     console.print(f"cluster {info.name}: {info.nodes} node(s) up on {info.subnet} (MTU {info.mtu}), "
                   f"image {escape(info.image)}, idle timeout {info.idle_timeout_s:.0f} s")
     console.print(f"run on it with --on {info.name}; remove it with netorch down --run {info.name}")
@@ -630,20 +642,25 @@ def ls(request: SettingsRequest,
     """List warm clusters (netorch up); expired ones are removed."""
     from dataclasses import asdict
 
-    from rich.table import Table
-
     found = usecases.clusters(request.load())
     if as_json:
         sys.stdout.write(json.dumps([asdict(c) for c in found], indent=2) + "\n")
         return
-    table = Table(title="warm clusters", title_justify="left")
-    for col in ("name", "state", "nodes", "subnet", "mtu", "image", "idle timeout"):
-        table.add_column(col)
-    for c in found:
-        state = c.state + (" (removed)" if c.state == "expired" else "")
-        table.add_row(c.name, state, str(c.nodes), c.subnet, str(c.mtu), escape(c.image),
-                      f"{c.idle_timeout_s:.0f} s")
-    console.print(table)
+    console.print(clusters_table(found, console.width))
+
+
+def clusters_table(found: Sequence[usecases.ClusterInfo], width: int) -> Any:
+    """``netorch ls``'s table, fitted to ``width`` (orchestrator/tables.py)."""
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("name", priority=3), Column("state", priority=3),
+               Column("nodes", "right", 2), Column("subnet", priority=2),
+               Column("mtu", "right", 1), Column("image", priority=1),
+               Column("idle timeout", "right")]
+    rows = [[escape(c.name), c.state + (" (removed)" if c.state == "expired" else ""),
+             str(c.nodes), c.subnet, str(c.mtu), escape(c.image), f"{c.idle_timeout_s:.0f} s"]
+            for c in found]
+    return fit_table("warm clusters", columns, rows, width)
 
 
 SOCKET_PRESET_HELP = (
@@ -743,6 +760,8 @@ def compare(
         "folder (settings' output, default runs/)", show_default=False)],
     out: Annotated[Path, typer.Option("--output", "-o", help="folder for compare.html, "
                                       "compare.png and compare.json")] = Path("compare"),
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print compare.json (runs, busbw deltas, differences) on stdout")] = False,
 ) -> None:
     """Compare runs: overlaid busbw curves, a delta table and a diff of everything that differed
     (settings, env, MTU, versions, hosts, line rate) in one self-contained compare.html, plus
@@ -750,7 +769,14 @@ def compare(
     from orchestrator.compare import load_reports, write_compare
 
     reports = load_reports(runs, request.load().output)
-    paths = write_compare(reports, out)
+    try:
+        paths = write_compare(reports, out)
+    except OutputError as e:  # nothing was measured: a folder it cannot write is a bad -o
+        raise ConfigError(f"--output {out}: cannot write {e.path} ({e.reason}); choose a "
+                          "writable directory") from None
+    if as_json:
+        sys.stdout.write(paths["json"].read_text(encoding="utf-8"))
+        return
     console.print("compare: " + "  ".join(str(p) for p in paths.values()))
 
 
@@ -791,12 +817,16 @@ def down(
     request: SettingsRequest,
     run: Annotated[Optional[str], typer.Option("--run", help="remove the resources of this run id")] = None,
     all_: Annotated[bool, typer.Option("--all", help="remove the resources of every netorch run")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was removed as JSON")] = False,
 ) -> None:
     """Remove what netorch left behind: containers and networks labelled io.netorch.managed=true
     (docker, the default) or processes carrying a run id (--backend process)."""
     if (run is None) == (not all_):
         raise ConfigError("give exactly one of --run ID or --all")
     removed = usecases.down(request.load(), None if all_ else run)
+    if as_json:
+        _print_json({"run": None if all_ else run, "removed": list(removed)})
+        return
     for item in removed:
         console.print(f"removed {escape(item)}")
     scope = "every netorch run" if all_ else f"run {run}"
@@ -808,6 +838,8 @@ RenderCommandArg = Annotated[Optional[list[str]], typer.Argument(
     help="render YOUR job (as netorch run would start it) instead of the benchmark")]
 RenderEnvOpt = Annotated[Optional[list[str]], typer.Option("--env", "-e",
                                                            help="NAME=VALUE for the job")]
+RenderJsonOpt = Annotated[bool, typer.Option("--json", help="print the written files as JSON "
+                                             "({\"files\": [...]})")]
 RENDER_FLAGS = (_exclude(PLAN_FLAGS, "backend", "output"), BENCH_FLAGS,
                 _exclude(RUN_FLAGS, "max_restarts"))
 
@@ -832,6 +864,7 @@ def render_compose_cmd(
     command_: RenderCommandArg = None,
     env: RenderEnvOpt = None,
     run_id: RunIdOpt = None,
+    as_json: RenderJsonOpt = False,
 ) -> None:
     """Write the Docker plan as OUTPUT/docker-compose.yml (docker-compose 1.27+). Starts nothing.
 
@@ -839,6 +872,9 @@ def render_compose_cmd(
     benchmark."""
     settings, work = _render_request(request, command_, env)
     path = _writable(out_dir, lambda: usecases.render_compose(settings, out_dir, run_id, work))
+    if as_json:
+        _print_json({"files": [str(path)]})
+        return
     console.print(str(path))
 
 
@@ -856,6 +892,7 @@ def render_k8s_cmd(
         "--master-wait", metavar="SECONDS",
         help="how long each pod's readiness step waits for the master's name and port "
         "[default: 600]")] = None,
+    as_json: RenderJsonOpt = False,
 ) -> None:
     """Write the plan as Kubernetes objects in OUTPUT/netorch-<run_id>.yaml. Starts nothing.
 
@@ -866,6 +903,9 @@ def render_k8s_cmd(
     settings, work = _render_request(request, command_, env)
     paths = _writable(out_dir, lambda: usecases.render_k8s(settings, out_dir, flavor, namespace,
                                                            run_id, work, master_wait))
+    if as_json:
+        _print_json({"files": [str(p) for p in paths]})
+        return
     for path in paths:
         console.print(str(path))
 
@@ -883,7 +923,8 @@ def image_build(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the summary")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be built (base, "
                                           "build arguments, torch, wheels); build nothing")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (with --dry-run: what "
+                                          "would be built)")] = False,
 ) -> None:
     """Build the training image through the Docker SDK; a no-op when its inputs are unchanged."""
     from orchestrator.backends.docker import connect
@@ -910,6 +951,11 @@ def image_build(
     with connect() as client:
         result = build_image(client, tag=tag, offline=offline, base_image=base_image,
                              force=force, progress=progress)
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+        return
     state = "up to date" if result.up_to_date else "built"
     console.print(f"{result.tag}: {state} ({result.image_id[:19]}, {result.seconds:.1f} s)")
 

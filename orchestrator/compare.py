@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.report import format_size, writing
+from orchestrator.report import format_size, saved_report_problem, writing
 
 # Report keys that are the measurement itself, or differ on every run by nature.
 _NOT_DIFFED = frozenset({"results", "skipped", "notes", "warnings", "run_id", "elapsed_s",
@@ -52,8 +52,10 @@ def load_reports(items: Sequence[str], output: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError) as e:
             raise ConfigError(f"compare: cannot read {path} ({e}); pass a report.json that "
                               "netorch wrote") from None
-        if not isinstance(data, dict) or "run_id" not in data:
-            raise ConfigError(f"compare: {path} is no netorch report (no run_id)")
+        problem = saved_report_problem(data)
+        if problem is not None:
+            raise ConfigError(f"compare: {path} is no netorch report ({problem}); pass a "
+                              "report.json that netorch wrote")
         reports.append(data)
     ids = [str(r["run_id"]) for r in reports]
     if len(set(ids)) != len(ids):

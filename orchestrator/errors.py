@@ -75,6 +75,7 @@ class OutputError(ResultError):
 
     def __init__(self, path: str | os.PathLike[str], error: OSError) -> None:
         self.path = str(path)
+        self.reason = str(error.strerror or error)
         super().__init__(
             f"cannot write {self.path}: {error.strerror or error}; the run's output is "
             "incomplete; free space there or choose another output directory (--output)"

@@ -145,26 +145,29 @@ def annotate(report: dict[str, Any], line: LineRate) -> None:
         row["line_share"] = float(row["busbw_gbps"]) / single if single else None
 
 
-def line_rate_table(report: dict[str, Any]) -> Table:
-    """busbw per size beside the TCP line rate, as a share of the single-stream figure."""
+def line_rate_table(report: dict[str, Any], width: int = 120) -> Table:
+    """busbw per size beside the TCP line rate, as a share of the single-stream figure; fitted
+    to ``width`` (orchestrator/tables.py)."""
+    from orchestrator.report import format_size
+    from orchestrator.tables import Column, fit_table
+
     line = report["line_rate"]
 
     def gbps(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f} GB/s"
 
-    streams = max((t["streams"] for t in line["tcp_parallel"]), default=1)
-    table = Table(title=f"line rate: TCP 1 stream {gbps(line['single_gbps'])}, {streams} "
-                  f"streams {gbps(line['parallel_gbps'])}", title_justify="left")
-    for col, right in (("op", False), ("size", True), ("busbw GB/s", True),
-                       ("share of 1 stream", True), ("share of N streams", True)):
-        table.add_column(col, justify="right" if right else "left")
-    from orchestrator.report import format_size
-
-    for row in report["results"]:
-        side = "" if row["in_place"] else " oop"
-        par = line["parallel_gbps"]
-        table.add_row(f"{row['op']} {row['dtype']}{side}", format_size(int(row["size_bytes"])),
-                      f"{row['busbw_gbps']:.3f}",
-                      "-" if row.get("line_share") is None else f"{row['line_share']:.0%}",
-                      f"{row['busbw_gbps'] / par:.0%}" if par else "-")
-    return table
+    streams = max((t["streams"] for t in line["tcp_parallel"]), default=0)
+    par = line["parallel_gbps"]
+    columns = [Column("op", priority=2), Column("size", "right", 2),
+               Column("busbw GB/s", "right", 1), Column("share of 1 stream", "right", 2)]
+    rows = [[f"{row['op']} {row['dtype']}{'' if row['in_place'] else ' oop'}",
+             format_size(int(row["size_bytes"])), f"{row['busbw_gbps']:.3f}",
+             "-" if row.get("line_share") is None else f"{row['line_share']:.0%}"]
+            for row in report["results"]]
+    title = f"line rate: TCP 1 stream {gbps(line['single_gbps'])}"
+    if streams:  # no parallel test with --tcp-streams 1
+        columns.append(Column(f"share of {streams} streams", "right"))
+        for row, cells in zip(report["results"], rows):
+            cells.append(f"{row['busbw_gbps'] / par:.0%}" if par else "-")
+        title += f", {streams} streams {gbps(par)}"
+    return fit_table(title, columns, rows, width)

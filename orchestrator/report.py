@@ -304,6 +304,30 @@ def plot_busbw(report: dict[str, Any], path: Path) -> Path | None:
     return finish(fig, ax, path, inputs[0])
 
 
+_ROW_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "op": str, "dtype": str, "in_place": bool, "size_bytes": int, "busbw_gbps": (int, float)}
+
+
+def saved_report_problem(data: Any) -> str | None:
+    """What makes ``data`` (a report.json read back: ``--baseline``, ``netorch compare``) no
+    netorch report whose figures can be read: no run id, results rows without their op, dtype,
+    in_place, size or busbw, or a samples/s that is no number. None when it is one."""
+    if not isinstance(data, dict) or "run_id" not in data:
+        return "no run_id"
+    rows = data.get("results", [])
+    if not isinstance(rows, list):
+        return "results is no list"
+    for i, row in enumerate(rows):
+        bad = [k for k, kind in _ROW_FIELDS.items()
+               if not isinstance(row, dict) or not isinstance(row.get(k), kind)]
+        if bad:
+            return f"results[{i}] has no valid {', '.join(bad)}"
+    sps = data.get("samples_per_s")
+    if sps is not None and not isinstance(sps, (int, float)):
+        return "samples_per_s is no number"
+    return None
+
+
 def format_size(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale and n % scale == 0:

@@ -41,6 +41,8 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
         elif kind == "value_error":
             # Our validators already name the value and the fix; model validators name the field.
             line = msg if _NAMES_FIELD.match(msg) or not loc else f"{loc}: {msg}"
+        elif kind in ("bool_parsing", "bool_type"):
+            line = f"{loc}: {value!r} is not true or false; write true or false"
         elif kind == "literal_error":
             line = f"{loc}: {value!r} is not allowed; {msg.lower()}"
         else:

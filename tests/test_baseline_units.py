@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,59 @@ def test_best_of_the_confirmation_runs_is_judged(tmp_path: Path) -> None:
     train = best_of([{"kind": "train", "samples_per_s": 10.0}, {"kind": "train",
                                                                  "samples_per_s": 30.0}])
     assert train["samples_per_s"] == 30.0
+
+
+def _printed(table: Any, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def test_delta_and_line_rate_tables_fit_80_columns_one_line_per_row(tmp_path: Path) -> None:
+    from orchestrator.baseline import delta_table
+    from orchestrator.linerate import line_rate_table
+
+    sizes = {MIB: 1.0, 2 * MIB: 2.0, 4 * MIB: 3.0}
+    base = load_baseline([save(tmp_path / "a", bench_report("a", sizes))])
+    now = bench_report("b", {MIB: 0.1, 2 * MIB: 2.0, 4 * MIB: 3.0})
+    deltas = compare(now, base, None)
+    for width in (80, 160):
+        lines = _printed(delta_table(deltas, base, "busbw GB/s", width), width)
+        assert all(len(line) <= width for line in lines), lines
+        body = [line for line in lines if line.startswith("│")]
+        assert len(body) == 3 and "REGRESSED" in body[0], lines
+        assert ("min..max" in lines[2]) == (width == 160), lines  # the header row
+    now["line_rate"] = {"single_gbps": 2.0, "parallel_gbps": 4.0,
+                        "tcp_parallel": [{"streams": 4}]}
+    for row in now["results"]:
+        row["line_share"] = row["busbw_gbps"] / 2.0
+    lines = _printed(line_rate_table(now, 40), 40)
+    assert all(len(line) <= 40 for line in lines), lines
+    assert sum(line.startswith("│") for line in lines) == 3, lines
+    assert "share of 4 streams" in "\n".join(_printed(line_rate_table(now, 120), 120))
+    now["line_rate"] = {"single_gbps": 2.0, "parallel_gbps": None, "tcp_parallel": []}
+    single = "\n".join(_printed(line_rate_table(now, 120), 120))  # --tcp-streams 1
+    assert "streams" not in single and "share of 1 stream" in single, single
+
+
+def test_malformed_saved_reports_are_config_errors_not_tracebacks(tmp_path: Path) -> None:
+    from orchestrator.compare import load_reports
+
+    good = save(tmp_path / "good", bench_report("good", {MIB: 1.0}))
+    rowless = bench_report("x", {MIB: 1.0})
+    del rowless["results"][0]["in_place"]
+    save(tmp_path / "rowless", rowless)
+    save(tmp_path / "sps", {"kind": "train", "run_id": "t", "samples_per_s": "fast"})
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"sweep_id": "s", "runs": [{}]}))
+    for bad, words in (("rowless", "results[0] has no valid in_place"),
+                       ("sps", "samples_per_s is no number"),
+                       ("sweep", "runs without run_id")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_baseline([tmp_path / bad])
+    with pytest.raises(ConfigError, match=re.escape("(results[0] has no valid in_place)")):
+        load_reports([str(good), str(tmp_path / "rowless")], tmp_path)
+    assert len(load_reports([str(good), str(save(tmp_path / "b", bench_report("b", {})))],
+                            tmp_path)) == 2

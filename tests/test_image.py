@@ -192,3 +192,19 @@ def test_image_runs_torch_torchrun_and_network_tools(
     assert "/opt/netorch" in out
     assert "WHEELS-LEFT" not in out
     assert "Failed to initialize NumPy" not in out
+
+
+@pytest.mark.docker
+def test_build_json_prints_the_result(offline_image: ImageBuildResult) -> None:
+    import subprocess
+    import sys
+
+    from conftest import netorch_env
+
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "image", "build", "--tag",
+                           offline_image.tag, "--json"], capture_output=True, text=True,
+                          env=netorch_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # stdout holds the JSON alone
+    assert result["up_to_date"] is True and result["image_id"] == offline_image.image_id
+    assert result["tag"] == offline_image.tag

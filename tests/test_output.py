@@ -219,3 +219,58 @@ def test_killed_container_ends_with_its_diagnosis_and_every_node_has_a_log(
     assert sorted(logs) == ["1.log", "2.log", "master.log"]
     assert logs["1.log"].read_text() == ""
     assert any("Traceback" in p.read_text() for p in logs.values())
+
+
+def _bench_report(run_id: str, busbw: float) -> dict[str, Any]:
+    return {"kind": "bench", "run_id": run_id, "settings": {"iters": 3}, "results": [
+        {"op": "all_reduce", "dtype": "float32", "in_place": True, "size_bytes": 1 << 20,
+         "busbw_gbps": busbw}]}
+
+
+def test_compare_render_and_down_print_json(tmp_path: Path) -> None:
+    runs = []
+    for run_id, busbw in (("r-a", 1.0), ("r-b", 0.5)):
+        (tmp_path / run_id).mkdir()
+        (tmp_path / run_id / "report.json").write_text(json.dumps(_bench_report(run_id, busbw)))
+        runs.append(str(tmp_path / run_id))
+    proc = subprocess.run([*NETORCH, "compare", *runs, "-o", str(tmp_path / "cmp"), "--json"],
+                          capture_output=True, text=True, env=netorch_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    compared = json.loads(proc.stdout)
+    assert compared == json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert compared["runs"] == ["r-a", "r-b"]
+    assert compared["deltas"][0]["change"][1] == pytest.approx(-0.5)
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run([*NETORCH, "compare", *runs, "-o", str(tmp_path / "a-file")],
+                          capture_output=True, text=True, env=netorch_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr  # a bad -o, nothing measured: exit 2
+    assert proc.stderr.startswith(f"error: --output {tmp_path / 'a-file'}: cannot write"), \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
+    for kind in ("compose", "k8s"):
+        proc = subprocess.run([*NETORCH, "render", kind, "-o", str(tmp_path / kind), "--json"],
+                              capture_output=True, text=True, env=netorch_env(), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        (written,) = json.loads(proc.stdout)["files"]
+        assert Path(written).parent == tmp_path / kind and Path(written).is_file()
+    proc = subprocess.run([*NETORCH, "down", "--backend", "process", "--run", "nt-none",
+                           "--json"], capture_output=True, text=True, env=netorch_env(),
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"run": "nt-none", "removed": []}
+
+
+def test_ls_table_fits_80_columns_one_line_per_cluster() -> None:
+    from orchestrator.app import ClusterInfo
+    from orchestrator.cli import clusters_table
+
+    found = [ClusterInfo(f"cluster-{i}", "up", 4, f"10.83.{i}.0/24", 9000,
+                         "registry.example.com/team/netorch-with-a-long-name:2026-11-29", 1800.0,
+                         None, ()) for i in range(2)]
+    for width in (80, 200):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))
+        console.print(clusters_table(found, width))
+        lines = console.export_text().splitlines()
+        assert all(len(line) <= width for line in lines), lines
+        assert sum(line.startswith("│") for line in lines) == 2, lines
+        assert ("netorch-with-a-long-name" in lines[4]) == (width == 200), lines  # a row

@@ -45,7 +45,8 @@ def test_blocking_value_is_validated(tmp_path: Path) -> None:
     proc = netorch("bench", "-z", "2", out=tmp_path)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, output
-    assert "bench.blocking" in output
+    assert "bench.blocking: '2' is not true or false; write true or false" in output
+    assert len(output.strip().splitlines()) == 1, output  # one line, no traceback
     assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
 
 
@@ -117,3 +118,18 @@ def test_sweep_refuses_bad_axes_before_starting_anything(tmp_path: Path, args: t
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_baseline_of_another_kind_is_refused_before_the_run(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "report.json").write_text(json.dumps({"kind": "bench", "run_id": "b-1", "results": [
+        {"op": "all_reduce", "dtype": "float32", "in_place": True, "size_bytes": 1 << 20,
+         "busbw_gbps": 1.0}]}))
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--backend",
+                           "process", "--steps", "5", "-o", str(out), "--baseline", str(saved)],
+                          env=netorch_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds bench reports, this run is train; compare like with like" in proc.stderr
+    assert not out.exists()  # refused before anything ran

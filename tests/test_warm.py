@@ -135,3 +135,25 @@ def test_an_idle_cluster_expires_and_leaves_nothing(client: docker.DockerClient,
     assert leftovers(client, name) == []
     out = cli(tmp_path, "bench", "--on", name, "-q")
     assert out.returncode == 2 and "no warm cluster of that name" in out.stderr
+
+
+def test_up_and_down_print_json(client: docker.DockerClient, tag: Tag,  # noqa: F811
+                                tmp_path: Path) -> None:
+    from test_faults import free_test_subnet
+
+    name = cluster_name()
+    subnet = free_test_subnet(client)
+    out = cli(tmp_path, "up", "--name", name, "--subnet", subnet, "--nodes", "2", "--set",
+              f"cluster.name={tag.name}", "-o", str(tmp_path / "runs"), "--json")
+    try:
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)  # stdout holds the JSON alone
+        assert (info["name"], info["nodes"], info["subnet"]) == (name, 2, subnet)
+        assert len(info["containers"]) == 2
+    finally:
+        down = cli(tmp_path, "down", "--run", name, "--json")
+    assert down.returncode == 0, down.stderr
+    removed = json.loads(down.stdout)
+    assert removed["run"] == name
+    assert {f"container {c}" for c in info["containers"]} <= set(removed["removed"]), removed
+    assert leftovers(client, name) == []
