@@ -216,20 +216,44 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# How long a plain failure (exit 1..128) waits for a root cause to show on another node.
+ROOT_CAUSE_WAIT_S = 1.0
+
+
+def _root_cause(ex: NodeExit) -> bool:
+    """A failure that others follow from: a signal, the OOM killer, a lost host."""
+    return ex.exit_code < 0 or ex.exit_code > 128 or ex.oom_killed or ex.lost
+
+
 def _first_failure(exits: dict[str, NodeExit]) -> tuple[str, NodeExit]:
     """The node whose failure caused the others: earliest to end, a signal death preferred.
 
     When one node is killed, its peers fail a moment later with connection errors; a node that
-    died of a signal within a second of the earliest failure is the likelier root cause.
+    died of a signal (or with its host) within a second of the earliest failure is the likelier
+    root cause.
     """
     failed = sorted(exits.items(), key=lambda item: item[1].finished_at)
     first_time = failed[0][1].finished_at
     for name, ex in failed:
-        if ex.finished_at - first_time > 1.0:
+        if ex.finished_at - first_time > ROOT_CAUSE_WAIT_S:
             break
-        if ex.exit_code < 0 or ex.exit_code > 128 or ex.oom_killed:
+        if _root_cause(ex):
             return name, ex
     return failed[0]
+
+
+def _settle(handles: list[NodeHandle], exits: dict[str, NodeExit], poll_s: float
+            ) -> dict[str, NodeExit]:
+    """After a plain failure, poll the other nodes a moment longer: a peer that lost its
+    connection can exit before the node that was killed (or whose host went away) is seen, and
+    the diagnosis must name the cause, not the first symptom."""
+    deadline = time.monotonic() + ROOT_CAUSE_WAIT_S
+    while (not any(_root_cause(ex) for ex in exits.values() if ex.exit_code != 0)
+           and len(exits) < len(handles) and time.monotonic() < deadline):
+        time.sleep(poll_s)
+        exits = {**exits, **{h.name: ex for h in handles
+                             if h.name not in exits and (ex := h.poll()) is not None}}
+    return exits
 
 
 def supervise(
@@ -250,6 +274,8 @@ def supervise(
         exits = {h.name: ex for h in handles if (ex := h.poll()) is not None}
         failed = {name: ex for name, ex in exits.items() if ex.exit_code != 0}
         if failed:
+            exits = _settle(handles, exits, poll_s)
+            failed = {name: ex for name, ex in exits.items() if ex.exit_code != 0}
             backend.stop(plan, grace_s=float(plan.runtime.stop_timeout_s))
             name, ex = _first_failure(failed)
             raise RankFailedError(

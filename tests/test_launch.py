@@ -68,7 +68,14 @@ RANK_PREFIX = re.compile(r"^\[rank \d+\] ")
 def json_lines(out: str) -> list[dict[str, Any]]:
     """The JSON documents the ranks printed (the launcher's ``[rank N]`` prefix removed)."""
     lines = (RANK_PREFIX.sub("", line) for line in out.splitlines())
-    docs = [json.loads(line) for line in lines if line.startswith("{")]
+    # torchrun's ranks share one stdout pipe: two ranks' documents (each one atomic write) can end
+    # up on one line, as '{...}{...}'.
+    decoder, docs = json.JSONDecoder(), []
+    for line in lines:
+        at = 0
+        while line.startswith("{", at):
+            doc, at = decoder.raw_decode(line, at)
+            docs.append(doc)
     return sorted(docs, key=lambda d: int(d["env"]["RANK"]))
 
 
