@@ -84,9 +84,10 @@ def traffic_warnings(rows: Sequence[Mapping[str, Any]], planned: str,
 
 def own_namespaces(report: Mapping[str, Any]) -> bool:
     """Whether the ranks' counters are their nodes' own: containers have a network namespace
-    each; local processes (the process backend) read the host's, which every other program on
-    the host sends through too, so their readings prove nothing and are not judged or shown."""
-    return report.get("backend") != "process"
+    each; nodes on the host's loopback (the process backend's fabric) read the host's, which
+    every other program on the host sends through too, so their readings prove nothing and are
+    not judged or shown."""
+    return bool(report.get("network", {}).get("driver") != "loopback")
 
 
 def add_traffic(report: dict[str, Any]) -> None:

@@ -8,7 +8,11 @@ and is skipped elsewhere with the reason. Wire into ``tests/conftest.py`` with
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -41,3 +45,30 @@ def docker_client() -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
+
+
+def kill_worker_after_first_checkpoint(
+    proc: subprocess.Popen[str], runs: Path, workers: Callable[[], list[Any]],
+    where: str = "", timeout: float = 300,
+) -> str:
+    """SIGKILL the first of ``workers()`` once the ``train`` run ``proc`` (writing under ``runs``)
+    has saved its first checkpoint; return the run's stdout once it has ended (it is killed if
+    the test fails first)."""
+    try:
+        deadline = time.monotonic() + timeout
+        victim = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = list(runs.glob("*/checkpoints/ckpt-00000050.ckpt"))
+            found = workers()
+            if ckpt and found:
+                victim = found[0]
+                victim.kill(signal="SIGKILL")
+                break
+            time.sleep(0.1)
+        assert victim is not None, f"no checkpoint or worker container{where} seen"
+        out, _ = proc.communicate(timeout=600)
+        return out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

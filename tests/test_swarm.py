@@ -33,7 +33,11 @@ from typing import Any
 import docker.errors
 import pytest
 from netns_daemon import openssl_pki, sh, stop_netns_daemon
-from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
+from docker_fixtures import (  # noqa: F401  (fixture)
+    docker_client,
+    kill_worker_after_first_checkpoint,
+    require_docker,
+)
 
 import docker
 from orchestrator.backends.swarm import MultiHostDockerBackend, swarm_init, swarm_join
@@ -582,24 +586,9 @@ def test_gang_restart_across_hosts_resumes_bit_identical(
 
     runs = tmp_path / "killed"
     proc = _train(runs, "-c", str(two_hosts.toml), "--subnet", OVERLAY_SUBNET, "--mtu", "1450")
-    try:
-        deadline = time.monotonic() + 300
-        victim = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = list(runs.glob("*/checkpoints/ckpt-00000050.ckpt"))
-            workers = [c for c in two_hosts.c2.containers.list(
-                filters={"label": "io.netorch.role=worker"}) if c.name.startswith(PREFIX)]
-            if ckpt and workers:
-                victim = workers[0]
-                victim.kill(signal="SIGKILL")
-                break
-            time.sleep(0.1)
-        assert victim is not None, "no checkpoint or worker container on h2 seen"
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out = kill_worker_after_first_checkpoint(proc, runs, lambda: [
+        c for c in two_hosts.c2.containers.list(filters={"label": "io.netorch.role=worker"})
+        if c.name.startswith(PREFIX)], " on h2")
     assert proc.returncode == 0, out
     r = _train_report(runs)
     assert r["restarts"] == 1 and r["ok"], out

@@ -85,10 +85,10 @@ def test_far_more_bytes_than_the_algorithm_warn_and_small_sizes_are_not_judged()
 def test_process_backend_counters_are_the_hosts_and_are_not_judged_or_shown() -> None:
     # Local ranks read the host's counters, which every other program on the host moves too.
     report = _report([{"lo": 0.02 * MIB, "docker0": 16.8 * MIB}] * 2, planned="lo")
-    report["backend"] = "process"
+    report["network"] = {"interface": "lo", "driver": "loopback"}
     add_traffic(report)
     assert report["warnings"] == []
     assert traffic_table(report) is None
-    report["backend"] = "docker"
+    report["network"] = {"interface": "lo", "driver": "bridge"}
     add_traffic(report)
     assert report["warnings"] and traffic_table(report) is not None

@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,11 @@ import docker
 import docker.errors
 import pytest
 
-from docker_fixtures import docker_client, require_docker  # noqa: F401  (fixture)
+from docker_fixtures import (  # noqa: F401  (fixture)
+    docker_client,
+    kill_worker_after_first_checkpoint,
+    require_docker,
+)
 
 pytestmark = pytest.mark.docker
 IMAGE = "netorch:latest"
@@ -96,24 +99,8 @@ def test_killed_worker_container_restarts_bit_identical(
 
     runs = tmp_path / "killed"
     proc = _train(cluster_name, runs, "10.242.1.0/24")
-    try:
-        deadline = time.monotonic() + 300
-        victim = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = list(runs.glob("*/checkpoints/ckpt-00000050.ckpt"))
-            workers = docker_client.containers.list(
-                filters={"label": "io.netorch.role=worker", "name": cluster_name})
-            if ckpt and workers:
-                victim = workers[0]
-                victim.kill(signal="SIGKILL")
-                break
-            time.sleep(0.1)
-        assert victim is not None, "no checkpoint or worker container seen"
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out = kill_worker_after_first_checkpoint(proc, runs, lambda: docker_client.containers.list(
+        filters={"label": "io.netorch.role=worker", "name": cluster_name}))
     assert proc.returncode == 0, out
     r = _report(runs)
     assert r["restarts"] == 1 and r["ok"], out

@@ -80,10 +80,10 @@ def barrier(comm: Comm) -> None:
         dist.barrier()
 
 
-def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm) -> float:
-    """Return this rank's seconds per op: ``warmup`` untimed ops, then ``iters`` timed ones."""
-    for _ in range(warmup):
-        run()
+def _seconds_per_op(ops: Callable[[int], None], warmup: int, iters: int, comm: Comm) -> float:
+    """This rank's seconds per op: ``ops(warmup)`` untimed, then ``ops(iters)`` timed between
+    barriers (CUDA: between events, after the warmup has drained the stream)."""
+    ops(warmup)
     if comm.device.type == "cuda":
         torch.cuda.synchronize(comm.device)
         barrier(comm)
@@ -91,17 +91,25 @@ def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm
         start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         start.record()
-        for _ in range(iters):
-            run()
+        ops(iters)
         end.record()
         end.synchronize()
         return float(start.elapsed_time(end)) / 1e3 / iters
     barrier(comm)
     t0 = time.perf_counter()
-    for _ in range(iters):
-        run()
+    ops(iters)
     barrier(comm)
     return (time.perf_counter() - t0) / iters
+
+
+def measure_seconds(run: Callable[[], None], warmup: int, iters: int, comm: Comm) -> float:
+    """Return this rank's seconds per op: ``warmup`` untimed ops, then ``iters`` timed ones."""
+
+    def ops(count: int) -> None:
+        for _ in range(count):
+            run()
+
+    return _seconds_per_op(ops, warmup, iters, comm)
 
 
 def measure_seconds_nonblocking(
@@ -127,22 +135,7 @@ def measure_seconds_nonblocking(
             for work in works:
                 work.wait()
 
-    burst(warmup)
-    if comm.device.type == "cuda":
-        torch.cuda.synchronize(comm.device)
-        barrier(comm)
-        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        start.record()
-        burst(iters)
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end)) / 1e3 / iters
-    barrier(comm)
-    t0 = time.perf_counter()
-    burst(iters)
-    barrier(comm)
-    return (time.perf_counter() - t0) / iters
+    return _seconds_per_op(burst, warmup, iters, comm)
 
 
 def buffer_sets(case: Case, iters: int) -> list[Case]:
