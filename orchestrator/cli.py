@@ -8,6 +8,7 @@ its diagnosis) and exits with its code, Ctrl-C exits 130. Command bodies only re
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import json
@@ -1009,8 +1010,29 @@ def swarm_join_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: run the command, then leave without finalizing the interpreter.
+
+    Tearing down an interpreter that loaded docker, pydantic, rich and matplotlib takes 0.24 s on
+    our 2-core host, after the report is written and before the shell gets its prompt back. The
+    command has written and closed every file it makes by the time it returns; its threads are
+    daemons (log readers, the plot's head start) or already joined. So: atexit handlers, flush,
+    ``os._exit`` with the status ``sys.exit`` would have given.
+    """
+    try:
+        app()
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    if code is not None and not isinstance(code, int):
+        err.print(str(code))
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.errors import BackendError
-from orchestrator.netprobe import ProbeNode, TcpResult, tcp_throughput
+from orchestrator.netprobe import ProbeNode, TcpResult, has_iperf3, tcp_throughput
 from orchestrator.plan import ClusterPlan
 
 
@@ -75,10 +75,13 @@ def measure_between(nodes: list[ProbeNode], plan: ClusterPlan, options: LineRate
     (concurrent tests would share the host's CPUs and undercount)."""
     for src, dst in ring_pairs(plan, options.pairs):
         try:
-            into.single.append(tcp_throughput(nodes[dst], nodes[src], options.seconds, 1))
+            # Asked once per pair, not per test: each question is a docker exec on each end.
+            iperf3 = has_iperf3(nodes[dst].container) and has_iperf3(nodes[src].container)
+            into.single.append(tcp_throughput(nodes[dst], nodes[src], options.seconds, 1,
+                                              use_iperf3=iperf3))
             if options.streams > 1:
                 into.parallel.append(tcp_throughput(nodes[dst], nodes[src], options.seconds,
-                                                    options.streams))
+                                                    options.streams, use_iperf3=iperf3))
         except RuntimeError as e:
             raise BackendError(f"TCP baseline: {e}") from e
 

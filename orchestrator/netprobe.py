@@ -129,14 +129,17 @@ def path_mtu(src: ProbeNode, dst_name: str, dst_ip: str, mtu: int) -> PathMtuRes
     """Probe the path ``src`` -> ``dst_ip`` at ``mtu`` with don't-fragment pings.
 
     ``-M do`` forbids fragmentation, so a frame larger than any hop's MTU is refused (locally:
-    "message too long") or dropped (a smaller MTU further on) instead of being split.
+    "message too long") or dropped (a smaller MTU further on) instead of being split. The frame
+    one byte too large waits for its reply a few times the round trip the fitting frame took, not
+    a whole second: a refused frame never gets one, and ping would sit out its whole ``-W``.
     """
     payload = mtu - ICMP_OVERHEAD
     code, out = run_in(src.container, [
         "ping", "-n", "-M", "do", "-s", str(payload), "-c", "1", "-W", "1", dst_ip])
     fits = code == 0
     code2, out2 = run_in(src.container, [
-        "ping", "-n", "-M", "do", "-s", str(payload + 1), "-c", "1", "-W", "1", dst_ip])
+        "ping", "-n", "-M", "do", "-s", str(payload + 1), "-c", "1", "-W",
+        reply_wait(out) if fits else "1", dst_ip])
     one_more_fails = code2 != 0
     if fits and one_more_fails:
         detail = f"{mtu} passes, {mtu + 1} does not"
@@ -149,6 +152,15 @@ def path_mtu(src: ProbeNode, dst_name: str, dst_ip: str, mtu: int) -> PathMtuRes
         detail = f"a {mtu + 1}-byte frame got through: the path MTU is above {mtu}"
     del out2
     return PathMtuResult(src.name, dst_name, dst_ip, mtu, fits, one_more_fails, detail)
+
+
+def reply_wait(ping_output: str) -> str:
+    """ping's ``-W`` (seconds, as text) for a probe on a path whose round trip ``ping_output`` shows:
+    ten round trips, at least 0.1 s, at most 1 s (an emulated delay still gets its reply)."""
+    m = _RTT_RE.search(ping_output)
+    if m is None:
+        return "1"
+    return f"{min(1.0, max(0.1, 10 * float(m.group(1)) / 1000)):.3f}"
 
 
 def has_iperf3(container: Any) -> bool:
@@ -189,7 +201,7 @@ def tcp_throughput(
                 f"TCP test {client.name} -> {server.name} ({server.ip}:{port}) failed (exit "
                 f"{code}): {out.strip()[-300:]}"
             )
-        time.sleep(0.2)  # the server was not listening yet
+        time.sleep(0.05)  # the server was not listening yet
 
 
 def _parse_tcp(output: str, iperf3: bool) -> float | None:

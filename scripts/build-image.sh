@@ -18,4 +18,5 @@ else
     py=python3
 fi
 
-exec "$py" -m orchestrator.cli image build "$@"
+# NETORCH_PYTHON is this script's, not a setting: netorch would warn about it.
+exec env -u NETORCH_PYTHON "$py" -m orchestrator.cli image build "$@"

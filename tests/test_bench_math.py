@@ -500,3 +500,23 @@ def test_wait_for_master_joins_when_the_port_listens_and_gives_up_after_timeout(
     assert wait_for_master({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "2"}, 0.2) is False
     assert 0.2 <= time.monotonic() - t0 < 5.0
     assert wait_for_master({"RANK": "1"}, 5.0) is False  # no master named: nothing to wait for
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_cached_ranges_equal_the_direct_patterns(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-process prefix cache returns what fill_values / reduced_f64 compute, for ranges
+    asked in any order, and past its size limit (computed directly there)."""
+    monkeypatch.setattr(collectives, "_prefixes", {})
+    monkeypatch.setattr(collectives, "PREFIX_CACHE_ELEMS", 5000)
+    ranges = [(100, 300), (0, 50), (0, 4000), (2500, 2600), (3999, 5000), (4000, 7000), (10, 20)]
+    for reduce_op in REDUCE_OP_NAMES:
+        kind = fill_kind("all_reduce", reduce_op)
+        for start, stop in ranges:
+            index = torch.arange(start, stop)
+            for rank in range(n):
+                got = collectives.input_range(kind, rank, n, start, stop)
+                assert torch.equal(got.to(torch.int64), fill_values(kind, rank, n, index))
+            want = collectives.reduced_f64(kind, reduce_op, n, index)
+            assert torch.equal(collectives.reduced_range(kind, reduce_op, n, start, stop)
+                               .to(torch.float64), want), (reduce_op, start, stop)
+    assert max(t.numel() for t in collectives._prefixes.values()) == 5000

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.backends.docker import GATE_FILE, container_create_kwargs, gate_command
 from orchestrator.doctor import _sections, sleeping_plan
 from orchestrator.errors import ConfigError
-from orchestrator.netprobe import ProbeNode, _parse_tcp, path_mtu
+from orchestrator.netprobe import ProbeNode, _parse_tcp, path_mtu, reply_wait
 from orchestrator.backends.docker.linkem import tc_commands
 from orchestrator.plan import LinkSpec, build_plan, with_start_gate
 from orchestrator.settings import load_settings
@@ -179,6 +179,17 @@ def test_path_mtu_verdicts() -> None:
     assert not low.ok and not low.fits
     high = path_mtu(ProbeNode("a", "10.0.0.2", FakeContainer(9000)), "b", "10.0.0.3", 1500)
     assert not high.ok and high.fits and not high.one_more_fails
+
+
+def test_reply_wait_follows_the_round_trip() -> None:
+    """The too-large probe waits ten round trips of the fitting one, within 0.1..1 s."""
+    def out(avg_ms: float) -> str:
+        return (f"1 packets transmitted, 1 received, 0% packet loss, time 0ms\n"
+                f"rtt min/avg/max/mdev = {avg_ms}/{avg_ms}/{avg_ms}/0.000 ms\n")
+    assert reply_wait(out(0.071)) == "0.100"  # a local bridge: the floor
+    assert reply_wait(out(25.0)) == "0.250"  # an emulated 12.5 ms delay each way
+    assert reply_wait(out(400.0)) == "1.000"  # never longer than a plain ping would wait
+    assert reply_wait("ping: connect: Network is unreachable") == "1"
 
 
 def test_parse_tcp_outputs() -> None:

@@ -64,7 +64,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TextIO
 
-from train.launch import FORWARDED, LaunchSpec, _die_with_parent, parse_args, run
+from train.launch import FORWARDED, LaunchSpec, _die_with_parent, exit_now, parse_args, run
 
 POLL_S = 0.02  # spool poll period, and the agent's reaction time to a cancel or a signal
 GRACE_S = 3.0  # between SIGTERM to a job child and SIGKILL of its process group
@@ -428,4 +428,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -106,7 +106,7 @@ def fill_kind(op: str, reduce_op: str) -> FillKind:
 
 
 MIX_MULTIPLIER: Final = 0x5BD1E995  # < 2**31, so index * multiplier fits int64 for index < 2**32
-MIX_PRIME: Final = 2**31 - 1  # folds a hash back below 2**32 so it can be mixed again, no overflow
+MIX_MASK: Final = 2**31 - 1  # keeps a hash below 2**31 so it can be mixed again, no overflow
 RANK_SALT: Final = 0x9E3779B
 
 
@@ -115,15 +115,32 @@ def mix_index(index: torch.Tensor) -> torch.Tensor:
 
     Patterns built on the raw index are periodic (``i % 3`` repeats every 3), so a collective that
     delivers data shifted by a multiple of the period passes the check. Hashing the index first
-    makes a shifted or swapped chunk show for any chunk size.
+    makes a shifted or swapped chunk show for any chunk size. Multiply, shift, xor, mask: no
+    division, and in place where it can be (the check's cost at 64 MiB is these passes).
     """
-    x = index * MIX_MULTIPLIER
-    return x ^ (x >> 15)
+    return _mix_(index * MIX_MULTIPLIER, multiplied=True)
 
 
-def rank_mix(rank: int | torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Return a non-negative int64 hash of (rank, index): independent-looking bits per rank."""
-    return mix_index((mix_index(index) + RANK_SALT * rank) % MIX_PRIME)
+def _mix_(x: torch.Tensor, multiplied: bool = False) -> torch.Tensor:
+    """:func:`mix_index` in place on a tensor the caller owns."""
+    if not multiplied:
+        x.mul_(MIX_MULTIPLIER)
+    return x.bitwise_xor_(x >> 15)
+
+
+def rank_mix(rank: int | torch.Tensor, index: torch.Tensor,
+             hashed: torch.Tensor | None = None) -> torch.Tensor:
+    """Return a non-negative int64 hash of (rank, index): independent-looking bits per rank.
+
+    ``hashed`` is ``mix_index(index)`` when the caller already has it (one hash, many ranks)."""
+    h = mix_index(index) if hashed is None else hashed
+    return _mix_(torch.bitwise_xor(h, RANK_SALT * rank).bitwise_and_(MIX_MASK))
+
+
+def _sum_bits(rank: int | torch.Tensor, index: torch.Tensor,
+              hashed: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``sum`` pattern: bit 7 of ``rank_mix`` (0 or 1)."""
+    return rank_mix(rank, index, hashed).bitwise_right_shift_(7).bitwise_and_(1)
 
 
 def fill_values(
@@ -147,9 +164,9 @@ def fill_values(
     * ``move`` (the non-reducing ops): ``(31 * rank + h) % 97`` in 0..96, different for
       different source ranks at the same index, so data from the wrong rank shows.
     """
-    h = mix_index(index)
     if kind == "sum":
-        return (rank_mix(rank, index) >> 7) % 2
+        return _sum_bits(rank, index)
+    h = mix_index(index)
     if kind in ("mark_high", "mark_low"):
         marked = 2 if kind == "mark_high" else 0
         return torch.where((rank + h) % (world_size + 1) == 0, marked, 1).to(torch.int64)
@@ -175,10 +192,54 @@ def _reduce_f64(a: torch.Tensor, b: torch.Tensor, reduce_op: str) -> torch.Tenso
 
 def reduced_f64(kind: FillKind, reduce_op: str, world_size: int, index: torch.Tensor) -> torch.Tensor:
     """Return, in float64, the reduction over every rank of its pattern at ``index``."""
+    if kind == "sum":  # integer counts of ones, exact: hash the index once, add each rank's bits
+        hashed = mix_index(index)
+        counts = _sum_bits(0, index, hashed)
+        for src in range(1, world_size):
+            counts += _sum_bits(src, index, hashed)
+        return counts.to(torch.float64)
     acc = fill_values(kind, 0, world_size, index).to(torch.float64)
     for src in range(1, world_size):
         acc = _reduce_f64(acc, fill_values(kind, src, world_size, index).to(torch.float64), reduce_op)
     return acc
+
+
+# Patterns of whole buffers depend on the position alone, so a buffer's values are a prefix of a
+# larger one's: kept per process up to this many elements (64 Mi: 64 MiB of int8), they are
+# computed once for the largest size of a sweep instead of twice per size (fill, then check).
+PREFIX_CACHE_ELEMS: Final = 1 << 26
+_prefixes: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _prefix(key: tuple[Any, ...], start: int, stop: int, device: torch.device | None,
+            dtype: torch.dtype, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``compute(arange(start, stop))`` from the cached prefix under ``key`` (grown as needed;
+    computed directly past PREFIX_CACHE_ELEMS)."""
+    if stop > PREFIX_CACHE_ELEMS:
+        return compute(torch.arange(start, stop, dtype=torch.int64, device=device))
+    full = (*key, str(device))
+    have = _prefixes.get(full)
+    known = 0 if have is None else have.numel()
+    if stop > known:
+        more = compute(torch.arange(known, stop, dtype=torch.int64, device=device)).to(dtype)
+        have = more if have is None else torch.cat([have, more])
+        _prefixes[full] = have
+    assert have is not None
+    return have[start:stop]
+
+
+def input_range(kind: FillKind, rank: int, world_size: int, start: int, stop: int,
+                device: torch.device | None = None) -> torch.Tensor:
+    """:func:`fill_values` of ``rank`` at positions ``[start, stop)`` (values 0..96: int8)."""
+    return _prefix(("input", kind, rank, world_size), start, stop, device, torch.int8,
+                   lambda index: fill_values(kind, rank, world_size, index))
+
+
+def reduced_range(kind: FillKind, reduce_op: str, world_size: int, start: int, stop: int,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """:func:`reduced_f64` at positions ``[start, stop)``, as integers (a sum of n bits: int32)."""
+    return _prefix(("reduced", kind, reduce_op, world_size), start, stop, device, torch.int32,
+                   lambda index: reduced_f64(kind, reduce_op, world_size, index))
 
 
 def expected_output(
@@ -201,8 +262,8 @@ def expected_output(
     impl = op_impl(op)
     out_len = impl.output_length(shape)
     stop = out_len if stop is None else min(stop, out_len)
-    pos = torch.arange(start, stop, dtype=torch.int64, device=device)
-    return impl.expected(fill_kind(op, reduce_op), reduce_op, rank, world_size, shape, pos)
+    return impl.expected_range(fill_kind(op, reduce_op), reduce_op, rank, world_size, shape,
+                               start, stop, device)
 
 
 def expected_bound(op: str, reduce_op: str, world_size: int) -> int:
@@ -311,6 +372,14 @@ class OpImpl(ABC):
     ) -> torch.Tensor:
         """Return, in float64, what the op leaves at output positions ``pos`` of ``rank``."""
 
+    def expected_range(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        start: int, stop: int, device: torch.device | None,
+    ) -> torch.Tensor:
+        """:meth:`expected` at the positions ``[start, stop)``."""
+        pos = torch.arange(start, stop, dtype=torch.int64, device=device)
+        return self.expected(kind, reduce_op, rank, world_size, shape, pos)
+
 
 def _source_and_offset(pos: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For a buffer of world_size chunks: the chunk (= source rank) of each position, and the
@@ -333,6 +402,12 @@ class AllReduce(OpImpl):
         pos: torch.Tensor,
     ) -> torch.Tensor:
         return reduced_f64(kind, reduce_op, world_size, pos)
+
+    def expected_range(
+        self, kind: FillKind, reduce_op: str, rank: int, world_size: int, shape: BufferShape,
+        start: int, stop: int, device: torch.device | None,
+    ) -> torch.Tensor:
+        return reduced_range(kind, reduce_op, world_size, start, stop, device).to(torch.float64)
 
 
 class AllGather(OpImpl):
@@ -573,8 +648,7 @@ class Case:
         # In blocks: the int64 temporaries of one pass over a multi-GiB buffer would not fit.
         for start in range(0, self.input.numel(), CHECK_BLOCK_ELEMS):
             block = self.input[start : start + CHECK_BLOCK_ELEMS]
-            index = torch.arange(start, start + block.numel(), dtype=torch.int64, device=device)
-            block.copy_(fill_values(kind, rank, n, index))
+            block.copy_(input_range(kind, rank, n, start, start + block.numel(), device))
 
 
 def count_wrong_local(case: Case) -> int | None:

@@ -457,5 +457,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(parse_args(sys.argv[1:] if argv is None else argv))
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` after the atexit handlers and a flush, without tearing the interpreter down.
+
+    Finalizing an interpreter that imported torch frees its modules one by one: 0.38 s of CPU per
+    node in our image (0.02 s with ``os._exit``), paid after the job's last line, in every container
+    at once. The launcher holds nothing that needs more than atexit and a flush.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
