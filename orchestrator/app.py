@@ -35,7 +35,7 @@ from orchestrator.linerate import annotate as annotate_line_rate
 from orchestrator.plan import ClusterPlan, WorkloadSpec, build_plan, new_run_id, with_start_gate
 from orchestrator.session import Echo, run_session, run_with_restarts
 from orchestrator.settings import Settings, load_settings
-from orchestrator.versions import versions
+from orchestrator.versions import versions, versions_soon
 from orchestrator.settings_overrides import (
     overrides_from_pairs,
     parse_set_option,
@@ -180,12 +180,13 @@ def run_bench(settings: Settings, hooks: Hooks = Hooks(), on: str | None = None,
         plan = with_start_gate(plan)  # the hook measures between up and the workload's start
     out_dir = settings.output / plan.run_id
     preload()  # the plot's imports, while the nodes work
+    found = versions_soon(settings, name)
     if hooks.on_start is not None:
         hooks.on_start(plan)
     outcome = run_session(backend, plan, out_dir, timeout_s=settings.cluster.job_timeout_s,
                           echo=hooks.echo, on_tick=hooks.on_tick, on_result=prefetch_hook(plan))
     report = build_report(plan, outcome.result, outcome.elapsed_s)
-    report["versions"] = versions(settings, name, report.get("torch_version"))
+    report["versions"] = found(report.get("torch_version"))
     if line is not None:
         annotate_line_rate(report, line)
     prom = _publish(report, out_dir, settings, hooks)

@@ -9,6 +9,8 @@ installed distribution's metadata (pyproject.toml's ``[project] version``).
 from __future__ import annotations
 
 import platform
+import threading
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -67,3 +69,19 @@ def versions(settings: Any, backend: str, node_torch: Any = None) -> dict[str, A
         "host": uname.node,
         "machine": uname.machine,
     }
+
+
+def versions_soon(settings: Any, backend: str) -> Callable[[Any], dict[str, Any]]:
+    """Start :func:`versions` now, in the background (the daemon's answer and the package
+    metadata take 20-30 ms, better spent while the nodes work than after they are done); the
+    returned function waits for it and adds the nodes' torch."""
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(versions(settings, backend)),
+                              name="versions", daemon=True)
+    thread.start()
+
+    def finish(node_torch: Any = None) -> dict[str, Any]:
+        thread.join()
+        return {**found, "torch": node_torch} if found else versions(settings, backend, node_torch)
+
+    return finish

@@ -205,8 +205,9 @@ def reduced_f64(kind: FillKind, reduce_op: str, world_size: int, index: torch.Te
 
 
 # Patterns of whole buffers depend on the position alone, so a buffer's values are a prefix of a
-# larger one's: kept per process up to this many elements (64 Mi: 64 MiB of int8), they are
-# computed once for the largest size of a sweep instead of twice per size (fill, then check).
+# larger one's: kept per process up to this many elements (64 Mi: 64 MiB of int8 inputs, 128 MiB
+# of int16 sums), they are computed once for the largest size of a sweep instead of twice per
+# size (fill, then check). Past it, blocks are computed as they are needed.
 PREFIX_CACHE_ELEMS: Final = 1 << 26
 _prefixes: dict[tuple[Any, ...], torch.Tensor] = {}
 
@@ -237,8 +238,9 @@ def input_range(kind: FillKind, rank: int, world_size: int, start: int, stop: in
 
 def reduced_range(kind: FillKind, reduce_op: str, world_size: int, start: int, stop: int,
                   device: torch.device | None = None) -> torch.Tensor:
-    """:func:`reduced_f64` at positions ``[start, stop)``, as integers (a sum of n bits: int32)."""
-    return _prefix(("reduced", kind, reduce_op, world_size), start, stop, device, torch.int32,
+    """:func:`reduced_f64` at positions ``[start, stop)``, as integers (at most n, or 96)."""
+    dtype = torch.int16 if world_size < 2**15 else torch.int32
+    return _prefix(("reduced", kind, reduce_op, world_size), start, stop, device, dtype,
                    lambda index: reduced_f64(kind, reduce_op, world_size, index))
 
 
