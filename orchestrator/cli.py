@@ -701,7 +701,7 @@ def sweep(
     significant difference" is a result, not a failure); 4 when a run's variant could not be
     verified (its MTU, or a rank's environment).
     """
-    from orchestrator.sweep import Axis, parse_vary, sockets_preset_for, sweep_table
+    from orchestrator.sweep import Axis, parse_vary, sockets_preset_for, sweep_table, timing_line
 
     axes: list[Axis] = []
     if mtus is not None:
@@ -748,6 +748,8 @@ def sweep(
         console.print(f"[bold yellow]WARNING:[/] {escape(line)}")
     for verdict in result.summary["recommendations"]:
         console.print(f"[bold]recommendation:[/] {escape(verdict['text'])}")
+    if (timing := timing_line(result.summary)) is not None:
+        console.print(escape(timing))
     console.print("report: " + "  ".join(str(p) for p in result.paths.values()))
     if result.problems:
         raise typer.Exit(4)

@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,6 +242,7 @@ class RunProbes:
     path_mtu: list[PathMtuResult] = field(default_factory=list)
     tcp_single: list[TcpResult] = field(default_factory=list)
     tcp_parallel: list[TcpResult] = field(default_factory=list)
+    seconds: float = 0.0  # how long the probes (and any extra set-up hook) took
 
     def problems(self, requested_mtu: int | None) -> list[str]:
         """Why this run does not measure the MTU it asked for (empty when verified)."""
@@ -494,13 +496,16 @@ def run_sweep(
 
             def hook(p: ClusterPlan, containers: Mapping[str, Any], point: SweepPoint = point,
                      base_hook: Callable[[ClusterPlan, Mapping[str, Any]], None] = base_hook,
-                     ) -> None:
+                     probes: RunProbes = probes) -> None:
+                began = time.monotonic()
                 base_hook(p, containers)
                 if extra_hook is not None:
                     extra_hook(point, p, containers)
+                probes.seconds = time.monotonic() - began
 
             if on_point is not None:
                 on_point(point, run_id)
+            began = time.monotonic()
             if fresh or plan.multi_host:
                 backend: Any = DockerBackend(client, after_start=hook)
                 if hosts is not None and plan.multi_host:
@@ -521,15 +526,27 @@ def run_sweep(
                 backend = WarmDockerBackend(client, cluster)
             outcome = run_session(backend, plan, out_dir / run_id,
                                   timeout_s=settings.cluster.job_timeout_s, echo=echo)
-            _record(records, point, plan, outcome, probes, sweep_id, out_dir / run_id)
+            _record(records, point, plan, outcome, probes, sweep_id, out_dir / run_id,
+                    time.monotonic() - began)
     finally:
         for cluster in warm.values():
             remove_by_label(client, cluster.name)
     return summarize(records, variants, options, sweep_id)
 
 
+def run_timing(wall_s: float, probes_s: float, measure_s: Any) -> dict[str, float | None]:
+    """Where one run's time went: the probes, the ranks' measurement (rank 0's own clock, from its
+    process group up to its result), and the rest (a warm cluster's start for its first run, or
+    the fresh containers' start and teardown; launching the ranks; the report)."""
+    measure = float(measure_s) if isinstance(measure_s, (int, float)) else None
+    rest = wall_s - probes_s - (measure or 0.0)
+    return {"wall_s": round(wall_s, 3), "probes_s": round(probes_s, 3),
+            "measure_s": None if measure is None else round(measure, 3),
+            "other_s": round(max(0.0, rest), 3)}
+
+
 def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan, outcome: Any,
-            probes: RunProbes, sweep_id: str, run_dir: Path) -> None:
+            probes: RunProbes, sweep_id: str, run_dir: Path, wall_s: float) -> None:
     """One run's report (with its probes and problems) to RUN_DIR/report.json and ``records``."""
     report = build_report(plan, outcome.result, outcome.elapsed_s)
     problems = (probes.problems(plan.network.mtu) + list(report["warnings"])
@@ -539,8 +556,9 @@ def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan,
     annotate_line_rate(report, LineRate(probes.tcp_single, probes.tcp_parallel))
     point_dict = {"index": point.index, "repeat": point.repeat, "variant": dict(point.variant),
                   "label": point.label}
+    timing = run_timing(wall_s, probes.seconds, outcome.result.get("elapsed_s"))
     report["sweep"] = {"id": sweep_id, "point": point_dict, "probes": probes.to_dict(),
-                       "problems": problems}
+                       "problems": problems, "timing": timing}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     records.append({
@@ -551,6 +569,7 @@ def _record(records: list[dict[str, Any]], point: SweepPoint, plan: ClusterPlan,
         "ranks": [{"rank": r.get("rank"), "node_rank": r.get("node_rank"),
                    "env": r.get("env")} for r in report["ranks"]],
         "probes": probes.to_dict(), "problems": problems, "elapsed_s": report["elapsed_s"],
+        "timing": timing,
     })
 
 
@@ -571,7 +590,29 @@ def summarize(records: list[dict[str, Any]], variants: Mapping[Variant, Settings
         "runs": records,
         "rows": aggregate(records),
         "recommendations": [asdict(v) for v in verdicts(records)],
+        "timing": timing_summary(records),
     }
+
+
+def timing_summary(records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The median of each part of the runs' timing (see :func:`run_timing`)."""
+    out: dict[str, float | None] = {}
+    for key in ("wall_s", "probes_s", "measure_s", "other_s"):
+        values = [t[key] for r in records if (t := r.get("timing")) and t.get(key) is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+    return out
+
+
+def timing_line(summary: Mapping[str, Any]) -> str | None:
+    """One line for the terminal: where a run's time goes, and the knob for the probes."""
+    t = summary.get("timing") or {}
+    if t.get("wall_s") is None:
+        return None
+    parts = [f"probes {t['probes_s']:.1f} s (TCP: 2 tests x --tcp-seconds)"]
+    if t.get("measure_s") is not None:
+        parts.append(f"measurement {t['measure_s']:.1f} s")
+    parts.append(f"start, launch, teardown and report {t['other_s']:.1f} s")
+    return f"time per run (median): {t['wall_s']:.1f} s = " + " + ".join(parts)
 
 
 def write_sweep(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:

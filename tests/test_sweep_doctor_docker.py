@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import secrets
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -118,6 +119,13 @@ def test_sweep_1500_vs_9000(cluster: Cluster, tmp_path: Path, nodes: int, repeat
         assert [n["mtu"] for n in run["nodes"]] == [run["mtu"]] * nodes
         assert run["problems"] == []
         assert run["probes"]["tcp_single"][0]["bits_per_second"] > 0
+        # Where the run's time went: the probes hold two 1 s TCP tests, the ranks measured.
+        t = run["timing"]
+        assert t["probes_s"] >= 2.0 and t["measure_s"] > 0
+        assert t["wall_s"] == pytest.approx(t["probes_s"] + t["measure_s"] + t["other_s"], abs=0.01)
+    assert summary["timing"]["wall_s"] == pytest.approx(
+        statistics.median(r["timing"]["wall_s"] for r in summary["runs"]), abs=0.001)
+    assert "time per run (median):" in proc.stdout
     rows = summary["rows"]
     assert {(r["mtu"], r["size_bytes"]) for r in rows} == {
         (m, s) for m in (1500, 9000) for s in (1 << 20, 2 << 20)}

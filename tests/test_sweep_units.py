@@ -16,6 +16,9 @@ from orchestrator.plan import LinkSpec, build_plan, with_start_gate
 from orchestrator.settings import load_settings
 from orchestrator.sweep import (
     Axis,
+    run_timing,
+    timing_line,
+    timing_summary,
     aggregate,
     large_sizes,
     parse_vary,
@@ -133,6 +136,22 @@ def _record(mtu: int, repeat: int, busbw: dict[int, float], tcp: float,
         "results": [{"op": "all_reduce", "dtype": "float32", "in_place": True, "size_bytes": s,
                      "busbw_gbps": b} for s, b in busbw.items()],
     }
+
+
+def test_run_timing_splits_the_wall_time() -> None:
+    """probes + the ranks' own measurement + the rest = the run's wall time; the summary takes
+    medians and the terminal line names the probes' knob."""
+    t = run_timing(10.0, 4.5, 5.0)
+    assert t == {"wall_s": 10.0, "probes_s": 4.5, "measure_s": 5.0, "other_s": 0.5}
+    assert run_timing(3.0, 1.0, None) == {"wall_s": 3.0, "probes_s": 1.0, "measure_s": None,
+                                          "other_s": 2.0}
+    runs = [{"timing": run_timing(w, 4.0, 5.0)} for w in (10.0, 12.0, 30.0)] + [{}]
+    summary = timing_summary(runs)
+    assert summary == {"wall_s": 12.0, "probes_s": 4.0, "measure_s": 5.0, "other_s": 3.0}
+    line = timing_line({"timing": summary})
+    assert line is not None and line.startswith("time per run (median): 12.0 s = probes 4.0 s")
+    assert "--tcp-seconds" in line and "measurement 5.0 s" in line
+    assert timing_line({"timing": timing_summary([])}) is None
 
 
 def test_aggregate_and_verdicts() -> None:
