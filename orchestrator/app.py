@@ -144,7 +144,12 @@ def _executor(settings: Settings, hooks: Hooks, on: str | None,
     if on is None:
         return _chosen_backend(settings, hooks), settings, None
     from orchestrator.backends.docker import connect_settings
-    from orchestrator.backends.docker.warm import WarmDockerBackend, find_cluster, fit_to_cluster
+    from orchestrator.backends.docker.warm import (
+        WarmDockerBackend,
+        find_cluster,
+        fit_to_cluster,
+        image_drift,
+    )
 
     if settings.backend == "process":
         raise ConfigError(f"--on {on}: warm clusters run on the docker backend; drop "
@@ -158,6 +163,8 @@ def _executor(settings: Settings, hooks: Hooks, on: str | None,
         raise
     if hooks.on_backend is not None:
         hooks.on_backend("docker", f"--on {on}: warm cluster of {cluster.shape.nodes} nodes")
+    if (drift := image_drift(client, cluster)) is not None:
+        _notice(hooks, drift)
     return "docker", fit_to_cluster(settings, cluster.shape, on, asked), WarmDockerBackend(
         client, cluster)
 

@@ -270,7 +270,13 @@ def _print_backend(name: str, why: str) -> None:
 
 
 def _notice(text: str) -> None:
-    err.print(f"[cyan]{escape(text)}[/]")
+    if text.startswith(WARNING):
+        err.print(f"[bold yellow]WARNING:[/] {escape(text.removeprefix(WARNING))}")
+    else:
+        err.print(f"[cyan]{escape(text)}[/]")
+
+
+WARNING = "WARNING: "
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,3 +157,38 @@ def test_up_and_down_print_json(client: docker.DockerClient, tag: Tag,  # noqa: 
     assert removed["run"] == name
     assert {f"container {c}" for c in info["containers"]} <= set(removed["removed"]), removed
     assert leftovers(client, name) == []
+
+
+def test_a_rebuilt_image_is_named_on_the_next_run(client: docker.DockerClient,  # noqa: F811
+                                                  tag: Tag, tmp_path: Path) -> None:
+    """`--on` after the cluster's image tag moved (a rebuild): the run goes on on the cluster's
+    image, and one warning says so and how to pick up the new one."""
+    from conftest import TEST_IMAGE
+
+    image = client.images.get(TEST_IMAGE or "netorch:latest")
+    private = f"netorch-drift-test:{tag.name}"
+    image.tag(private)
+    name = cluster_name()
+    try:
+        up(tmp_path, tag, name, "10.83.5.0/24", "--nodes", "2", "--set", f"cluster.image={private}")
+        same = cli(tmp_path, "bench", "--on", name, "-q", "-B", "64K", "-E", "64K",
+                   "-o", str(tmp_path / "runs"))
+        # The run names no image: it takes the cluster's. Naming another one is refused.
+        assert same.returncode == 0 and "WARNING" not in same.stderr, same.stderr
+        other_image = cli(tmp_path, "bench", "--on", name, "-q", "--set",
+                          f"cluster.image={TEST_IMAGE or 'netorch:latest'}")
+        assert other_image.returncode == 2, other_image.stderr
+        assert f"asks for cluster.image='{TEST_IMAGE or 'netorch:latest'}'" in other_image.stderr
+        other = next(i for i in client.images.list() if i.id != image.id)
+        other.tag(private)  # what a rebuild does to the tag
+        moved = cli(tmp_path, "bench", "--on", name, "-q", "-B", "64K", "-E", "64K",
+                    "-o", str(tmp_path / "runs"))
+        assert moved.returncode == 0, moved.stderr
+        assert (f"WARNING: cluster {name} runs {private} as it was at `netorch up` "
+                f"({image.id.removeprefix('sha256:')[:12]}); the tag now names "
+                f"{other.id.removeprefix('sha256:')[:12]}") in moved.stderr
+        assert f"`netorch down --run {name}` and `netorch up` again" in moved.stderr
+    finally:
+        cli(tmp_path, "down", "--run", name)
+        client.images.remove(private, noprune=True)
+    assert leftovers(client, name) == []

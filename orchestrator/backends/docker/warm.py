@@ -193,6 +193,24 @@ def find_cluster(client: Any, name: str) -> WarmCluster:
                          "first (netorch ls lists them)")
 
 
+def image_drift(client: Any, cluster: WarmCluster) -> str | None:
+    """A warning when the cluster's image tag now names another image than its nodes run (the
+    image was rebuilt since ``netorch up``): a run ``--on`` it still runs the code the nodes
+    started with. None when they agree, or when the tag cannot be looked up."""
+    try:
+        current = str(client.images.get(cluster.shape.image).id)
+    except DOCKER_ERRORS:
+        return None
+    running = {str(c.attrs.get("Image", "")) for c in cluster.containers.values()}
+    if not running or running == {current}:
+        return None
+    was = ", ".join(sorted(r.removeprefix("sha256:")[:12] for r in running))
+    return (f"WARNING: cluster {cluster.name} runs {cluster.shape.image} as it was at `netorch up` "
+            f"({was}); the tag now names {current.removeprefix('sha256:')[:12]}. This run uses "
+            f"the cluster's image and the code in it; `netorch down --run {cluster.name}` and "
+            "`netorch up` again to run the new one")
+
+
 def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
                    asked: Collection[str] | None = None) -> Settings:
     """``settings`` with the cluster's shape; ConfigError when a run explicitly asks otherwise.
@@ -211,6 +229,7 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
     c, net, gpu, dk = settings.cluster, settings.network, settings.gpu, settings.docker
     wanted = {
         "cluster.nodes": (c, "nodes", shape.nodes),
+        "cluster.image": (c, "image", shape.image),
         "network.subnet": (net, "subnet", shape.subnet),
         "network.mtu": (net, "mtu", shape.mtu),
         "network.interface": (net, "interface", shape.interface),
@@ -235,7 +254,7 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
             f"--on {name}: this run asks for {', '.join(clashes)}; a warm cluster keeps what it "
             f"was built with: drop those settings, or `netorch up` another cluster with them")
     return settings.model_copy(update={
-        "cluster": c.model_copy(update={"nodes": shape.nodes}),
+        "cluster": c.model_copy(update={"nodes": shape.nodes, "image": shape.image}),
         "network": net.model_copy(update={
             "subnet": shape.subnet, "mtu": shape.mtu, "interface": shape.interface,
             "link": net.link.model_copy(update=dict(shape.link))}),
