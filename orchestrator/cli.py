@@ -8,7 +8,6 @@ its diagnosis) and exits with its code, Ctrl-C exits 130. Command bodies only re
 
 from __future__ import annotations
 
-import atexit
 import functools
 import inspect
 import json
@@ -1024,7 +1023,7 @@ def main() -> None:
     our 2-core host, after the report is written and before the shell gets its prompt back. The
     command has written and closed every file it makes by the time it returns; its threads are
     daemons (log readers, the plot's head start) or already joined. So: atexit handlers, flush,
-    ``os._exit`` with the status ``sys.exit`` would have given.
+    ``os._exit`` with the status ``sys.exit`` would have given (the launcher's ``exit_now``).
     """
     try:
         app()
@@ -1034,13 +1033,9 @@ def main() -> None:
     if code is not None and not isinstance(code, int):
         err.print(str(code))
         code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code or 0)
+    from train.launch import exit_now
+
+    exit_now(code or 0)
 
 
 if __name__ == "__main__":
