@@ -799,21 +799,17 @@ def doctor(
     memlock, GPUs, master port. Without --run, the plan comes up with sleeping containers and is
     torn down afterwards. Exit 1 when any check fails.
     """
-    from rich.table import Table
+    from orchestrator.doctor import doctor_report
 
     result = usecases.doctor(request.load(), run, Hooks(on_notice=_notice))
     checks, bad = result.checks, result.failed
     if as_json:
         sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
     else:
-        table = Table(title=f"netorch doctor · {result.scope}", title_justify="left")
-        for col in ("check", "node", "status", "detail", "fix"):
-            table.add_column(col)
-        colour = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
-        for c in checks:
-            table.add_row(c.name, escape(c.target), f"[{colour[c.status]}]{c.status.upper()}[/]",
-                          escape(c.detail), escape(c.fix))
+        table, problems = doctor_report(checks, result.scope, console.width)
         console.print(table)
+        for line in problems:
+            console.print(line)
         console.print(f"{len(checks)} checks: {len(bad)} failed, "
                       f"{sum(c.status == 'warn' for c in checks)} warnings")
     if bad:

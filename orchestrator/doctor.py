@@ -470,3 +470,27 @@ def doctor_run(client: Any, run_id: str, others: Sequence[Any] = ()) -> list[Che
 def failed(checks: Sequence[Check]) -> list[Check]:
     """The checks that failed (the CLI exits non-zero when there is any)."""
     return [c for c in checks if c.status == "fail"]
+
+
+DOCTOR_COLOURS: dict[str, str] = {"pass": "green", "warn": "yellow", "fail": "bold red",
+                                  "skip": "dim"}
+
+
+def doctor_report(checks: Sequence[Check], scope: str, width: int) -> tuple[Any, list[str]]:
+    """The terminal's view of the checks: a table of one line per check (fitted to ``width``, long
+    details cut), then one full line per failed or warned check with what was seen and the fix,
+    which is what a reader acts on and must never be cut. ``--json`` has every field."""
+    from rich.markup import escape
+
+    from orchestrator.tables import Column, fit_table
+
+    columns = [Column("check", priority=2, cut=False), Column("node", priority=2, cut=False),
+               Column("status", priority=2, cut=False), Column("detail", priority=2)]
+    rows = [[c.name, escape(c.target), f"[{DOCTOR_COLOURS[c.status]}]{c.status.upper()}[/]",
+             escape(c.detail)] for c in checks]
+    table = fit_table(f"netorch doctor · {escape(scope)}", columns, rows, width)
+    problems = [
+        f"[{DOCTOR_COLOURS[c.status]}]{c.status.upper()}[/] {escape(c.name)} ({escape(c.target)}): "
+        f"{escape(c.detail)}" + (f"; fix: {escape(c.fix)}" if c.fix else "")
+        for c in checks if c.status in ("fail", "warn")]
+    return table, problems

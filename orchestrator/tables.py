@@ -25,6 +25,7 @@ class Column:
     header: str
     justify: Literal["left", "right"] = "left"
     priority: int = 0
+    cut: bool = True  # False: never narrower than its widest cell (only the others give way)
 
 
 def _cell_width(cell: str) -> int:
@@ -53,9 +54,15 @@ def fit_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str
     hidden = [columns[i].header for i in range(len(columns)) if i not in keep]
     caption = f"not shown at this width: {', '.join(hidden)} (see --json)" if hidden else None
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    # Columns that may not be cut keep their width; the others share what is left.
+    cuttable = [i for i in keep if columns[i].cut]
+    spare = width - table_width([0 if i in cuttable else widths[i] for i in keep])
+    limit = {i: max(1, spare * widths[i] // max(1, sum(widths[j] for j in cuttable)))
+             for i in cuttable} if table_width([widths[i] for i in keep]) > width else {}
     for i in keep:
         table.add_column(columns[i].header, justify=columns[i].justify, no_wrap=True,
-                         overflow="ellipsis")
+                         overflow="ellipsis", min_width=None if columns[i].cut else widths[i],
+                         max_width=limit.get(i))
     for row in rows:
         table.add_row(*(row[i] for i in keep))
     return table

@@ -168,6 +168,29 @@ def test_fit_table_drops_low_priority_columns_and_never_wraps() -> None:
         assert ("not shown at this width: detail" in below) == (width == 40), text
 
 
+def test_doctor_report_keeps_one_line_per_check_and_every_fix_whole() -> None:
+    from orchestrator.doctor import Check, doctor_report
+
+    fix = ("raise docker.shm_size (e.g. --set docker.shm_size=2g): NCCL and DataLoader workers "
+           "keep their buffers in /dev/shm")
+    checks = [Check("alias resolution", "master", "pass",
+                    "master -> 172.28.0.2; hostname -> 172.28.0.2; worker-1 -> 172.28.0.3"),
+              Check("/dev/shm", "worker-1", "fail", "64 MiB, below the 256 MiB a node needs", fix),
+              Check("GPU visibility", "master", "skip", "no GPUs planned")]
+    table, problems = doctor_report(checks, "plan 20261129-000000-abcd", 80)
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))
+    console.print(table)
+    for line in problems:
+        console.print(line)
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(rows) == len(checks) and all(len(line) <= 80 for line in rows), text
+    assert "│ worker-1 │" in text and "│ alias resolution │" in text  # names are never cut
+    (problem,) = problems  # the failed check only: passes and skips need no action
+    flat = " ".join(text.split("┘", 1)[1].split())
+    assert f"FAIL /dev/shm (worker-1): 64 MiB, below the 256 MiB a node needs; fix: {fix}" in flat
+
+
 LOOP = """\
 import os, time
 import torch, torch.distributed as dist
