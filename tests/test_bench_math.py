@@ -508,6 +508,7 @@ def test_cached_ranges_equal_the_direct_patterns(n: int, monkeypatch: pytest.Mon
     asked in any order, and past its size limit (computed directly there)."""
     monkeypatch.setattr(collectives, "_prefixes", {})
     monkeypatch.setattr(collectives, "PREFIX_CACHE_ELEMS", 5000)
+    monkeypatch.setattr(collectives, "CHECK_BLOCK_ELEMS", 700)  # extended block by block
     ranges = [(100, 300), (0, 50), (0, 4000), (2500, 2600), (3999, 5000), (4000, 7000), (10, 20)]
     for reduce_op in REDUCE_OP_NAMES:
         kind = fill_kind("all_reduce", reduce_op)

@@ -221,9 +221,13 @@ def _prefix(key: tuple[Any, ...], start: int, stop: int, device: torch.device | 
     full = (*key, str(device))
     have = _prefixes.get(full)
     known = 0 if have is None else have.numel()
-    if stop > known:
-        more = compute(torch.arange(known, stop, dtype=torch.int64, device=device)).to(dtype)
-        have = more if have is None else torch.cat([have, more])
+    if stop > known:  # in blocks: the int64 temporaries of one pass stay bounded
+        parts = [] if have is None else [have]
+        for lo in range(known, stop, CHECK_BLOCK_ELEMS):
+            index = torch.arange(lo, min(stop, lo + CHECK_BLOCK_ELEMS), dtype=torch.int64,
+                                 device=device)
+            parts.append(compute(index).to(dtype))
+        have = torch.cat(parts)
         _prefixes[full] = have
     assert have is not None
     return have[start:stop]
