@@ -268,14 +268,14 @@ def _print_backend(name: str, why: str) -> None:
     err.print(f"[cyan]backend:[/] {name} ({escape(why)})")
 
 
+WARNING = "WARNING: "  # a notice that starts so is printed as a warning
+
+
 def _notice(text: str) -> None:
     if text.startswith(WARNING):
         err.print(f"[bold yellow]WARNING:[/] {escape(text.removeprefix(WARNING))}")
     else:
         err.print(f"[cyan]{escape(text)}[/]")
-
-
-WARNING = "WARNING: "
 
 
 # --------------------------------------------------------------------------------------------

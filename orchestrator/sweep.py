@@ -537,7 +537,7 @@ def run_sweep(
 def run_timing(wall_s: float, probes_s: float, measure_s: Any) -> dict[str, float | None]:
     """Where one run's time went: the probes, the ranks' measurement (rank 0's own clock, from its
     process group up to its result), and the rest (a warm cluster's start for its first run, or
-    the fresh containers' start and teardown; launching the ranks; the report)."""
+    the fresh containers' start and teardown; launching the ranks, collecting their logs)."""
     measure = float(measure_s) if isinstance(measure_s, (int, float)) else None
     rest = wall_s - probes_s - (measure or 0.0)
     return {"wall_s": round(wall_s, 3), "probes_s": round(probes_s, 3),
@@ -611,7 +611,7 @@ def timing_line(summary: Mapping[str, Any]) -> str | None:
     parts = [f"probes {t['probes_s']:.1f} s (TCP: 2 tests x --tcp-seconds)"]
     if t.get("measure_s") is not None:
         parts.append(f"measurement {t['measure_s']:.1f} s")
-    parts.append(f"start, launch, teardown and report {t['other_s']:.1f} s")
+    parts.append(f"start, launch and teardown {t['other_s']:.1f} s")
     return f"time per run (median): {t['wall_s']:.1f} s = " + " + ".join(parts)
 
 
