@@ -26,8 +26,10 @@ def key_parts(dotted: str) -> list[str]:
             current = ""
         else:
             current += char
-    if quoted:
-        raise ConfigError(f"{dotted}: a key's opening quote has no closing one; write e.g. "
+    if quoted:  # shown as parsed so far: a hostile key stays one printable line
+        unclosed = '"' + current
+        raise ConfigError(f"{show_loc([*parts, unclosed])}: a key's opening quote has no "
+                          "closing one; write e.g. "
                           'network.link.pairs."master:worker-1".rate')
     return [*parts, current]
 

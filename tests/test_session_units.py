@@ -68,3 +68,36 @@ def test_a_plain_failure_alone_is_reported_within_the_wait(tmp_path: Path) -> No
     err = run([Node("master", None), Node("worker-1", NodeExit(1, time.time()))], tmp_path)
     assert err.node == "worker-1" and "exit code 1" in str(err)
     assert time.monotonic() - started < 10
+
+
+def test_an_interrupt_while_calls_are_handed_to_threads_waits_for_all_of_them() -> None:
+    """Ctrl-C during the hand-over takes effect after it, and every handed call has run when
+    attempt_all returns (a call left running would create a container after the teardown)."""
+    import signal
+    import threading
+
+    from orchestrator.fanout import attempt_all, interrupts_held
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            reached = True  # the block ran to its end before the interrupt
+    assert reached
+
+    done: list[int] = []
+    release = threading.Event()
+
+    def slow(item: int) -> None:
+        release.wait(5)
+        done.append(item)
+
+    def interrupt_soon() -> None:
+        time.sleep(0.05)
+        signal.raise_signal(signal.SIGINT)
+        release.set()
+
+    threading.Thread(target=interrupt_soon, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        attempt_all(slow, list(range(8)), workers=8)
+    assert sorted(done) == list(range(8))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
