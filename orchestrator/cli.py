@@ -200,10 +200,19 @@ def command(
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        typer_app.command(name=name, context_settings=context_settings)(wrapper)
+        typer_app.command(name=name, context_settings=context_settings,
+                          short_help=_summary(fn.__doc__))(wrapper)
         return fn
 
     return decorate
+
+
+def _summary(doc: str | None) -> str | None:
+    """A command's line in ``netorch --help``: its docstring's first paragraph as one line (the
+    list would otherwise keep the docstring's own line breaks inside its wrapping)."""
+    if not doc:
+        return None
+    return " ".join(inspect.cleandoc(doc).split("\n\n", 1)[0].split())
 
 
 def _fail(error: NetorchError) -> typer.Exit:

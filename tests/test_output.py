@@ -168,6 +168,25 @@ def test_fit_table_drops_low_priority_columns_and_never_wraps() -> None:
         assert ("not shown at this width: detail" in below) == (width == 40), text
 
 
+def test_the_command_list_gives_each_command_one_paragraph() -> None:
+    """`netorch --help` lists each command by its docstring's first paragraph, joined: the
+    docstring's own line breaks would otherwise survive inside rich's wrapping."""
+    from orchestrator.cli import _summary, app
+
+    doc = """Start a WARM cluster: network and nodes up. Then
+    `netorch bench --on NAME` forks ranks;
+    `netorch ls` lists clusters.
+
+    Details that belong to ``--help`` of the command only.
+    """
+    assert _summary(doc) == ("Start a WARM cluster: network and nodes up. Then `netorch bench "
+                             "--on NAME` forks ranks; `netorch ls` lists clusters.")
+    summaries = {c.name or c.callback.__name__: c.short_help  # type: ignore[union-attr]
+                 for c in app.registered_commands}
+    assert {"bench", "up", "sweep", "doctor", "run"} <= set(summaries)
+    assert all(text and "\n" not in text for text in summaries.values()), summaries
+
+
 def test_doctor_report_keeps_one_line_per_check_and_every_fix_whole() -> None:
     from orchestrator.doctor import Check, doctor_report
 
