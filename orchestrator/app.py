@@ -623,13 +623,15 @@ class ClusterInfo:
     idle_timeout_s: float
     created: float | None
     containers: tuple[str, ...]
+    link: str = ""  # the link shaping it was built with ("" for none)
 
 
 def _info(cluster: Any) -> ClusterInfo:
     shape = cluster.shape
     return ClusterInfo(cluster.name, cluster.state, shape.nodes, shape.subnet, shape.mtu,
                        shape.image, shape.idle_timeout_s, cluster.created,
-                       tuple(c.name for _, c in sorted(cluster.containers.items())))
+                       tuple(c.name for _, c in sorted(cluster.containers.items())),
+                       shape.link_text())
 
 
 def up(settings: Settings, name: str, idle_timeout_s: float, hooks: Hooks = Hooks(),

@@ -646,8 +646,9 @@ def up(
 
         _print_json(asdict(info))
         return
-    console.print(f"cluster {info.name}: {info.nodes} node(s) up on {info.subnet} (MTU {info.mtu}), "
-                  f"image {escape(info.image)}, idle timeout {info.idle_timeout_s:.0f} s")
+    link = f", link {escape(info.link)}" if info.link else ""
+    console.print(f"cluster {info.name}: {info.nodes} node(s) up on {info.subnet} (MTU {info.mtu})"
+                  f"{link}, image {escape(info.image)}, idle timeout {info.idle_timeout_s:.0f} s")
     console.print(f"run on it with --on {info.name}; remove it with netorch down --run {info.name}")
 
 
@@ -671,10 +672,10 @@ def clusters_table(found: Sequence[usecases.ClusterInfo], width: int) -> Any:
     columns = [Column("name", priority=3), Column("state", priority=3),
                Column("nodes", "right", 2), Column("subnet", priority=2),
                Column("mtu", "right", 1), Column("image", priority=1),
-               Column("idle timeout", "right")]
+               Column("idle timeout", "right"), Column("link")]
     rows = [[escape(c.name), c.state + (" (removed)" if c.state == "expired" else ""),
-             str(c.nodes), c.subnet, str(c.mtu), escape(c.image), f"{c.idle_timeout_s:.0f} s"]
-            for c in found]
+             str(c.nodes), c.subnet, str(c.mtu), escape(c.image), f"{c.idle_timeout_s:.0f} s",
+             escape(c.link) or "-"] for c in found]
     return fit_table("warm clusters", columns, rows, width)
 
 

@@ -12,13 +12,14 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from orchestrator.errors import OutputError
-from orchestrator.plan import ClusterPlan
+from orchestrator.plan import ClusterPlan, LinkSpec, NetworkSpec
 from orchestrator.traffic import add_traffic
 from train.results import decode_result_lines
 
@@ -27,6 +28,20 @@ CSV_FIELDS = (
     "op", "dtype", "size_bytes", "count", "in_place", "time_us_min", "time_us_avg",
     "time_us_max", "algbw_gbps", "busbw_gbps", "wrong",
 )
+
+
+def link_record(network: NetworkSpec) -> dict[str, Any]:
+    """The link emulation a run had: the common fields set, then per node and per pair (each the
+    node's whole link, or the pair's own), as ``network.link`` would be written."""
+    def fields(spec: LinkSpec) -> dict[str, str]:
+        return {k: v for k, v in asdict(spec).items() if v is not None}
+
+    out: dict[str, Any] = fields(network.link) if network.link is not None else {}
+    if network.node_links:
+        out["nodes"] = {node: fields(spec) for node, spec in network.node_links}
+    if network.pair_links:
+        out["pairs"] = {f"{a}:{b}": fields(spec) for a, b, spec in network.pair_links}
+    return out
 
 
 def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
@@ -90,6 +105,7 @@ def build_report(plan: ClusterPlan, result: dict[str, Any], elapsed_s: float) ->
             # Where collectives must go (the interface holding the fabric address), and the
             # management network beside it, if any.
             "fabric_interface": plan.fabric_interface,
+            **({"link": link_record(plan.network)} if plan.network.shaped else {}),
             **({"management": {"name": plan.management.name, "subnet": plan.management.subnet,
                                "mtu": plan.management.mtu, "internal": plan.management.internal,
                                "interface": plan.management.interface}}

@@ -364,17 +364,47 @@ def test_across_hosts_pairs_are_marked_and_compared_within_their_scope() -> None
     assert report["status"] == "healthy" and report["nodes"][1]["host"] == "gpu-b"
 
 
-@pytest.mark.parametrize("network", [
-    {"link": {"nodes": {"worker-1": {"rate": "50mbit"}}}},
-    {"link": {"pairs": {"master:worker-1": {"rate": "50mbit"}}}},
-    {"management": {"subnet": "10.78.0.0/24"}},
+@pytest.mark.parametrize(("network", "asked"), [
+    ({"link": {"nodes": {"worker-1": {"rate": "50mbit"}}}}, {"network.link.nodes.worker-1.rate"}),
+    ({"link": {"pairs": {"master:worker-1": {"rate": "50mbit"}}}},
+     {'network.link.pairs."master:worker-1".rate'}),
+    ({"management": {"subnet": "10.78.0.0/24"}}, set()),
 ])
 def test_a_warm_cluster_refuses_per_node_links_and_a_management_network(
-        network: dict[str, Any]) -> None:
+        network: dict[str, Any], asked: set[str]) -> None:
     from orchestrator.backends.docker.warm import ClusterShape, fit_to_cluster
 
     base = load_settings(overrides={"backend": "docker"})
     shape = ClusterShape.of(base, build_plan(base, "run-1", "docker"), 60.0)
     asking = load_settings(overrides={"backend": "docker", "network": network})
-    with pytest.raises(ConfigError, match="--on lab: .*(nodes/pairs|management)"):
-        fit_to_cluster(asking, shape, "lab", asked=set())
+    with pytest.raises(ConfigError, match="--on lab: .*(per-node and per-pair|management)"):
+        fit_to_cluster(asking, shape, "lab", asked=asked)
+
+
+def test_a_warm_cluster_keeps_and_reports_its_per_node_and_per_pair_links() -> None:
+    """Links set at `netorch up` are part of the cluster's shape: its label round-trips them, a
+    run that names none gets them (its plan and report show them), one that names others is
+    refused, and a label written before they were recorded still reads (as no such links)."""
+    from orchestrator.backends.docker.warm import ClusterShape, fit_to_cluster
+
+    built = load_settings(overrides={"backend": "docker", "network": {"link": {
+        "rate": "1gbit", "nodes": {"worker-1": {"rate": "50mbit"}},
+        "pairs": {"master:worker-1": {"delay": "5ms"}}}}})
+    shape = ClusterShape.of(built, build_plan(built, "run-1", "docker"), 60.0)
+    assert ClusterShape.from_label(shape.to_label()) == shape
+    assert shape.link_text() == "rate 1gbit; worker-1: rate 50mbit; master:worker-1: delay 5ms"
+    plain = load_settings(overrides={"backend": "docker"})
+    fitted = fit_to_cluster(plain, shape, "lab", asked=set())
+    assert fitted.network.link.nodes["worker-1"].rate == "50mbit"
+    assert fitted.network.link.pairs["master:worker-1"].delay == "5ms"
+    assert fitted.network.link.rate == "1gbit"
+    same = fit_to_cluster(built, shape, "lab", asked={"network.link.nodes.worker-1.rate"})
+    assert same.network.link.nodes == fitted.network.link.nodes
+    other = load_settings(overrides={"backend": "docker", "network": {"link": {
+        "nodes": {"worker-1": {"rate": "10mbit"}}}}})
+    with pytest.raises(ConfigError, match=r"network.link.nodes=\{worker-1: rate 10mbit\} "
+                                          r"\(the cluster has \{worker-1: rate 50mbit\}"):
+        fit_to_cluster(other, shape, "lab", asked={"network.link.nodes.worker-1.rate"})
+    old = json.loads(ClusterShape.of(plain, build_plan(plain, "run-1", "docker"), 60.0).to_label())
+    del old["link_nodes"], old["link_pairs"]
+    assert ClusterShape.from_label(json.dumps(old)).link_nodes == {}

@@ -54,6 +54,22 @@ def test_report_schema_and_no_warnings_when_as_planned() -> None:
     json.dumps(rep)
 
 
+def test_report_records_the_link_emulation() -> None:
+    """A shaped run says how: the common link, each node's whole link, each pair's own."""
+    plan = build_plan(load_settings(overrides={"network": {"link": {
+        "rate": "1gbit", "nodes": {"worker-1": {"delay": "2ms"}},
+        "pairs": {"worker-1:master": {"rate": "50mbit"}}}}}), RUN, "docker")
+    rep = build_report(plan, result_doc(["172.28.0.2", "172.28.0.3"], [1500, 1500],
+                                        [row(1 << 20, True)]), 1.0)
+    assert rep["network"]["link"] == {
+        "rate": "1gbit", "nodes": {"worker-1": {"rate": "1gbit", "delay": "2ms"}},
+        "pairs": {"master:worker-1": {"rate": "50mbit"}}}
+    plain = build_plan(load_settings(), RUN, "docker")
+    assert "link" not in build_report(plain, result_doc(["172.28.0.2", "172.28.0.3"],
+                                                        [1500, 1500], [row(1 << 20, True)]),
+                                      1.0)["network"]
+
+
 def test_report_flags_mtu_and_ip_differences() -> None:
     plan = build_plan(load_settings(overrides={"network": {"mtu": 9000}}), RUN, "docker")
     rep = build_report(plan, result_doc(["172.28.0.2", "172.28.0.9"], [9000, 1500],

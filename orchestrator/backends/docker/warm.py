@@ -19,7 +19,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.backends.base import LineSink, NodeExit, NodeHandle
@@ -35,7 +35,7 @@ from orchestrator.plan import (
     ClusterPlan,
     MountSpec,
 )
-from orchestrator.settings import Settings
+from orchestrator.settings import LinkShape, Settings
 from orchestrator.workloads import WorkloadSpec
 
 LABEL_CLUSTER = "io.netorch.cluster"
@@ -71,6 +71,9 @@ class ClusterShape:
     mounts: tuple[str, ...]
     workdir: str | None
     idle_timeout_s: float
+    # network.link.nodes / .pairs: node (or "a:b") -> its shaping fields, as set at `up`.
+    link_nodes: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    link_pairs: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     @staticmethod
     def of(settings: Settings, plan: ClusterPlan, idle_timeout_s: float) -> ClusterShape:
@@ -78,10 +81,11 @@ class ClusterShape:
         return ClusterShape(
             nodes=settings.cluster.nodes, subnet=settings.network.subnet,
             mtu=settings.network.mtu, interface=settings.network.interface,
-            link=tuple((k, getattr(link, k)) for k in ("rate", "delay", "jitter", "loss")),
+            link=tuple((k, getattr(link, k)) for k in LINK_FIELDS),
             gpu_per_node=settings.gpu.per_node, image=plan.runtime.image,
             shm_size=settings.docker.shm_size, mounts=_mount_keys(plan), workdir=plan.workdir,
             idle_timeout_s=idle_timeout_s,
+            link_nodes=_link_fields(link.nodes), link_pairs=_link_fields(link.pairs),
         )
 
     def to_label(self) -> str:
@@ -93,6 +97,24 @@ class ClusterShape:
         data["link"] = tuple(tuple(pair) for pair in data["link"])
         data["mounts"] = tuple(data["mounts"])
         return ClusterShape(**data)
+
+    def link_text(self) -> str:
+        """The shaping, for a person: ``rate 100mbit; worker-1: rate 50mbit`` (empty: none)."""
+        def fields(values: Mapping[str, str | None]) -> str:
+            return " ".join(f"{k} {v}" for k, v in values.items() if v is not None)
+
+        parts = [fields(dict(self.link))] + [
+            f"{name}: {fields(values)}"
+            for name, values in {**self.link_nodes, **self.link_pairs}.items()]
+        return "; ".join(p for p in parts if p)
+
+
+LINK_FIELDS = ("rate", "delay", "jitter", "loss")
+
+
+def _link_fields(shapes: Mapping[str, LinkShape]) -> dict[str, dict[str, str | None]]:
+    return {name: {k: getattr(shape, k) for k in LINK_FIELDS} for name, shape in
+            sorted(shapes.items())}
 
 
 def _mount_keys(plan: ClusterPlan) -> tuple[str, ...]:
@@ -239,16 +261,23 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
     clashes = [f"{key}={getattr(section, field)!r} (the cluster has {value!r})"
                for key, (section, field, value) in wanted.items()
                if named(section, key) and getattr(section, field) != value]
-    link = tuple((k, getattr(net.link, k)) for k in ("rate", "delay", "jitter", "loss"))
-    link_asked = (bool(net.link.model_fields_set) if asked is None
-                  else any(k.startswith("network.link") for k in asked))
-    if link_asked and link != shape.link:
+    def link_named(*fields: str) -> bool:
+        if asked is None:
+            return bool(net.link.model_fields_set & set(fields))
+        return any(k == "network.link" or k.split(".")[:3] in [["network", "link", f]
+                                                               for f in fields] for k in asked)
+
+    link = tuple((k, getattr(net.link, k)) for k in LINK_FIELDS)
+    if link_named(*LINK_FIELDS) and link != shape.link:
         clashes.append(f"network.link={dict(link)} (the cluster has {dict(shape.link)})")
+    for key, mine, theirs in (("nodes", _link_fields(net.link.nodes), shape.link_nodes),
+                              ("pairs", _link_fields(net.link.pairs), shape.link_pairs)):
+        if link_named(key) and mine != theirs:
+            clashes.append(f"network.link.{key}={_shown(mine)} (the cluster has "
+                           f"{_shown(theirs)}; per-node and per-pair links are set when a "
+                           "cluster starts)")
     if net.management.enabled:
         clashes.append("network.management (a warm cluster has the fabric only)")
-    if net.link.nodes or net.link.pairs:
-        clashes.append("network.link.nodes/pairs (per-node and per-pair links are set when a "
-                       "cluster starts)")
     if clashes:
         raise ConfigError(
             f"--on {name}: this run asks for {', '.join(clashes)}; a warm cluster keeps what it "
@@ -257,10 +286,19 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
         "cluster": c.model_copy(update={"nodes": shape.nodes, "image": shape.image}),
         "network": net.model_copy(update={
             "subnet": shape.subnet, "mtu": shape.mtu, "interface": shape.interface,
-            "link": net.link.model_copy(update=dict(shape.link))}),
+            "link": net.link.model_copy(update={
+                **dict(shape.link),
+                "nodes": {k: LinkShape(**v) for k, v in shape.link_nodes.items()},
+                "pairs": {k: LinkShape(**v) for k, v in shape.link_pairs.items()}})}),
         "gpu": gpu.model_copy(update={"per_node": shape.gpu_per_node}),
         "docker": dk.model_copy(update={"shm_size": shape.shm_size}),
     })
+
+
+def _shown(links: Mapping[str, Mapping[str, str | None]]) -> str:
+    return "{" + ", ".join(f"{name}: " + " ".join(f"{k} {v}" for k, v in values.items()
+                                                 if v is not None)
+                           for name, values in links.items()) + "}"
 
 
 def check_job_fits(plan: ClusterPlan, cluster: WarmCluster) -> None:
