@@ -62,7 +62,7 @@ class Baseline:
         if len(labels) <= 1:
             return self
         keep = [(r, v) for r, v in zip(self.reports, variants)
-                if v is None or all(_same(_fact(current, k), x) for k, x in v.items())]
+                if v is None or all(_matches(current, k, x) for k, x in v.items())]
         if not keep:
             raise ConfigError(
                 f"--baseline: this run matches none of the configurations of "
@@ -161,6 +161,19 @@ def _fact(report: dict[str, Any], key: str) -> Any:
     if section == "bench":
         return (report.get("settings") or {}).get(name)
     return None
+
+
+def _matches(report: dict[str, Any], key: str, value: Any) -> bool:
+    """Whether ``report`` ran with ``key`` = ``value`` (a sweep variant's setting). A link field
+    is read from the report's ``network.link`` (absent: not shaped, which a variant writes as
+    None or ``none``)."""
+    if key.startswith("network.link."):
+        link = (report.get("network") or {}).get("link") or {}
+        fact = link.get(key.removeprefix("network.link."))
+        if value is None or str(value).lower() == "none":
+            return fact is None
+        return fact is not None and str(fact).lower() == str(value).lower()
+    return _same(_fact(report, key), value)
 
 
 def _same(fact: Any, value: Any) -> bool:

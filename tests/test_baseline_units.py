@@ -97,6 +97,29 @@ def test_a_sweep_of_several_variants_gives_the_repeats_of_the_run_s_own(tmp_path
         compare(other, base, None)
 
 
+def test_a_sweep_of_link_rates_gives_the_repeats_of_the_run_s_rate(tmp_path: Path) -> None:
+    """Reports record their link (network.link), so a run finds its own rate in a link sweep,
+    and an unshaped run the unshaped variant."""
+    sweep = tmp_path / "sweep-z"
+    runs = []
+    for i, (rate, value) in enumerate([(None, 1.0), ("1gbit", 0.1), (None, 1.2), ("1gbit", 0.12)]):
+        network: dict[str, Any] = {"mtu": 1500, **({"link": {"rate": rate}} if rate else {})}
+        report = {**bench_report(f"z-{i}", {MIB: value}), "network": network}
+        save(sweep / report["run_id"], report)
+        runs.append({"run_id": report["run_id"], "results": report["results"],
+                     "variant": {"network.link.rate": rate}})
+    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "z", "runs": runs}))
+    base = load_baseline([sweep])
+    shaped = {**bench_report("n", {MIB: 0.11}), "network": {"mtu": 1500,
+                                                            "link": {"rate": "1gbit"}}}
+    assert base.matching(shaped).run_ids == ("z-1", "z-3")
+    plain = {**bench_report("n", {MIB: 1.1}), "network": {"mtu": 1500}}
+    assert base.matching(plain).run_ids == ("z-0", "z-2")
+    other = {**plain, "network": {"mtu": 1500, "link": {"rate": "10gbit"}}}
+    with pytest.raises(ConfigError, match="matches none of the configurations"):
+        base.matching(other)
+
+
 def test_train_baseline_compares_samples_per_second(tmp_path: Path) -> None:
     base = load_baseline([save(tmp_path / "t", {"kind": "train", "run_id": "t",
                                                 "samples_per_s": 1000.0})])
