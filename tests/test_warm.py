@@ -106,13 +106,14 @@ def test_a_killed_rank_fails_the_job_not_the_cluster(client: docker.DockerClient
         script = ("import os, signal, time\n"
                   "if os.environ['RANK'] == '1':\n"
                   "    os.kill(os.getpid(), signal.SIGKILL)\n"
-                  "time.sleep(60)\n")
+                  "time.sleep(600)\n")
         started = time.monotonic()
         out = cli(tmp_path, "run", "--on", name, "-o", str(tmp_path / "runs"), "--",
                   "python", "-c", script)
         assert out.returncode == 3, out.stderr
         assert "worker-1 failed: killed by SIGKILL (exit 137)" in out.stderr
-        assert time.monotonic() - started < 15
+        # netorch stopped rank 0: its script alone would have run for 10 minutes.
+        assert time.monotonic() - started < 300
         again = cli(tmp_path, "bench", "--on", name, "-q", "-B", "64K", "-E", "64K")
         assert again.returncode == 0, again.stderr
         running = client.containers.list(filters={"label": f"{LABEL_CLUSTER}={name}"})
