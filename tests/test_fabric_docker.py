@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from conftest import TEST_IMAGE, netorch_env
+from conftest import netorch_env
 from docker_fixtures import docker_client  # noqa: F401  (fixture)
 from test_faults import free_test_subnet
 from test_sweep_doctor_docker import Cluster, cluster  # noqa: F401  (fixture)
@@ -30,8 +30,6 @@ def fabric(cluster: Cluster, subnet: str, cwd: Path, *sets: str) -> tuple[int, d
     args = [sys.executable, "-m", "orchestrator.cli", "fabric", "--backend", "docker",
             "--nodes", "4", "--subnet", subnet, "-o", str(cwd / "runs"), "-q",
             "--set", f"cluster.name={cluster.name}"]
-    if TEST_IMAGE:
-        args += ["--set", f"cluster.image={TEST_IMAGE}"]
     for item in sets:
         args += ["--set", item]
     proc = subprocess.run(args, cwd=cwd, env=netorch_env(), capture_output=True, text=True,

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import TEST_IMAGE, netorch_env
+from conftest import netorch_env
 from orchestrator.errors import ConfigError, PlanError
 from orchestrator.plan import build_plan
 from orchestrator.render.compose import render_compose
@@ -92,8 +92,6 @@ def _bench(tmp_path: Path, client: docker.DockerClient, *sets: str) -> dict[str,
             "-o", str(tmp_path / "runs"), "--subnet", fabric_net,
             "--set", f"network.management.subnet={mgmt_net}",
             "--set", f"cluster.name=nt-{secrets.token_hex(4)}"]
-    if TEST_IMAGE:
-        args += ["--set", f"cluster.image={TEST_IMAGE}"]
     for item in sets:
         args += ["--set", item]
     proc = subprocess.run(args, cwd=tmp_path, env=netorch_env(), capture_output=True, text=True,

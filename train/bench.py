@@ -37,12 +37,10 @@ Rank 0 prints a nccl-tests-like table, then the result line (see train/results.p
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Final
 
 import torch
@@ -53,8 +51,9 @@ from train.collectives import DTYPES, buffer_shape, count_wrong_local
 from train.collectives import Case as Case
 from train.collectives import Comm as Comm
 from train.contract import NONBLOCKING_DEPTH, BenchArgs, InPlaceMode, op_spec, size_sweep
-from train.env import rank_info, tuning_env, wait_for_master
-from train.results import SCHEMA_VERSION, ResultRow, SkippedEntry, TimeUs, encode_result
+from train.env import rank_info, tuning_env
+from train.group import join_process_group, result_head
+from train.results import ResultRow, SkippedEntry, TimeUs, encode_result
 from train.traffic import sent_per_iteration, tx_bytes
 
 
@@ -418,13 +417,6 @@ def parse_config(argv: Sequence[str] | None = None) -> BenchArgs:
     return BenchArgs.from_argv(sys.argv[1:] if argv is None else argv)
 
 
-def resolve_backend(requested: str) -> str:
-    """Return the process-group backend: ``auto`` is nccl when CUDA and NCCL are there, else gloo."""
-    if requested != "auto":
-        return requested
-    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-
-
 def _identity_bytes(me: dict[str, Any]) -> bytes:
     """This rank's identity as compact JSON, cut down to the rank numbers if it would not fit."""
     raw = json.dumps(me, separators=(",", ":")).encode()
@@ -437,14 +429,7 @@ def _identity_bytes(me: dict[str, Any]) -> bytes:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark as one rank of a torchrun job; return the exit code (0: finished)."""
     cfg = parse_config(argv)
-    backend = resolve_backend(cfg.dist_backend)
-    wait_for_master(os.environ, cfg.timeout_s)
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)  # before init: NCCL binds the communicator to this GPU
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
     try:
         started = time.perf_counter()
         comm = Comm.current(device)
@@ -454,14 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ranks = [json.loads(raw) for raw in identities]
         if comm.rank == 0:
             doc: dict[str, Any] = {
-                "schema": SCHEMA_VERSION,
-                "kind": "bench",
-                "run_id": cfg.run_id,
-                "dist_backend": backend,
-                "device": device.type,
-                "torch_version": torch.__version__,
-                "world_size": comm.world_size,
-                "ranks": sorted(ranks, key=lambda r: int(r["rank"])),
+                **result_head("bench", cfg.run_id, backend, device, ranks),
                 "settings": cfg.settings(),
                 "results": rows,
                 "skipped": skipped,

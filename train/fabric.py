@@ -33,20 +33,19 @@ The host (orchestrator/fabric.py) turns it into the matrix and the verdict.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from train.contract import FabricArgs, round_robin
-from train.env import rank_info, wait_for_master
-from train.results import SCHEMA_VERSION, encode_result
+from train.env import rank_info
+from train.group import join_process_group, result_head
+from train.results import encode_result
 
 
 def _sync(device: torch.device) -> None:
@@ -191,17 +190,8 @@ def partner(rank: int, pairs: Sequence[tuple[int, int]]) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pairwise measurement as one rank; rank 0 prints the result line."""
-    from train.bench import resolve_backend
-
     cfg = FabricArgs.from_argv(sys.argv[1:] if argv is None else argv)
-    backend = resolve_backend(cfg.dist_backend)
-    wait_for_master(os.environ, cfg.timeout_s)
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
     try:
         started = time.perf_counter()
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -229,14 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.all_gather_object(gathered, mine)
         if rank == 0:
             doc: dict[str, Any] = {
-                "schema": SCHEMA_VERSION,
-                "kind": "fabric",
-                "run_id": cfg.run_id,
-                "dist_backend": backend,
-                "device": device.type,
-                "torch_version": torch.__version__,
-                "world_size": world,
-                "ranks": sorted((g["rank_info"] for g in gathered), key=lambda r: int(r["rank"])),
+                **result_head("fabric", cfg.run_id, backend, device,
+                              (g["rank_info"] for g in gathered)),
                 "settings": cfg.settings(),
                 "schedule": cfg.schedule,
                 "rounds": [[list(p) for p in pairs] for pairs in rounds],

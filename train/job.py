@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.checkpoint import latest_loadable, prune, write_atomic
 from train.contract import TrainArgs
-from train.env import rank_info, tuning_env, wait_for_master
-from train.results import SCHEMA_VERSION, encode_progress, encode_result
+from train.env import rank_info, tuning_env
+from train.group import join_process_group, result_head
+from train.results import encode_progress, encode_result
 from train.telemetry import Telemetry, warn
 
 IN_DIM = 32
@@ -402,14 +402,8 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
 
     if rank == 0:
         doc: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "kind": "train",
-            "run_id": cfg.run_id,
-            "dist_backend": backend,
-            "device": device.type,
-            "torch_version": torch.__version__,
-            "world_size": world,
-            "ranks": sorted((r for r in ranks if r is not None), key=lambda r: int(r["rank"])),
+            **result_head("train", cfg.run_id, backend, device,
+                          (r for r in ranks if r is not None)),
             "settings": cfg.settings(),
             "steps_done": cfg.steps,
             "steps_this_attempt": steps_run,
@@ -445,16 +439,7 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job as one rank of a torchrun job; return the exit code (0: finished)."""
     cfg = TrainArgs.from_argv(sys.argv[1:] if argv is None else argv)
-    backend = cfg.dist_backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    if backend == "nccl":
-        device = torch.device("cuda", env_int("LOCAL_RANK", 0))
-        torch.cuda.set_device(device)  # before init: NCCL binds the communicator to this GPU
-    else:
-        device = torch.device("cpu")
-    wait_for_master(os.environ, cfg.timeout_s)  # join the store as soon as it listens
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.timeout_s))
+    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
     try:
         code = train(cfg, device, backend)
         # Every rank leaves together. A worker that tore gloo down while rank 0 was still writing

@@ -100,16 +100,22 @@ class ClusterShape:
 
     def link_text(self) -> str:
         """The shaping, for a person: ``rate 100mbit; worker-1: rate 50mbit`` (empty: none)."""
-        def fields(values: Mapping[str, str | None]) -> str:
-            return " ".join(f"{k} {v}" for k, v in values.items() if v is not None)
-
-        parts = [fields(dict(self.link))] + [
-            f"{name}: {fields(values)}"
-            for name, values in {**self.link_nodes, **self.link_pairs}.items()]
+        parts = [_fields_text(dict(self.link)),
+                 _links_text({**self.link_nodes, **self.link_pairs}, "; ")]
         return "; ".join(p for p in parts if p)
 
 
 LINK_FIELDS = ("rate", "delay", "jitter", "loss")
+
+
+def _fields_text(values: Mapping[str, str | None]) -> str:
+    """``rate 50mbit delay 5ms``: the fields that are set."""
+    return " ".join(f"{k} {v}" for k, v in values.items() if v is not None)
+
+
+def _links_text(links: Mapping[str, Mapping[str, str | None]], sep: str) -> str:
+    """``worker-1: rate 50mbit<sep>master:worker-1: delay 5ms``."""
+    return sep.join(f"{name}: {_fields_text(values)}" for name, values in links.items())
 
 
 def _link_fields(shapes: Mapping[str, LinkShape]) -> dict[str, dict[str, str | None]]:
@@ -262,10 +268,11 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
                for key, (section, field, value) in wanted.items()
                if named(section, key) and getattr(section, field) != value]
     def link_named(*fields: str) -> bool:
+        """Whether the run names any of these ``network.link`` fields (or the whole section)."""
         if asked is None:
             return bool(net.link.model_fields_set & set(fields))
-        return any(k == "network.link" or k.split(".")[:3] in [["network", "link", f]
-                                                               for f in fields] for k in asked)
+        return any(k == "network.link" or k.split(".")[2:3] == [f]
+                   for k in asked if k.startswith("network.link") for f in fields)
 
     link = tuple((k, getattr(net.link, k)) for k in LINK_FIELDS)
     if link_named(*LINK_FIELDS) and link != shape.link:
@@ -273,9 +280,9 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
     for key, mine, theirs in (("nodes", _link_fields(net.link.nodes), shape.link_nodes),
                               ("pairs", _link_fields(net.link.pairs), shape.link_pairs)):
         if link_named(key) and mine != theirs:
-            clashes.append(f"network.link.{key}={_shown(mine)} (the cluster has "
-                           f"{_shown(theirs)}; per-node and per-pair links are set when a "
-                           "cluster starts)")
+            want, have = _links_text(mine, ", "), _links_text(theirs, ", ")
+            clashes.append(f"network.link.{key}={{{want}}} (the cluster has {{{have}}}; "
+                           "per-node and per-pair links are set when a cluster starts)")
     if net.management.enabled:
         clashes.append("network.management (a warm cluster has the fabric only)")
     if clashes:
@@ -293,12 +300,6 @@ def fit_to_cluster(settings: Settings, shape: ClusterShape, name: str,
         "gpu": gpu.model_copy(update={"per_node": shape.gpu_per_node}),
         "docker": dk.model_copy(update={"shm_size": shape.shm_size}),
     })
-
-
-def _shown(links: Mapping[str, Mapping[str, str | None]]) -> str:
-    return "{" + ", ".join(f"{name}: " + " ".join(f"{k} {v}" for k, v in values.items()
-                                                 if v is not None)
-                           for name, values in links.items()) + "}"
 
 
 def check_job_fits(plan: ClusterPlan, cluster: WarmCluster) -> None:
