@@ -52,7 +52,7 @@ from train.collectives import Case as Case
 from train.collectives import Comm as Comm
 from train.contract import NONBLOCKING_DEPTH, BenchArgs, InPlaceMode, op_spec, size_sweep
 from train.env import rank_info, tuning_env
-from train.group import join_process_group, result_head
+from train.group import process_group, result_head
 from train.results import ResultRow, SkippedEntry, TimeUs, encode_result
 from train.traffic import sent_per_iteration, tx_bytes
 
@@ -429,8 +429,7 @@ def _identity_bytes(me: dict[str, Any]) -> bytes:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark as one rank of a torchrun job; return the exit code (0: finished)."""
     cfg = parse_config(argv)
-    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
-    try:
+    with process_group(cfg.dist_backend, cfg.timeout_s) as (backend, device):
         started = time.perf_counter()
         comm = Comm.current(device)
         me = dict(rank_info().to_dict(), rank=comm.rank, world_size=comm.world_size,
@@ -449,11 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(format_table(doc), flush=True)
             print(encode_result(doc), flush=True)
-        # Leave together (see train/job.py): no rank tears gloo down while rank 0 still reports.
-        dist.barrier()
         return 0
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

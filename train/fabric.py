@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from train.contract import FabricArgs, round_robin
 from train.env import rank_info
-from train.group import join_process_group, result_head
+from train.group import process_group, result_head
 from train.results import encode_result
 
 
@@ -191,8 +191,7 @@ def partner(rank: int, pairs: Sequence[tuple[int, int]]) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pairwise measurement as one rank; rank 0 prints the result line."""
     cfg = FabricArgs.from_argv(sys.argv[1:] if argv is None else argv)
-    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
-    try:
+    with process_group(cfg.dist_backend, cfg.timeout_s) as (backend, device):
         started = time.perf_counter()
         rank, world = dist.get_rank(), dist.get_world_size()
         bandwidth: list[dict[str, Any]] = []
@@ -231,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "elapsed_s": time.perf_counter() - started,
             }
             print(encode_result(doc), flush=True)
-        dist.barrier()
         return 0
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,23 @@ def join_process_group(requested: str, timeout_s: float) -> tuple[str, torch.dev
     wait_for_master(os.environ, timeout_s)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return backend, device
+
+
+@contextmanager
+def process_group(requested: str, timeout_s: float) -> Iterator[tuple[str, torch.device]]:
+    """:func:`join_process_group` for the block; then every rank leaves together and the group
+    is destroyed (also on an error).
+
+    Leaving together: a worker that tore gloo down while rank 0 was still writing the final
+    checkpoint and result was seen to abort ("terminate called without an active exception",
+    SIGABRT) and so fail a job that had finished all its steps.
+    """
+    backend, device = join_process_group(requested, timeout_s)
+    try:
+        yield backend, device
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def result_head(kind: str, run_id: str | None, backend: str, device: torch.device,

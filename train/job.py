@@ -56,7 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train.checkpoint import latest_loadable, prune, write_atomic
 from train.contract import TrainArgs
 from train.env import rank_info, tuning_env
-from train.group import join_process_group, result_head
+from train.group import process_group, result_head
 from train.results import encode_progress, encode_result
 from train.telemetry import Telemetry, warn
 
@@ -439,16 +439,8 @@ def train(cfg: JobConfig, device: torch.device, backend: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job as one rank of a torchrun job; return the exit code (0: finished)."""
     cfg = TrainArgs.from_argv(sys.argv[1:] if argv is None else argv)
-    backend, device = join_process_group(cfg.dist_backend, cfg.timeout_s)
-    try:
-        code = train(cfg, device, backend)
-        # Every rank leaves together. A worker that tore gloo down while rank 0 was still writing
-        # the final checkpoint and result was seen to abort ("terminate called without an active
-        # exception", SIGABRT) and so fail a job that had finished all its steps.
-        dist.barrier()
-        return code
-    finally:
-        dist.destroy_process_group()
+    with process_group(cfg.dist_backend, cfg.timeout_s) as (backend, device):
+        return train(cfg, device, backend)
 
 
 if __name__ == "__main__":
