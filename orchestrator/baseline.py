@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, RegressionError
-from orchestrator.report import format_size, saved_report_problem
+from orchestrator.report import format_size, row_key, saved_report_problem
 
 AUTO_FLOOR = 0.2
 """Smallest drop ``--tolerance auto`` calls a regression against several saved runs: 20% of
@@ -257,11 +257,6 @@ def _allowed(values: Sequence[float], tolerance: float | None) -> float:
     return max(spread, AUTO_FLOOR)
 
 
-def _row_label(row: dict[str, Any]) -> str:
-    side = "in-place" if row["in_place"] else "out-of-place"
-    return f"{row['op']} {row['dtype']} {side}"
-
-
 def compare(current: dict[str, Any], baseline: Baseline, tolerance: float | None) -> list[Delta]:
     """One :class:`Delta` per figure the run and the baseline share (bench rows or samples/s).
 
@@ -282,10 +277,10 @@ def compare(current: dict[str, Any], baseline: Baseline, tolerance: float | None
         saved: dict[tuple[str, int], list[float]] = {}
         for report in baseline.reports:
             for row in report.get("results", []):
-                key = (_row_label(row), int(row["size_bytes"]))
+                key = row_key(row)
                 saved.setdefault(key, []).append(float(row["busbw_gbps"]))
         for row in current.get("results", []):
-            key = (_row_label(row), int(row["size_bytes"]))
+            key = row_key(row)
             if key in saved:
                 deltas.append(Delta(key[0], key[1], tuple(saved[key]), float(row["busbw_gbps"]),
                                     _allowed(saved[key], tolerance)))
@@ -307,9 +302,9 @@ def best_of(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     best: dict[tuple[str, int], float] = {}
     for report in reports:
         for row in report.get("results", []):
-            key = (_row_label(row), int(row["size_bytes"]))
+            key = row_key(row)
             best[key] = max(best.get(key, 0.0), float(row["busbw_gbps"]))
-    first["results"] = [{**row, "busbw_gbps": best[(_row_label(row), int(row["size_bytes"]))]}
+    first["results"] = [{**row, "busbw_gbps": best[row_key(row)]}
                         for row in first.get("results", [])]
     return first
 

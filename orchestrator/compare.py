@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.report import format_size, saved_report_problem, writing
+from orchestrator.report import format_size, row_key, saved_report_problem, writing
 
 # Report keys that are the measurement itself, or differ on every run by nature.
 _NOT_DIFFED = frozenset({"results", "skipped", "notes", "warnings", "run_id", "elapsed_s",
@@ -107,17 +107,12 @@ def differences(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if len({f.get(k) for f in flat}) > 1]
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, int]:
-    side = "in-place" if row["in_place"] else "out-of-place"
-    return f"{row['op']} {row['dtype']} {side}", int(row["size_bytes"])
-
-
 def delta_rows(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (op, dtype, side, size): every run's busbw and its change against the first run's."""
     keys: dict[tuple[str, int], None] = {}
     values: list[dict[tuple[str, int], float]] = []
     for report in reports:
-        mine = {_row_key(r): float(r["busbw_gbps"]) for r in report.get("results", [])}
+        mine = {row_key(r): float(r["busbw_gbps"]) for r in report.get("results", [])}
         keys.update(dict.fromkeys(mine))
         values.append(mine)
     rows = []
@@ -141,7 +136,7 @@ def _draw(reports: Sequence[dict[str, Any]]) -> tuple[Any, Any]:
     for report in reports:
         series: dict[str, list[tuple[int, float]]] = {}
         for row in report.get("results", []):
-            label, size = _row_key(row)
+            label, size = row_key(row)
             series.setdefault(label, []).append((size, float(row["busbw_gbps"])))
         for label, points in series.items():
             points.sort()

@@ -344,6 +344,12 @@ def saved_report_problem(data: Any) -> str | None:
     return None
 
 
+def row_key(row: dict[str, Any]) -> tuple[str, int]:
+    """A result row's identity across runs: (``op dtype in-place|out-of-place``, size in bytes)."""
+    side = "in-place" if row["in_place"] else "out-of-place"
+    return f"{row['op']} {row['dtype']} {side}", int(row["size_bytes"])
+
+
 def format_size(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale and n % scale == 0:
