@@ -439,6 +439,19 @@ def test_preflight_subnet_overlaps_host_route(tmp_path: Path) -> None:
         backend(FakeClient(), tmp_path, route).preflight(make_plan())
 
 
+def test_preflight_names_a_network_the_daemon_routed_before_listing_it(tmp_path: Path) -> None:
+    """Two runs started together: the other run's bridge (br-<id>) is routed before its network
+    is listed; preflight looks again until it can name the network, not the bare route."""
+    route = "br-0a1b2c3d4e5f\t0000E90A\t00000000\t0001\t0\t0\t0\t0000FFFF\n"  # 10.233.0.0/16
+    client = FakeClient()
+    other = {"Name": "other-run-net", "Id": "0a1b2c3d4e5f",
+             "IPAM": {"Config": [{"Subnet": "10.233.0.0/16"}]}}
+    lists = iter([[], [], [other]])
+    client.api.networks = lambda: next(lists, [other])  # type: ignore[method-assign]
+    with pytest.raises(NetworkConflictError, match="overlaps Docker network 'other-run-net'"):
+        backend(client, tmp_path, route).preflight(make_plan())
+
+
 def test_preflight_default_route_is_no_conflict(tmp_path: Path) -> None:
     route = "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n"
     backend(FakeClient(), tmp_path, route).preflight(make_plan())

@@ -101,6 +101,11 @@ def free_subnet_hint(
 RACE_LIST_S = 3.0
 
 
+class _UnlistedBridge(NetworkConflictError):
+    """A subnet clash with the route of a Docker bridge (``br-<id>``): maybe a network another
+    run is creating, which the daemon does not list yet."""
+
+
 class DockerBackend:
     """Applies a plan as one labelled bridge network plus one labelled container per node.
 
@@ -137,17 +142,34 @@ class DockerBackend:
             image = self.client.images.get(plan.runtime.image)
         self._check_gpus(plan, info)
         check_image_runtime(self.client, plan, image)
-        # Routes before networks: a network another run creates in between then shows in the
-        # list (and is named) instead of only as an anonymous bridge route.
-        routes = host_routes(self.route_table) if is_local(self.client) else []
-        with docker_errors("listing networks and containers", plan):
-            networks = self.client.api.networks()
+        self._check_networks(plan)
+        with docker_errors("listing containers", plan):
             containers = self.client.api.containers(all=True)
-        self._check_network(plan, networks, routes)
-        if plan.management is not None:
-            self._check_network(dataclasses.replace(plan, network=plan.management), networks,
-                                routes)
         self._check_names(plan, containers)
+
+    def _check_networks(self, plan: ClusterPlan) -> None:
+        """The plan's networks against the daemon's and the host's routes.
+
+        Routes before networks: a network another run creates in between then shows in the
+        list. The daemon routes a new network's bridge (``br-<id>``) a moment before it lists
+        the network, so a clash with such a route alone is looked at again, up to RACE_LIST_S,
+        until the other run's network is listed and can be named.
+        """
+        deadline = time.monotonic() + RACE_LIST_S
+        while True:
+            routes = host_routes(self.route_table) if is_local(self.client) else []
+            with docker_errors("listing networks", plan):
+                networks = self.client.api.networks()
+            try:
+                self._check_network(plan, networks, routes)
+                if plan.management is not None:
+                    self._check_network(dataclasses.replace(plan, network=plan.management),
+                                        networks, routes)
+                return
+            except _UnlistedBridge:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def _check_gpus(self, plan: ClusterPlan, info: dict[str, Any]) -> None:
         gpu_nodes = [n for n in plan.nodes if n.gpus is not None]
@@ -197,7 +219,7 @@ class DockerBackend:
         for iface, route in routes:
             if route.overlaps(wanted):
                 hint = free_subnet_hint(taken, wanted.prefixlen, net.subnet)
-                raise NetworkConflictError(
+                raise (_UnlistedBridge if iface.startswith("br-") else NetworkConflictError)(
                     f"subnet {net.subnet} overlaps the host route {route} on {iface}; containers "
                     "could not reach those hosts and the bridge would shadow them; "
                     + (f"use a free subnet, e.g. --subnet {hint}" if hint else "choose a free subnet")
@@ -247,10 +269,7 @@ class DockerBackend:
             # for a moment until it shows.
             deadline = time.monotonic() + RACE_LIST_S
             while True:
-                routes = host_routes(self.route_table) if is_local(self.client) else []
-                with docker_errors("listing networks", plan):
-                    networks = self.client.api.networks()
-                self._check_network(plan, networks, routes)
+                self._check_networks(plan)
                 if time.monotonic() > deadline:
                     raise  # the clashing network is gone again: the daemon's words stand
                 time.sleep(0.1)
